@@ -1,0 +1,23 @@
+"""daskgmmis: Gaussian mixtures for large, noisy, incomplete and truncated catalogs.
+
+Extreme deconvolution with exact missing-feature marginalization, truncation by
+imputation, a uniform background and per-component neighborhoods (the method of
+pyGMMis, Melchior & Goulding 2016), map-reduced over row chunks with Dask.
+"""
+
+from .background import Background
+from .catalog import Catalog, open_catalog, write_catalog
+from .em import FitResult, fit
+from .errors import (CallbackError, CatalogError, CatalogNotFoundError, CheckpointError,
+                     ConvergenceWarning, DaskGMMisError, DeadComponentWarning, InputError,
+                     InputTypeError, ModelFileError, NumericalError)
+from .model import GMM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GMM", "Background", "Catalog", "FitResult", "fit", "open_catalog", "write_catalog",
+    "DaskGMMisError", "InputError", "InputTypeError", "CatalogError", "CatalogNotFoundError",
+    "ModelFileError", "NumericalError", "CallbackError", "CheckpointError",
+    "ConvergenceWarning", "DeadComponentWarning", "__version__",
+]

@@ -1,0 +1,67 @@
+"""Exception and warning hierarchy of daskgmmis.
+
+Every error subclasses both :class:`DaskGMMisError` and the built-in exception a
+caller would expect (``ValueError``, ``TypeError``, ``FileNotFoundError``...), so
+``except ValueError`` keeps working while ``except DaskGMMisError`` catches all of
+ours. Messages name the argument, what was expected, what was found and the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DaskGMMisError",
+    "InputError",
+    "InputTypeError",
+    "CatalogError",
+    "CatalogNotFoundError",
+    "ModelFileError",
+    "NumericalError",
+    "CallbackError",
+    "CheckpointError",
+    "ConvergenceWarning",
+    "DeadComponentWarning",
+]
+
+
+class DaskGMMisError(Exception):
+    """Base class of every daskgmmis error."""
+
+
+class InputError(DaskGMMisError, ValueError):
+    """An argument has the right type but a wrong value, shape or content."""
+
+
+class InputTypeError(DaskGMMisError, TypeError):
+    """An argument has the wrong type."""
+
+
+class CatalogError(DaskGMMisError, ValueError):
+    """A Zarr store is not a valid daskgmmis catalog, or cannot be written."""
+
+
+class CatalogNotFoundError(CatalogError, FileNotFoundError):
+    """A catalog path or URL does not exist."""
+
+
+class ModelFileError(DaskGMMisError, ValueError):
+    """A saved model file is missing, corrupted, tampered with or of another version."""
+
+
+class NumericalError(DaskGMMisError, ArithmeticError):
+    """A computation produced a non-finite or non-positive-definite result."""
+
+
+class CallbackError(DaskGMMisError, ValueError):
+    """A user callback (selection or covariance) raised or returned bad values."""
+
+
+class CheckpointError(DaskGMMisError, ValueError):
+    """A checkpoint belongs to another problem or cannot be read."""
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``maxiter`` before reaching ``tol``."""
+
+
+class DeadComponentWarning(UserWarning):
+    """A component lost (almost) all responsibility and was re-seeded."""

@@ -1,0 +1,639 @@
+"""Pure block math of the E-step: no dask in here.
+
+Everything in this module works on numpy blocks of rows and returns numpy arrays.
+The EM driver (:mod:`daskgmmis.em`) and the model (:mod:`daskgmmis.model`) call it
+inside block tasks.
+
+Notation (DESIGN.md §1.1-1.2): for row ``i`` with observed dimensions ``o`` and
+component ``k``, ``T_ik = V_k[o,o] + S_i[o,o]``, ``r_ik = x_i[o] - mu_k[o]``,
+``u_ik = T_ik^-1 r_ik``. A block accumulates, per component and weighted by the
+responsibility ``q_ik`` (times an optional row weight),
+
+* ``A_k = sum q``
+* ``U_k = sum q u`` (embedded into D dimensions, zero on missing ones)
+* ``WP_k = sum q (u u^T - T^-1)`` (embedded likewise)
+
+and converts them with the component's own ``V_k`` into moments centred on the
+current mean ``mu_k``:
+
+* ``M1_k = sum q (b - mu) = V U``
+* ``M2_k = sum q ((b - mu)(b - mu)^T + B) = A V + V WP V``
+
+where ``b``/``B`` are the posterior mean/covariance of the error-free value.
+Centring on the current mean keeps the M-step free of catastrophic cancellation.
+
+Two numba kernels do the per-row work:
+
+* :func:`_shared_kernel` - ``T_k`` is the same for every row of a missingness
+  pattern (no noise, or one shared noise matrix). It works on transposed tiles so
+  that the loops over rows vectorize (SIMD), accumulating the whitened moments
+  ``Z1 = sum q z``, ``Z2 = sum q z z^T`` with ``z = L^-1 r``.
+* :func:`_rowcov_kernel` - per-row noise (diagonal or full): one Cholesky
+  factorization of ``T_ik`` per (row, component), as extreme deconvolution needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from .errors import InputError, NumericalError
+
+__all__ = [
+    "NOISE_KINDS",
+    "noise_kind_of",
+    "missing_patterns",
+    "cholesky_lower",
+    "chi2_cut_for",
+    "BlockMoments",
+    "estep_block",
+    "log_density_block",
+]
+
+LOG_2PI = math.log(2.0 * math.pi)
+NOISE_KINDS = ("none", "shared", "diag", "full")
+
+# Rows per tile in the shared-covariance kernel: (K, D, TILE) float64 scratch must
+# stay in L2 for K up to a few hundred.
+_TILE = 128
+
+
+def noise_kind_of(covar, n_rows: int | None, D: int) -> str:
+    """Classify a noise covariance argument by shape.
+
+    Parameters
+    ----------
+    covar : None or array
+        ``None``; ``(D, D)`` shared; ``(n, D)`` diagonal variances; ``(n, D, D)`` full.
+    n_rows : int or None
+        Number of data rows it must match (``None``: not checked).
+    D : int
+        Number of features.
+
+    Returns
+    -------
+    str
+        One of ``"none"``, ``"shared"``, ``"diag"``, ``"full"``.
+    """
+    if covar is None:
+        return "none"
+    shape = tuple(covar.shape)
+    if len(shape) == 2 and shape == (D, D) and (n_rows is None or n_rows != D):
+        return "shared"
+    if len(shape) == 2 and shape[1] == D and (n_rows is None or shape[0] == n_rows):
+        return "diag"
+    if len(shape) == 3 and shape[1:] == (D, D) and (n_rows is None or shape[0] == n_rows):
+        return "full"
+    if len(shape) == 2 and shape == (D, D):
+        # n_rows == D: ambiguous between shared and diagonal; a shared matrix is
+        # the more common intent only if it is symmetric with off-diagonal terms.
+        return "diag"
+    raise InputError(
+        f"covar: expected None, a shared (D, D) = ({D}, {D}) matrix, ({n_rows}, {D}) "
+        f"diagonal variances or ({n_rows}, {D}, {D}) full covariances; found shape {shape}."
+    )
+
+
+def missing_patterns(x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Group the rows of a block by which features are observed.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, D)
+        Block of rows, NaN marking a missing feature.
+
+    Returns
+    -------
+    list of (obs, rows)
+        ``obs`` is a boolean ``(D,)`` mask of observed features, ``rows`` the
+        integer indices of the rows with that pattern, or ``None`` for "all rows"
+        (the common complete-data case: no gather). Patterns with no observed
+        feature are omitted.
+    """
+    n, D = x.shape
+    observed = ~np.isnan(x)
+    if observed.all():
+        return [(np.ones(D, dtype=bool), None)]
+    if D <= 62:
+        codes = observed.astype(np.int64) @ (np.int64(1) << np.arange(D, dtype=np.int64))
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        masks = ((uniq[:, None] >> np.arange(D)) & 1).astype(bool)
+    else:
+        masks, inverse = np.unique(observed, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(masks) + 1))
+    out = []
+    for p, mask in enumerate(masks):
+        if not mask.any():
+            continue
+        out.append((mask, order[bounds[p]:bounds[p + 1]]))
+    return out
+
+
+def cholesky_lower(mats: np.ndarray, what: str = "covariance") -> np.ndarray:
+    """Batched lower Cholesky factor with an error that names the failing matrix.
+
+    Parameters
+    ----------
+    mats : ndarray, shape (K, d, d)
+        Symmetric positive-definite matrices.
+    what : str
+        Name used in the error message.
+
+    Returns
+    -------
+    ndarray, shape (K, d, d)
+
+    Raises
+    ------
+    NumericalError
+        If a matrix is not positive definite (its index is named).
+    """
+    try:
+        return np.linalg.cholesky(mats)
+    except np.linalg.LinAlgError:
+        for k in range(mats.shape[0]):
+            try:
+                np.linalg.cholesky(mats[k])
+            except np.linalg.LinAlgError:
+                raise NumericalError(
+                    f"{what} {k} is not positive definite (smallest eigenvalue "
+                    f"{np.linalg.eigvalsh(mats[k]).min():.3g}); increase the "
+                    f"regularization w or check the input covariances."
+                ) from None
+        raise
+
+
+# --------------------------------------------------------------------------- numba
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _shared_kernel(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+                   row_logl, A, Z1, Z2, bg_acc):  # pragma: no cover - compiled
+    """E-step for rows sharing T_k = L_k L_k^T; see module docstring.
+
+    xt (d, n) transposed observed values; mu (K, d); L (K, d, d) lower factors;
+    Ldiag_inv (K, d) reciprocals of their diagonals; logc (K,) = log amp - log
+    normalization; log_bg (n,) or (0,); weight (n,) or (0,). Writes row_logl (n,)
+    and adds to A (K,), Z1 (K, d), Z2 (K, d, d) (lower triangle), bg_acc (1,).
+    Returns the number of rows outside every neighborhood (zero density).
+    """
+    d, n = xt.shape
+    K = mu.shape[0]
+    has_bg = log_bg.shape[0] > 0
+    has_w = weight.shape[0] > 0
+    z = np.empty((K, d, _TILE))
+    lp = np.empty((K, _TILE))
+    m = np.empty(_TILE)
+    off = np.empty(_TILE)
+    s = np.empty(_TILE)
+    inv_s = np.empty(_TILE)
+    ebg = np.empty(_TILE)
+    q = np.empty(_TILE)
+    n_out = 0
+    for start in range(0, n, _TILE):
+        nb = min(_TILE, n - start)
+        for k in range(K):
+            for i in range(nb):
+                m[i] = 0.0
+            for j in range(d):
+                muj = mu[k, j]
+                for i in range(nb):
+                    z[k, j, i] = xt[j, start + i] - muj
+                for l in range(j):
+                    c = L[k, j, l]
+                    for i in range(nb):
+                        z[k, j, i] -= c * z[k, l, i]
+                inv = Ldiag_inv[k, j]
+                for i in range(nb):
+                    v = z[k, j, i] * inv
+                    z[k, j, i] = v
+                    m[i] += v * v
+            lc = logc[k]
+            for i in range(nb):
+                if m[i] <= chi2_cut:
+                    lp[k, i] = lc - 0.5 * m[i]
+                else:
+                    lp[k, i] = -np.inf
+        # log-sum-exp over components (and background)
+        for i in range(nb):
+            off[i] = log_bg[start + i] if has_bg else -np.inf
+        for k in range(K):
+            for i in range(nb):
+                if lp[k, i] > off[i]:
+                    off[i] = lp[k, i]
+        for i in range(nb):
+            if off[i] == -np.inf:
+                off[i] = 0.0
+            s[i] = 0.0
+        for k in range(K):
+            for i in range(nb):
+                e = math.exp(lp[k, i] - off[i])
+                lp[k, i] = e
+                s[i] += e
+        if has_bg:
+            for i in range(nb):
+                e = math.exp(log_bg[start + i] - off[i])
+                ebg[i] = e
+                s[i] += e
+        for i in range(nb):
+            if s[i] > 0.0:
+                row_logl[start + i] = off[i] + math.log(s[i])
+                inv_s[i] = 1.0 / s[i]
+                if has_w:
+                    inv_s[i] *= weight[start + i]
+            else:
+                row_logl[start + i] = -np.inf
+                inv_s[i] = 0.0
+                n_out += 1
+        if not accumulate:
+            continue
+        if has_bg:
+            acc = 0.0
+            for i in range(nb):
+                acc += ebg[i] * inv_s[i]
+            bg_acc[0] += acc
+        for k in range(K):
+            acc = 0.0
+            for i in range(nb):
+                qi = lp[k, i] * inv_s[i]
+                q[i] = qi
+                acc += qi
+            if acc == 0.0:
+                continue
+            A[k] += acc
+            for j in range(d):
+                acc = 0.0
+                for i in range(nb):
+                    acc += q[i] * z[k, j, i]
+                Z1[k, j] += acc
+                for l in range(j + 1):
+                    acc = 0.0
+                    for i in range(nb):
+                        acc += q[i] * z[k, j, i] * z[k, l, i]
+                    Z2[k, j, l] += acc
+    return n_out
+
+
+@numba.njit(nogil=True, cache=True)
+def _rowcov_kernel(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi2_cut,
+                   accumulate, row_logl, A, U, WP, bg_acc):  # pragma: no cover - compiled
+    """E-step with per-row noise: T_ik = V_k + S_i factored per (row, component).
+
+    x (n, d); S_full (n, d, d) or S_diag (n, d) (the other one empty); V (K, d, d);
+    mu (K, d); logamp (K,). Writes row_logl and adds to A (K,), U (K, d),
+    WP (K, d, d) (lower triangle), bg_acc (1,).
+    Returns (n_outside, failing_row) with failing_row = -1 when every T_ik was
+    positive definite.
+    """
+    n, d = x.shape
+    K = mu.shape[0]
+    has_bg = log_bg.shape[0] > 0
+    has_w = weight.shape[0] > 0
+    Ls = np.empty((K, d, d))
+    zs = np.empty((K, d))
+    lp = np.empty(K)
+    u = np.empty(d)
+    Li = np.zeros((d, d))
+    c0 = -0.5 * d * LOG_2PI
+    n_out = 0
+    for i in range(n):
+        for k in range(K):
+            Lk = Ls[k]
+            for a in range(d):
+                for b in range(a + 1):
+                    if is_diag:
+                        t = V[k, a, b] + (S_diag[i, a] if a == b else 0.0)
+                    else:
+                        t = V[k, a, b] + S_full[i, a, b]
+                    Lk[a, b] = t
+            logdet = 0.0
+            for a in range(d):
+                for b in range(a + 1):
+                    t = Lk[a, b]
+                    for c in range(b):
+                        t -= Lk[a, c] * Lk[b, c]
+                    if a == b:
+                        if not t > 0.0:
+                            return n_out, i
+                        t = math.sqrt(t)
+                        Lk[a, a] = t
+                        logdet += math.log(t)
+                    else:
+                        Lk[a, b] = t / Lk[b, b]
+            mah = 0.0
+            for a in range(d):
+                t = x[i, a] - mu[k, a]
+                for c in range(a):
+                    t -= Lk[a, c] * zs[k, c]
+                t /= Lk[a, a]
+                zs[k, a] = t
+                mah += t * t
+            if mah <= chi2_cut:
+                lp[k] = logamp[k] + c0 - logdet - 0.5 * mah
+            else:
+                lp[k] = -np.inf
+        off = log_bg[i] if has_bg else -np.inf
+        for k in range(K):
+            if lp[k] > off:
+                off = lp[k]
+        if off == -np.inf:
+            row_logl[i] = -np.inf
+            n_out += 1
+            continue
+        tot = 0.0
+        for k in range(K):
+            e = math.exp(lp[k] - off)
+            lp[k] = e
+            tot += e
+        ebg = 0.0
+        if has_bg:
+            ebg = math.exp(log_bg[i] - off)
+            tot += ebg
+        row_logl[i] = off + math.log(tot)
+        if not accumulate:
+            continue
+        scale = 1.0 / tot
+        if has_w:
+            scale *= weight[i]
+        bg_acc[0] += ebg * scale
+        for k in range(K):
+            qk = lp[k] * scale
+            if qk == 0.0:
+                continue
+            Lk = Ls[k]
+            # u = L^-T z
+            for a in range(d - 1, -1, -1):
+                t = zs[k, a]
+                for c in range(a + 1, d):
+                    t -= Lk[c, a] * u[c]
+                u[a] = t / Lk[a, a]
+            A[k] += qk
+            for a in range(d):
+                U[k, a] += qk * u[a]
+            # Li = L^-1 (lower); T^-1 = Li^T Li
+            for col in range(d):
+                for a in range(col, d):
+                    t = 1.0 if a == col else 0.0
+                    for c in range(col, a):
+                        t -= Lk[a, c] * Li[c, col]
+                    Li[a, col] = t / Lk[a, a]
+            for a in range(d):
+                for b in range(a + 1):
+                    t = 0.0
+                    for c in range(a, d):
+                        t += Li[c, a] * Li[c, b]
+                    WP[k, a, b] += qk * (u[a] * u[b] - t)
+    return n_out, -1
+
+
+# ------------------------------------------------------------------------- wrappers
+
+
+@dataclass
+class BlockMoments:
+    """Moments of one block, centred on the current component means.
+
+    Attributes
+    ----------
+    A : ndarray, shape (K,)
+        Sum of (weighted) responsibilities.
+    M1 : ndarray, shape (K, D)
+        ``sum q (b - mu)``.
+    M2 : ndarray, shape (K, D, D)
+        ``sum q ((b - mu)(b - mu)^T + B)``.
+    bg : float
+        Sum of background responsibilities.
+    """
+
+    A: np.ndarray
+    M1: np.ndarray
+    M2: np.ndarray
+    bg: float
+
+
+def _empty1() -> np.ndarray:
+    return np.empty(0, dtype=np.float64)
+
+
+def _symmetrize_lower(M: np.ndarray) -> np.ndarray:
+    """Fill the upper triangle of a stack of lower-triangle accumulators."""
+    low = np.tril(M)
+    return low + np.swapaxes(np.tril(M, -1), -1, -2)
+
+
+def chi2_cut_for(cutoff: float | None, d: int) -> float:
+    """Squared Mahalanobis radius in d dimensions equivalent to ``cutoff`` 1-D sigmas.
+
+    Parameters
+    ----------
+    cutoff : float or None
+        Neighborhood size in 1-D sigmas; ``None`` or ``inf``: no cut.
+    d : int
+        Number of (observed) dimensions.
+
+    Returns
+    -------
+    float
+        The chi-square(d) quantile with the probability mass of +-cutoff sigma in
+        1-D; ``inf`` for no cut.
+    """
+    if cutoff is None or not np.isfinite(cutoff):
+        return np.inf
+    from scipy.special import erfc
+    from scipy.stats import chi2
+
+    # tail mass outside +-cutoff in 1-D; isf keeps precision for large cutoffs
+    return float(chi2.isf(erfc(cutoff / np.sqrt(2.0)), d))
+
+
+def _pattern_estep(x_o, noise_o, kind, obs, mean, covar, log_amp, log_bg, weight,
+                   cutoff, accumulate, row_logl, first_row):
+    """E-step of the rows of one missingness pattern.
+
+    Returns (n_outside, A, U_o, WP_o) with U_o (K, d), WP_o (K, d, d) full-symmetric,
+    or (n_outside, None, None, None) without accumulation.
+    """
+    K = mean.shape[0]
+    d = int(obs.sum())
+    mu_o = np.ascontiguousarray(mean[:, obs])
+    V_oo = np.ascontiguousarray(covar[np.ix_(np.arange(K), obs, obs)])
+    A = np.zeros(K)
+    bg_acc = np.zeros(1)
+    lb = log_bg if log_bg is not None else _empty1()
+    w = weight if weight is not None else _empty1()
+    chi2_cut = chi2_cut_for(cutoff, d)
+    if kind in ("none", "shared"):
+        T = V_oo if kind == "none" else V_oo + noise_o[None, :, :]
+        L = cholesky_lower(T, "component covariance (+ shared noise)")
+        Ldiag = np.diagonal(L, axis1=1, axis2=2)
+        logc = log_amp - 0.5 * d * LOG_2PI - np.log(Ldiag).sum(axis=1)
+        Z1 = np.zeros((K, d))
+        Z2 = np.zeros((K, d, d))
+        n_out = _shared_kernel(
+            np.ascontiguousarray(x_o.T), mu_o, np.ascontiguousarray(L),
+            np.ascontiguousarray(1.0 / Ldiag), logc, lb, w, chi2_cut, accumulate,
+            row_logl, A, Z1, Z2, bg_acc)
+        if not accumulate:
+            return n_out, None, None, None, 0.0
+        Z2 = _symmetrize_lower(Z2)
+        # U = L^-T Z1 ; WP = L^-T (Z2 - A I) L^-1
+        U = np.empty((K, d))
+        WP = np.empty((K, d, d))
+        eye = np.eye(d)
+        for k in range(K):
+            if A[k] == 0.0:
+                U[k] = 0.0
+                WP[k] = 0.0
+                continue
+            Lk = L[k]
+            U[k] = solve_triangular(Lk, Z1[k], lower=True, trans="T", check_finite=False)
+            Y = solve_triangular(Lk, Z2[k] - A[k] * eye, lower=True, trans="T",
+                                 check_finite=False)
+            WP[k] = solve_triangular(Lk, Y.T, lower=True, trans="T", check_finite=False).T
+        WP = 0.5 * (WP + np.swapaxes(WP, 1, 2))
+        return n_out, A, U, WP, bg_acc[0]
+    is_diag = kind == "diag"
+    S_full = np.empty((0, 0, 0)) if is_diag else np.ascontiguousarray(noise_o, dtype=np.float64)
+    S_diag = np.ascontiguousarray(noise_o, dtype=np.float64) if is_diag else np.empty((0, 0))
+    U = np.zeros((K, d))
+    WP = np.zeros((K, d, d))
+    n_out, bad = _rowcov_kernel(
+        np.ascontiguousarray(x_o, dtype=np.float64), S_full, S_diag, is_diag, V_oo, mu_o,
+        log_amp, lb, w, chi2_cut, accumulate, row_logl, A, U, WP, bg_acc)
+    if bad >= 0:
+        raise NumericalError(
+            f"row {first_row(bad)}: component covariance + noise covariance is not "
+            f"positive definite; check that the row's noise covariance is symmetric "
+            f"positive semi-definite."
+        )
+    if not accumulate:
+        return n_out, None, None, None, 0.0
+    return n_out, A, U, _symmetrize_lower(WP), bg_acc[0]
+
+
+def _noise_rows(noise, kind, rows, obs):
+    """Noise of the given rows restricted to the observed dims (None for 'none')."""
+    if kind == "none":
+        return None
+    if kind == "shared":
+        return noise[np.ix_(obs, obs)]
+    sub = noise if rows is None else noise[rows]
+    if obs.all():
+        return sub
+    if kind == "diag":
+        return sub[:, obs]
+    return sub[:, obs][:, :, obs]
+
+
+def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
+                  accumulate, row_offset):
+    """Shared loop of :func:`estep_block` and :func:`log_density_block`."""
+    n, D = x.shape
+    K = mean.shape[0]
+    if x.dtype != np.float64:
+        x = x.astype(np.float64)
+    if kind in ("diag", "full") and noise.dtype != np.float64:
+        noise = noise.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        log_amp = np.log(np.asarray(amp, dtype=np.float64))
+    row_logl = np.empty(n)
+    A = np.zeros(K)
+    M1 = np.zeros((K, D))
+    M2 = np.zeros((K, D, D))
+    bg = 0.0
+    n_out = 0
+    patterns = missing_patterns(x)
+    if not (patterns and patterns[0][1] is None):
+        # rows with no observed feature carry no information: NaN, never used
+        row_logl[np.isnan(x).all(axis=1)] = np.nan
+    for obs, rows in patterns:
+        if rows is None:
+            x_o, lb, w = x, log_bg, weight
+            out = row_logl
+        else:
+            x_o = x[np.ix_(rows, obs)]
+            lb = None if log_bg is None else np.ascontiguousarray(log_bg[rows])
+            w = None if weight is None else np.ascontiguousarray(weight[rows])
+            out = np.empty(len(rows))
+        noise_o = _noise_rows(noise, kind, rows, obs)
+
+        def first_row(local, rows=rows):
+            return row_offset + int(local if rows is None else rows[local])
+
+        n_o, A_p, U_p, WP_p, bg_p = _pattern_estep(
+            x_o, noise_o, kind, obs, mean, covar, log_amp, lb, w, cutoff, accumulate,
+            out, first_row)
+        n_out += n_o
+        if rows is not None:
+            row_logl[rows] = out
+        if not accumulate:
+            continue
+        # embed into D dims and apply the component's own V (DESIGN.md §1.2)
+        V_o = covar[:, :, obs]                           # (K, D, d)
+        A += A_p
+        M1 += np.einsum("kij,kj->ki", V_o, U_p)
+        M2 += A_p[:, None, None] * covar + V_o @ WP_p @ np.swapaxes(V_o, 1, 2)
+        bg += bg_p
+    return row_logl, n_out, (BlockMoments(A, M1, 0.5 * (M2 + np.swapaxes(M2, 1, 2)), bg)
+                             if accumulate else None)
+
+
+def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
+                covar: np.ndarray, *, log_bg: np.ndarray | None = None,
+                weight: np.ndarray | None = None, cutoff: float | None = None,
+                row_offset: int = 0):
+    """E-step of one block: per-row log-likelihoods and centred moments.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, D)
+        Rows (float32 or float64); NaN marks a missing feature, marginalized exactly.
+    noise : None or ndarray
+        Noise covariance of the rows: ``None`` (kind ``"none"``), ``(D, D)``
+        (``"shared"``), ``(n, D)`` diagonal variances (``"diag"``) or ``(n, D, D)``
+        (``"full"``). Same units as ``x`` squared.
+    kind : str
+        The noise kind, see :data:`NOISE_KINDS`.
+    amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
+        Mixture parameters (amplitudes of the Gaussian components; they need not
+        sum to 1 when a background takes the rest).
+    log_bg : ndarray, shape (n,), optional
+        Log of (background amplitude x background density) per row.
+    weight : ndarray, shape (n,), optional
+        Row weights multiplying the responsibilities (imputed candidates).
+    cutoff : float or None
+        Neighborhood size in 1-D-equivalent sigmas: a row whose squared
+        Mahalanobis distance to a component (with ``T_ik``) exceeds the chi-square
+        quantile of :func:`chi2_cut_for` gets zero responsibility for it.
+    row_offset : int
+        Global index of the block's first row, for error messages.
+
+    Returns
+    -------
+    row_logl : ndarray, shape (n,)
+        ``log sum_k amp_k N(x_i | mu_k, T_ik)`` (+ background); ``-inf`` for rows
+        outside every neighborhood, NaN for rows with no observed feature.
+    n_outside : int
+        Number of rows with zero density (outside every neighborhood).
+    moments : BlockMoments
+        Float64 moments centred on ``mean``.
+    """
+    return _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
+                         True, row_offset)
+
+
+def log_density_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
+                      covar: np.ndarray, *, log_bg: np.ndarray | None = None,
+                      row_offset: int = 0) -> np.ndarray:
+    """Log-density of each row under the noise-convolved mixture.
+
+    Same parameters as :func:`estep_block`; returns ``row_logl`` of shape ``(n,)``.
+    """
+    return _run_patterns(x, noise, kind, mean, covar, amp, log_bg, None, None, False,
+                         row_offset)[0]

@@ -1,0 +1,297 @@
+"""The Gaussian mixture model: parameters, density, sampling and safe persistence."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import kernels
+from .background import Background
+from .errors import InputError, InputTypeError, ModelFileError
+from .validation import check_model_params
+
+__all__ = ["GMM", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
+
+MODEL_FORMAT = "daskgmmis-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def _is_dask(a) -> bool:
+    return hasattr(a, "dask") and hasattr(a, "chunks")
+
+
+class GMM:
+    """Gaussian mixture ``p(v) = sum_k amp_k N(v | mean_k, covar_k)``.
+
+    Parameters
+    ----------
+    K : int
+        Number of components, ``K >= 1``.
+    D : int
+        Number of dimensions, ``D >= 1``.
+
+    Attributes
+    ----------
+    amp : ndarray, shape (K,)
+        Component amplitudes (sum to 1, or to ``1 - background.amp``).
+    mean : ndarray, shape (K, D)
+        Component means, data units.
+    covar : ndarray, shape (K, D, D)
+        Component covariances, data units squared.
+    background : Background or None
+        Background saved with (and loaded from) a model file, if any.
+    """
+
+    def __init__(self, K: int = 1, D: int = 1):
+        for name, v in (("K", K), ("D", D)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise InputTypeError(f"{name}: expected a positive integer; found {v!r}.")
+            if v < 1:
+                raise InputError(f"{name}: expected an integer >= 1; found {v}.")
+        self.amp = np.full(K, 1.0 / K)
+        self.mean = np.zeros((K, D))
+        self.covar = np.broadcast_to(np.eye(D), (K, D, D)).copy()
+        self.background: Background | None = None
+
+    @property
+    def K(self) -> int:
+        return int(np.shape(self.amp)[0])
+
+    @property
+    def D(self) -> int:
+        return int(np.shape(self.mean)[1])
+
+    def __repr__(self) -> str:
+        return f"GMM(K={self.K}, D={self.D})"
+
+    def copy(self) -> "GMM":
+        """A deep copy (parameters and background)."""
+        g = GMM(self.K, self.D)
+        g.amp, g.mean, g.covar = (np.array(a, dtype=np.float64) for a in
+                                  (self.amp, self.mean, self.covar))
+        if self.background is not None:
+            g.background = Background.from_dict(self.background.to_dict())
+        return g
+
+    def _params(self):
+        amp, mean, covar = (np.asarray(a, dtype=np.float64) for a in
+                            (self.amp, self.mean, self.covar))
+        check_model_params(amp, mean, covar)
+        return amp, mean, covar
+
+    # ------------------------------------------------------------------ density
+
+    def __call__(self, coords, covar=None, as_log: bool = False, background=None):
+        """Density (or log-density) of the mixture, convolved with noise.
+
+        Parameters
+        ----------
+        coords : array_like or dask array, shape (n, D)
+            NaN marks a missing feature, marginalized exactly.
+        covar : None or array, optional
+            Noise: shared ``(D, D)``, diagonal variances ``(n, D)`` or full
+            ``(n, D, D)``; data units squared.
+        as_log : bool
+            Return ``log p`` instead of ``p``.
+        background : Background, optional
+            Add ``amp_bg * U(x)`` (noise-convolved) to the density.
+
+        Returns
+        -------
+        ndarray or dask array, shape (n,)
+            Lazy (dask) when ``coords`` is a dask array.
+        """
+        amp, mean, cov = self._params()
+        D = mean.shape[1]
+        if _is_dask(coords):
+            return self._dask_density(coords, covar, as_log, background, amp, mean, cov)
+        x = np.asarray(coords)
+        if x.ndim == 1 and D == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[1] != D:
+            raise InputError(f"coords: expected shape (n, D) with D={D}; found {x.shape}.")
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float64)
+        noise = None if covar is None else np.asarray(covar, dtype=np.float64)
+        kind = kernels.noise_kind_of(noise, x.shape[0], D)
+        log_bg = _log_background(background, x, noise, kind)
+        out = kernels.log_density_block(x, noise, kind, amp, mean, cov, log_bg=log_bg)
+        return out if as_log else np.exp(out)
+
+    def _dask_density(self, coords, covar, as_log, background, amp, mean, cov):
+        import dask.array as da
+
+        D = mean.shape[1]
+        if coords.ndim != 2 or coords.shape[1] != D:
+            raise InputError(f"coords: expected shape (n, D) with D={D}; found {coords.shape}.")
+        x = coords.rechunk({1: -1})
+        kind = kernels.noise_kind_of(covar, x.shape[0], D)
+
+        def block(xb, nb=None):
+            noise = covar if kind == "shared" else nb
+            log_bg = _log_background(background, xb, noise, kind)
+            out = kernels.log_density_block(xb, noise, kind, amp, mean, cov, log_bg=log_bg)
+            return out if as_log else np.exp(out)
+
+        if kind in ("none", "shared"):
+            return da.blockwise(block, "i", x, "ij", dtype=np.float64, concatenate=True)
+        noise = da.asarray(covar)
+        noise = noise.rechunk((x.chunks[0],) + tuple((s,) for s in noise.shape[1:]))
+        index = "ij" if kind == "diag" else "ijk"
+        return da.blockwise(block, "i", x, "ij", noise, index, dtype=np.float64,
+                            concatenate=True)
+
+    def logL(self, coords, covar=None, background=None):
+        """Log-density of each row: ``self(coords, covar, as_log=True)``."""
+        return self(coords, covar, as_log=True, background=background)
+
+    # ---------------------------------------------------------------- sampling
+
+    def draw(self, size: int = 1, rng=None) -> np.ndarray:
+        """Draw samples from the mixture (no noise, no selection).
+
+        Parameters
+        ----------
+        size : int
+            Number of samples.
+        rng : None, int, Generator or SeedSequence
+            Random source.
+
+        Returns
+        -------
+        ndarray, shape (size, D)
+            Samples in random order.
+        """
+        amp, mean, cov = self._params()
+        rng = np.random.default_rng(rng)
+        size = int(size)
+        if size < 0:
+            raise InputError(f"size: expected a non-negative integer; found {size}.")
+        p = amp / amp.sum()
+        counts = rng.multinomial(size, p)
+        L = np.linalg.cholesky(cov)
+        out = np.empty((size, self.D))
+        start = 0
+        for k, c in enumerate(counts):
+            z = rng.standard_normal((c, self.D))
+            out[start:start + c] = mean[k] + z @ L[k].T
+            start += c
+        rng.shuffle(out, axis=0)
+        return out
+
+    # ---------------------------------------------------------------- persistence
+
+    def save(self, path, *, background: Background | None = None,
+             overwrite: bool = False) -> None:
+        """Write the model to a safe, versioned, exact file (``.npz``, no pickle).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination file. Written atomically (temporary file, then rename).
+        background : Background, optional
+            Saved with the model (defaults to ``self.background``).
+        overwrite : bool
+            Replace an existing file; otherwise an existing file is an error.
+        """
+        amp, mean, cov = self._params()
+        bg = background if background is not None else self.background
+        path = os.fspath(path)
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
+        meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION,
+                "K": self.K, "D": self.D,
+                "background": None if bg is None else bg.to_dict()}
+        buf = io.BytesIO()
+        np.savez(buf, amp=amp, mean=mean, covar=cov,
+                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buf.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path) -> "GMM":
+        """Read a model written by :meth:`save`.
+
+        Never unpickles: a crafted file cannot execute code. Every field is
+        checked (format, version, shapes, finite values, positive-definite
+        covariances); a model saved with a background gets it as ``.background``.
+
+        Raises
+        ------
+        ModelFileError
+            The file is missing, not a model file, of another version, or corrupted.
+        """
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise ModelFileError(f"path: model file {path} does not exist.")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                names = set(f.files)
+                if names != {"amp", "mean", "covar", "meta"}:
+                    raise ModelFileError(f"{path}: expected arrays amp, mean, covar, meta; "
+                                         f"found {sorted(names)}: not a daskgmmis model.")
+                arrays = {k: f[k] for k in ("amp", "mean", "covar")}
+                meta = json.loads(f["meta"].tobytes().decode())
+        except ModelFileError:
+            raise
+        except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as e:
+            raise ModelFileError(f"{path}: not a readable daskgmmis model file ({e}).") from None
+        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"{path}: format tag is {meta.get('format') if isinstance(meta, dict) else meta!r}; "
+                                 f"expected {MODEL_FORMAT!r}.")
+        if meta.get("version") != MODEL_FORMAT_VERSION:
+            raise ModelFileError(f"{path}: model format version {meta.get('version')!r}; this "
+                                 f"daskgmmis reads version {MODEL_FORMAT_VERSION}.")
+        for k, a in arrays.items():
+            if a.dtype != np.float64:
+                raise ModelFileError(f"{path}: array {k} has dtype {a.dtype}; expected float64.")
+        try:
+            check_model_params(arrays["amp"], arrays["mean"], arrays["covar"], where=path)
+        except InputError as e:
+            raise ModelFileError(f"corrupted model file: {e}") from None
+        if (meta.get("K"), meta.get("D")) != arrays["mean"].shape:
+            raise ModelFileError(f"{path}: header says K={meta.get('K')}, D={meta.get('D')} "
+                                 f"but mean has shape {arrays['mean'].shape}.")
+        g = cls(*arrays["mean"].shape)
+        g.amp, g.mean, g.covar = arrays["amp"], arrays["mean"], arrays["covar"]
+        if meta.get("background") is not None:
+            try:
+                g.background = Background.from_dict(meta["background"])
+            except (KeyError, TypeError, InputError) as e:
+                raise ModelFileError(f"{path}: invalid background record ({e}).") from None
+            if g.background.D != g.D:
+                raise ModelFileError(f"{path}: background has D={g.background.D}, model D={g.D}.")
+        return g
+
+
+def _log_background(background, x, noise, kind):
+    """log(amp_bg * U(x)) per row, or None."""
+    if background is None or background.amp <= 0:
+        return None
+    if background.D != x.shape[1]:
+        raise InputError(f"background: footprint has D={background.D}; data has "
+                         f"D={x.shape[1]}.")
+    if kind == "none":
+        var = None
+    elif kind == "shared":
+        var = np.diag(noise)
+    elif kind == "diag":
+        var = noise
+    else:
+        var = np.diagonal(noise, axis1=1, axis2=2)
+    return np.log(background.amp) + background.log_density(x, var)

@@ -1,0 +1,209 @@
+"""Input checks shared by the public entry points and the first data pass.
+
+Checks that need the data itself run inside block tasks (fused into the first
+pass, never an extra read) and name the global row and column that failed.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .errors import InputError, InputTypeError
+
+__all__ = [
+    "check_model_params",
+    "check_data_block",
+    "check_noise_block",
+    "as_index_array",
+]
+
+
+def check_model_params(amp, mean, covar, *, where: str = "gmm") -> None:
+    """Check the shapes and values of mixture parameters.
+
+    Parameters
+    ----------
+    amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
+    where : str
+        Name of the object in error messages.
+
+    Raises
+    ------
+    InputError
+        Wrong shapes, non-finite values, negative amplitudes or covariances that
+        are not symmetric positive definite (the component is named).
+    """
+    amp, mean, covar = (np.asarray(a) for a in (amp, mean, covar))
+    if amp.ndim != 1 or amp.shape[0] < 1:
+        raise InputError(f"{where}.amp: expected shape (K,) with K >= 1; found {amp.shape}.")
+    K = amp.shape[0]
+    if mean.ndim != 2 or mean.shape[0] != K or mean.shape[1] < 1:
+        raise InputError(f"{where}.mean: expected shape (K, D) = ({K}, D); found {mean.shape}.")
+    D = mean.shape[1]
+    if covar.shape != (K, D, D):
+        raise InputError(f"{where}.covar: expected shape (K, D, D) = ({K}, {D}, {D}); "
+                         f"found {covar.shape}.")
+    for name, arr in (("amp", amp), ("mean", mean), ("covar", covar)):
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{where}.{name}: expected finite values; found NaN or Inf.")
+    if (amp < 0).any():
+        raise InputError(f"{where}.amp: expected non-negative amplitudes; found "
+                         f"{amp.min():.3g} at component {int(amp.argmin())}.")
+    asym = np.abs(covar - np.swapaxes(covar, 1, 2)).max(axis=(1, 2))
+    scale = np.abs(covar).max(axis=(1, 2)) + np.finfo(float).tiny
+    if (asym > 1e-8 * scale).any():
+        k = int(np.argmax(asym / scale))
+        raise InputError(f"{where}.covar[{k}]: expected a symmetric matrix; found an "
+                         f"asymmetry of {asym[k]:.3g}.")
+    for k in range(K):
+        try:
+            np.linalg.cholesky(covar[k])
+        except np.linalg.LinAlgError:
+            raise InputError(
+                f"{where}.covar[{k}]: expected a positive-definite matrix; its smallest "
+                f"eigenvalue is {np.linalg.eigvalsh(covar[k]).min():.3g}."
+            ) from None
+
+
+def check_data_block(x: np.ndarray, row_offset: int, name: str = "data") -> None:
+    """Reject Inf values and rows with every feature missing.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, D)
+    row_offset : int
+        Global index of the block's first row.
+    name : str
+        Argument name for the message.
+    """
+    inf = np.isinf(x)
+    if inf.any():
+        i, j = np.argwhere(inf)[0]
+        raise InputError(
+            f"{name}: row {row_offset + int(i)}, column {int(j)} is {x[i, j]}; expected a "
+            f"finite value or NaN (missing). Found {int(inf.sum())} infinite entries in "
+            f"rows {row_offset}..{row_offset + len(x) - 1}.")
+    empty = np.isnan(x).all(axis=1)
+    if empty.any():
+        i = int(np.flatnonzero(empty)[0])
+        raise InputError(
+            f"{name}: row {row_offset + i} has every feature missing (all NaN); "
+            f"{int(empty.sum())} such rows in rows {row_offset}..{row_offset + len(x) - 1}. "
+            f"Drop them before fitting: they carry no information.")
+
+
+@numba.njit(nogil=True, cache=True)
+def _first_not_psd(S, observed):  # pragma: no cover - compiled
+    """Index of the first (n, d, d) matrix whose observed block is not PSD, or -1."""
+    n, d, _ = S.shape
+    L = np.empty((d, d))
+    for i in range(n):
+        idx = np.flatnonzero(observed[i])
+        m = idx.shape[0]
+        tr = 0.0
+        for a in range(m):
+            tr += S[i, idx[a], idx[a]]
+        if tr == 0.0:
+            allzero = True
+            for a in range(m):
+                for b in range(m):
+                    if S[i, idx[a], idx[b]] != 0.0:
+                        allzero = False
+            if allzero:
+                continue
+            return i
+        # Cholesky with a relative jitter accepts PSD matrices up to rounding
+        jit = 1e-12 * tr / m
+        for a in range(m):
+            for b in range(a + 1):
+                t = S[i, idx[a], idx[b]] + (jit if a == b else 0.0)
+                for c in range(b):
+                    t -= L[a, c] * L[b, c]
+                if a == b:
+                    if not t > 0.0:
+                        return i
+                    L[a, a] = np.sqrt(t)
+                else:
+                    L[a, b] = t / L[b, b]
+    return -1
+
+
+def check_noise_block(noise: np.ndarray, kind: str, x: np.ndarray, row_offset: int,
+                      name: str = "covar") -> None:
+    """Check per-row noise covariances of a block (only where features are observed).
+
+    Entries belonging to missing features may be NaN. Diagonal variances must be
+    >= 0; full matrices symmetric positive semi-definite.
+
+    Parameters
+    ----------
+    noise : ndarray, shape (n, D) or (n, D, D)
+    kind : {"diag", "full"}
+    x : ndarray, shape (n, D)
+        The rows' values (NaN = missing).
+    row_offset : int
+        Global index of the first row.
+    name : str
+        Argument name for the message.
+    """
+    observed = ~np.isnan(x)
+    if kind == "diag":
+        bad = ~np.isfinite(noise) & observed
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InputError(f"{name}: row {row_offset + int(i)}, column {int(j)} is "
+                             f"{noise[i, j]}; expected a finite variance where the "
+                             f"feature is observed.")
+        neg = (noise < 0) & observed
+        if neg.any():
+            i, j = np.argwhere(neg)[0]
+            raise InputError(f"{name}: row {row_offset + int(i)}, column {int(j)} is a "
+                             f"negative variance ({noise[i, j]:.3g}); expected >= 0 "
+                             f"(variances, not standard deviations with signs).")
+        return
+    pair = observed[:, :, None] & observed[:, None, :]
+    bad = ~np.isfinite(noise) & pair
+    if bad.any():
+        i, a, b = np.argwhere(bad)[0]
+        raise InputError(f"{name}: row {row_offset + int(i)} entry ({int(a)}, {int(b)}) is "
+                         f"{noise[i, a, b]}; expected finite covariances where features "
+                         f"are observed.")
+    filled = np.where(pair, noise, 0.0).astype(np.float64, copy=False)
+    asym = np.abs(filled - np.swapaxes(filled, 1, 2)).max(axis=(1, 2))
+    scale = np.abs(filled).max(axis=(1, 2)) + np.finfo(float).tiny
+    if (asym > 1e-8 * scale).any():
+        i = int(np.argmax(asym > 1e-8 * scale))
+        raise InputError(f"{name}: row {row_offset + i} is not symmetric (asymmetry "
+                         f"{asym[i]:.3g}); expected a symmetric (D, D) covariance.")
+    i = _first_not_psd(np.ascontiguousarray(filled), observed)
+    if i >= 0:
+        ev = np.linalg.eigvalsh(filled[i][np.ix_(observed[i], observed[i])]).min()
+        raise InputError(f"{name}: row {row_offset + int(i)} is not positive semi-definite "
+                         f"(smallest eigenvalue {ev:.3g}); expected a valid covariance.")
+
+
+def as_index_array(idx, K: int, name: str) -> np.ndarray:
+    """Component indices as a sorted unique int array, checked against K.
+
+    Parameters
+    ----------
+    idx : int, sequence of int, or boolean mask of length K
+    K : int
+    name : str
+        Argument name for the message.
+    """
+    arr = np.asarray(idx)
+    if arr.dtype == bool:
+        if arr.shape != (K,):
+            raise InputError(f"{name}: a boolean mask must have shape ({K},); found {arr.shape}.")
+        return np.flatnonzero(arr)
+    arr = np.atleast_1d(arr)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise InputTypeError(f"{name}: expected integer component indices; found dtype "
+                             f"{arr.dtype}.")
+    arr = arr.astype(np.int64).ravel()
+    if arr.size and (arr.min() < -K or arr.max() >= K):
+        raise InputError(f"{name}: component indices must lie in [0, {K}); found "
+                         f"{arr.min()}..{arr.max()}.")
+    return np.unique(arr % K) if arr.size else arr
