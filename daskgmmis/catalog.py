@@ -115,6 +115,13 @@ def _check_array(arr, name, ndim=None):
     return arr
 
 
+def _as_source(arr, dtype, chunks):
+    """Dask input stays lazy (rechunked); anything else becomes a numpy array."""
+    if isinstance(arr, da.Array):
+        return arr.astype(dtype).rechunk(chunks)
+    return np.asarray(arr, dtype=dtype)
+
+
 def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=None,
                   order: str = "input", overwrite: bool = False) -> Catalog:
     """Write a catalog to a Zarr v3 store.
@@ -172,16 +179,16 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
                            f"(a catalog is never overwritten by default).")
     target = path if _is_url(path) else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
 
-    xd = da.asarray(x).astype(dtype).rechunk((rows, D))
-    cd = None if covar is None else da.asarray(covar).astype(np.float64).rechunk(
-        (rows,) + tuple(covar.shape[1:]))
+    xd = _as_source(x, dtype, (rows, D))
+    cd = None if covar is None else _as_source(covar, np.float64,
+                                               (rows,) + tuple(covar.shape[1:]))
     row_index = None
     if order == "spatial":
         from .neighborhoods import spatial_order
         perm = spatial_order(np.asarray(xd))
-        xd = da.from_array(np.asarray(xd)[perm], chunks=(rows, D))
+        xd = np.asarray(xd)[perm]
         if cd is not None:
-            cd = da.from_array(np.asarray(cd)[perm], chunks=(rows,) + tuple(covar.shape[1:]))
+            cd = np.asarray(cd)[perm]
         row_index = perm.astype(np.int64)
     try:
         group = zarr.open_group(target, mode="w-" if not _is_url(path) or not overwrite else "w",
@@ -196,7 +203,14 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
             z = group.create_array(name, shape=arr.shape, dtype=arr.dtype,
                                    chunks=(rows,) + tuple(arr.shape[1:]))
             targets.append(z)
-        da.store([a for _, a in arrays], targets, lock=False)
+        for (_, arr), z in zip(arrays, targets):
+            if isinstance(arr, da.Array):
+                da.store(arr, z, lock=False)
+            else:
+                # in-memory input: write slabs directly rather than shipping the
+                # array through a (possibly distributed) graph
+                for start in range(0, arr.shape[0], rows):
+                    z[start:start + rows] = arr[start:start + rows]
         if row_index is not None:
             group.create_array("row_index", data=row_index, chunks=(rows,))
     except BaseException:
