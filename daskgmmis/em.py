@@ -28,8 +28,10 @@ import numpy as np
 from . import kernels
 from .background import Background
 from .catalog import as_dask_input
-from .errors import (ConvergenceWarning, DeadComponentWarning, InputError, InputTypeError,
-                     NumericalError)
+from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
+                     InputTypeError, NumericalError)
+from .imputation import candidate_count, impute_block
+from .selection import check_picklable, evaluate_selection
 from .init import INIT_METHODS, DataSummary, init_minmax, init_random
 from .model import GMM, _log_background
 from .stats import SuffStats, sum_stats
@@ -91,6 +93,21 @@ class _IterParams:
     shared_noise: np.ndarray | None
     background: Background | None
     cutoff: float | None
+    sel_callback: object = None
+    covar_callback: object = None
+    seed: np.random.SeedSequence | None = None
+    oversampling: float = 0.0
+    observed_fraction: float = 1.0
+
+
+class _ConstantCovar:
+    """Picklable covar_callback returning one shared (D, D) noise matrix."""
+
+    def __init__(self, matrix):
+        self.matrix = np.asarray(matrix, dtype=np.float64)
+
+    def __call__(self, coords):
+        return self.matrix
 
 
 # ------------------------------------------------------------------ block tasks
@@ -126,8 +143,21 @@ def _summary_task(x, noise, kind, shared, row_offset):
                        np.nansum(x, axis=0, dtype=np.float64), max_var)
 
 
-def _estep_task(x, noise, params: _IterParams, row_offset):
-    """One block's E-step: a SuffStats record."""
+def _selection_log(sel_callback, x, row_offset):
+    """log Ω at observed rows; Ω = 0 there is a contradiction, reported with rows."""
+    omega = evaluate_selection(sel_callback, x, where="sel_callback (observed rows)")
+    zero = omega <= 0
+    if zero.any():
+        rows = (np.flatnonzero(zero)[:5] + row_offset).tolist()
+        raise CallbackError(
+            f"sel_callback: returned 0 for {int(zero.sum())} observed rows (first: rows "
+            f"{rows}, e.g. at {x[zero][0].tolist()}); an observed row must have a selection "
+            f"probability > 0. Check the selection function against the catalog.")
+    return np.log(omega)
+
+
+def _estep_task(x, noise, params: _IterParams, row_offset, block):
+    """One block's E-step: (observed SuffStats, imputed SuffStats or None, tally or None)."""
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
     log_bg = _log_background(params.background, x, noise, params.kind)
@@ -135,8 +165,17 @@ def _estep_task(x, noise, params: _IterParams, row_offset):
         x, noise, params.kind, params.amp, params.mean, params.covar, log_bg=log_bg,
         cutoff=params.cutoff, row_offset=row_offset)
     finite = np.isfinite(row_logl)
-    return SuffStats(mom.A, mom.M1, mom.M2, mom.bg, float(row_logl[finite].sum()),
-                     int(x.shape[0]), int(n_out))
+    logl = float(row_logl[finite].sum())
+    if params.sel_callback is None:
+        return (SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, int(x.shape[0]), int(n_out)),
+                None, None)
+    logl += float(_selection_log(params.sel_callback, x, row_offset)[finite].sum())
+    observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, int(x.shape[0]), int(n_out))
+    m = candidate_count(x.shape[0], params.oversampling, params.observed_fraction)
+    imputed, tally = impute_block(m, params.amp, params.mean, params.covar, params.background,
+                                  params.sel_callback, params.covar_callback, params.seed,
+                                  block, params.cutoff)
+    return observed, imputed, tally
 
 
 def _tree_sum(parts, split_every=SPLIT_EVERY):
@@ -174,8 +213,9 @@ class _Plan:
     def iteration_graph(self, params: _IterParams):
         """The graph of one E-step: block tasks and their tree reduction."""
         p = dask.delayed(params, pure=True)
-        parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off)
-                 for xb, nb, off in zip(self.x_blocks, self.noise_blocks, self.offsets)]
+        parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b)
+                 for b, (xb, nb, off) in enumerate(zip(self.x_blocks, self.noise_blocks,
+                                                       self.offsets))]
         return _tree_sum(parts)
 
 
@@ -231,6 +271,12 @@ def _maybe_persist(x, noise, kind, persist, client):
     if kind in ("diag", "full"):
         noise = persisted[1]
     return x, noise
+
+
+def _quantize_fraction(f: float) -> float:
+    """Round f down to a power of 2**(1/4) so candidate counts settle as f converges."""
+    f = min(max(f, 1e-3), 1.0)
+    return float(2.0 ** (math.floor(4 * math.log2(f)) / 4))
 
 
 def _root_seed(rng) -> np.random.SeedSequence:
@@ -350,7 +396,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         cutoff: float | None = None, sel_callback=None, covar_callback=None,
         background: Background | None = None, tol: float = 1e-3, maxiter: int = 1000,
         frozen=None, rng=None, client=None, checkpoint=None, split_n_merge: int = 0,
-        oversampling: float | None = None, persist: bool | None = None) -> FitResult:
+        oversampling: float = 4.0, persist: bool | None = None) -> FitResult:
     """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 
     Parameters
@@ -370,8 +416,24 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     cutoff : float, optional
         Neighborhood size in 1-D-equivalent sigmas; ``None``: every row touches
         every component.
-    sel_callback, covar_callback, checkpoint, split_n_merge, oversampling
-        See the truncation and checkpoint documentation.
+    sel_callback : callable, optional
+        Selection function Ω(coords (n, D)) -> (n,) probabilities in [0, 1] (booleans
+        accepted) that a row at noisy position ``coords`` is in the catalog. With it
+        the fit recovers the population *before* selection by imputing the
+        unobserved rows (DESIGN.md §1.4); Ω enters the likelihood, not the
+        responsibilities. Must be picklable for a distributed client.
+    covar_callback : callable, optional
+        Noise covariance of an unobserved row at arbitrary true positions:
+        returns (n, D, D), (n, D) diagonal variances, or one (D, D) matrix. Default:
+        the shared noise matrix when ``covar`` is one, else no noise.
+    oversampling : float
+        Monte-Carlo precision of the imputation: candidates drawn per estimated
+        unobserved row (see :func:`daskgmmis.imputation.candidate_count`). The
+        imputed statistics' Monte-Carlo variance is ``1/oversampling`` of the
+        Poisson variance of the unobserved population. Cost: ``oversampling / f``
+        candidate E-steps per observed row, f the observed fraction.
+    checkpoint, split_n_merge
+        See the checkpoint documentation.
     background : Background, optional
         Uniform background fitted jointly; its ``amp`` is updated in place.
     tol : float
@@ -406,11 +468,15 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         raise InputError(f"maxiter: expected an integer >= 0; found {maxiter!r}.")
     if cutoff is not None and not (np.isscalar(cutoff) and cutoff > 0):
         raise InputError(f"cutoff: expected None or a number of sigmas > 0; found {cutoff!r}.")
-    if sel_callback is not None or covar_callback is not None:
-        raise NotImplementedError("sel_callback/covar_callback: truncated fits arrive with "
-                                  "issue 3.")
-    if checkpoint is not None or split_n_merge or oversampling is not None:
-        raise NotImplementedError("checkpoint/split_n_merge/oversampling are not available yet.")
+    if checkpoint is not None or split_n_merge:
+        raise NotImplementedError("checkpoint/split_n_merge are not available yet.")
+    for name, cb in (("sel_callback", sel_callback), ("covar_callback", covar_callback)):
+        if cb is not None and not callable(cb):
+            raise InputTypeError(f"{name}: expected a callable taking coords (n, D); found "
+                                 f"{type(cb).__name__}.")
+    if not (isinstance(oversampling, (int, float, np.floating)) and oversampling > 0
+            and math.isfinite(oversampling)):
+        raise InputError(f"oversampling: expected a finite number > 0; found {oversampling!r}.")
     K, D = gmm.K, gmm.D
     x, noise, kind = as_dask_input(data, covar)
     if x.shape[1] != D:
@@ -426,8 +492,20 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     if init_method == "none":
         check_model_params(gmm.amp, gmm.mean, gmm.covar)
     seed = _root_seed(rng)
-    init_rng = np.random.default_rng(seed.spawn(1)[0])
+    init_seed, impute_seed = seed.spawn(2)
+    init_rng = np.random.default_rng(init_seed)
     client = _resolve_client(client)
+    if sel_callback is not None:
+        if covar_callback is None and kind == "shared":
+            covar_callback = _ConstantCovar(noise)
+        elif covar_callback is None and kind in ("diag", "full"):
+            warnings.warn("sel_callback without covar_callback: imputed rows get no noise while "
+                          "the observed rows have per-row noise; pass covar_callback to model "
+                          "the noise of unobserved rows.", UserWarning, stacklevel=2)
+        if client is not None:
+            check_picklable(sel_callback, "sel_callback")
+            if covar_callback is not None:
+                check_picklable(covar_callback, "covar_callback")
 
     x, noise = _maybe_persist(x, noise, kind, persist, client)
     plan = _Plan(x, noise, kind)
@@ -459,30 +537,48 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     amp, mean, cov = (np.array(a, dtype=np.float64) for a in (gmm.amp, gmm.mean, gmm.covar))
 
     # 3. EM
-    history, secs = [], []
+    history, secs, n_orig_history = [], [], []
     converged = False
     n_iter = 0
     stats = None
     bg = background
+    f_obs = 0.5        # observed-fraction guess that sizes the first imputation
     while True:
         t0 = time.perf_counter()
-        params = _IterParams(amp, mean, cov, kind, plan.shared, bg, cutoff)
-        stats = _compute(plan.iteration_graph(params), client)
-        logL = stats.logl / stats.n
+        params = _IterParams(amp, mean, cov, kind, plan.shared, bg, cutoff, sel_callback,
+                             covar_callback, impute_seed, float(oversampling),
+                             _quantize_fraction(f_obs))
+        stats, imputed, tally = _compute(plan.iteration_graph(params), client)
+        N = stats.n
+        logL = stats.logl / N
+        N_orig, total = float(N), stats
+        if sel_callback is not None:
+            f_obs = tally.omega / tally.n
+            if not f_obs > 0:
+                raise CallbackError(f"sel_callback: every one of {tally.n} rows drawn from the "
+                                    f"model has selection probability 0; the model has no "
+                                    f"mass where the catalog was observed.")
+            N_orig = N / f_obs
+            logL -= math.log(f_obs)   # likelihood of the truncated (observed) population
+            if tally.weight > 0:
+                total = stats + imputed.scaled((N_orig - N) / tally.weight)
         if not np.isfinite(logL):
             raise NumericalError(f"the mean log-likelihood became {logL} at iteration "
                                  f"{n_iter}; check the data scale or use w > 0.")
         history.append(logL)
+        n_orig_history.append(N_orig)
         secs.append(time.perf_counter() - t0)
-        log.info("iteration %d: mean logL %.8g (change %.3g), %.3f s", n_iter, logL,
-                 logL - history[-2] if len(history) > 1 else float("nan"), secs[-1])
-        if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
+        log.info("iteration %d: mean logL %.8g (change %.3g), N_orig %.6g, %.3f s", n_iter,
+                 logL, logL - history[-2] if len(history) > 1 else float("nan"), N_orig,
+                 secs[-1])
+        if len(history) > 1 and abs(history[-1] - history[-2]) < tol and (
+                abs(n_orig_history[-1] - n_orig_history[-2]) <= tol * N_orig):
             converged = True
             break
         if n_iter >= maxiter:
             break
-        amp, mean, cov, bg_amp, _ = mstep(stats, amp, mean, cov, w=w, frozen=frozen_idx,
-                                          background=bg)
+        amp, mean, cov, bg_amp, _ = mstep(total, amp, mean, cov, w=w, frozen=frozen_idx,
+                                          background=bg, N_total=N_orig)
         if bg is not None:
             bg.amp = bg_amp
         n_iter += 1
@@ -492,6 +588,6 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
                       ConvergenceWarning, stacklevel=2)
     gmm.amp, gmm.mean, gmm.covar = amp, mean, cov
     return FitResult(logL=history[-1], n_iter=n_iter, converged=converged, history=history,
-                     N_orig=float(stats.n), N=int(stats.n), n_outside=int(stats.n_outside),
+                     N_orig=n_orig_history[-1], N=int(stats.n), n_outside=int(stats.n_outside),
                      bg_amp=None if bg is None else bg.amp,
                      seconds=time.perf_counter() - t_start, seconds_per_iter=secs)

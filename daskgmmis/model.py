@@ -150,6 +150,88 @@ class GMM:
         """Log-density of each row: ``self(coords, covar, as_log=True)``."""
         return self(coords, covar, as_log=True, background=background)
 
+    def condition(self, values, dims, *, background: Background | None = None) -> "GMM":
+        """Conditional mixture over the other dimensions, given values of ``dims``.
+
+        For ``a`` the remaining dimensions and ``b = dims``, ``p(v_a | v_b = values)``
+        is a mixture with amplitudes ``amp_k N(values | mean_k[b], covar_k[b,b])``
+        (renormalized in log space), means
+        ``mean_k[a] + covar_k[a,b] covar_k[b,b]^-1 (values - mean_k[b])`` and
+        covariances ``covar_k[a,a] - covar_k[a,b] covar_k[b,b]^-1 covar_k[b,a]``
+        (Cholesky solves). This is the noise-free posterior of a row whose ``a``
+        features are missing, and is computed by the same code
+        (:func:`daskgmmis.posterior.posterior_block`).
+
+        Parameters
+        ----------
+        values : array_like, shape (len(dims),)
+            Fixed values of the conditioning dimensions, data units.
+        dims : int or sequence of int
+            Conditioning dimensions: unique, in ``[0, D)``, not all of them.
+        background : Background, optional
+            Background of the joint model (as in :meth:`__call__`; not taken from
+            ``self.background`` implicitly). The result then carries the
+            conditional background - uniform over the remaining dimensions of the
+            footprint, amplitude ``P(background | values)`` - as ``.background``,
+            and its Gaussian amplitudes sum to the rest.
+
+        Returns
+        -------
+        GMM
+            ``K`` components in ``D - len(dims)`` dimensions, in the order of the
+            remaining dimensions.
+
+        Raises
+        ------
+        InputTypeError
+            ``dims`` are not integers.
+        InputError
+            ``dims`` repeated, out of range, empty or covering every dimension;
+            ``values`` of the wrong shape or not finite.
+        """
+        from .posterior import posterior_block   # posterior.py imports this module
+
+        amp, mean, cov = self._params()
+        D = self.D
+        d = np.atleast_1d(np.asarray(dims))
+        if d.dtype == bool or (d.size and not np.issubdtype(d.dtype, np.integer)):
+            raise InputTypeError(f"dims: expected integer dimension indices; found {dims!r}.")
+        if d.ndim != 1:
+            raise InputError(f"dims: expected an int or a 1-D sequence of ints; found "
+                             f"shape {d.shape}.")
+        if d.size == 0:
+            raise InputError("dims: expected at least one conditioning dimension; found none.")
+        if d.min() < 0 or d.max() >= D:
+            raise InputError(f"dims: expected indices in [0, {D}); found {d.tolist()}.")
+        if np.unique(d).size != d.size:
+            raise InputError(f"dims: expected unique indices; found {d.tolist()}.")
+        if d.size == D:
+            raise InputError(f"dims: {d.tolist()} covers all D={D} dimensions; nothing is "
+                             f"left to condition (use gmm(values) for the density).")
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if v.shape != (d.size,):
+            raise InputError(f"values: expected shape ({d.size},) to match dims "
+                             f"{d.tolist()}; found {np.shape(values)}.")
+        if not np.all(np.isfinite(v)):
+            raise InputError(f"values: expected finite numbers; found {v.tolist()}.")
+        if background is not None and not isinstance(background, Background):
+            raise InputTypeError(f"background: expected a daskgmmis.Background; found "
+                                 f"{type(background).__name__}.")
+        x = np.full((1, D), np.nan)
+        x[0, d] = v
+        log_bg = _log_background(background, x, None, "none")
+        post = posterior_block(x, None, "none", amp, mean, cov, log_bg)
+        a = np.setdiff1d(np.arange(D), d)
+        g = GMM(self.K, a.size)
+        p_bg = 0.0 if post.resp_bg is None else float(post.resp_bg[0])
+        g.amp = post.resp[0] * (1.0 - p_bg)
+        g.mean = post.means[0][:, a]
+        g.covar = post.covars[0][np.ix_(np.arange(self.K), a, a)]
+        if log_bg is not None:
+            g.background = Background((background.lower[a], background.upper[a]), p_bg,
+                                      adjust_amp=background.adjust_amp)
+        return g
+
     # ---------------------------------------------------------------- sampling
 
     def draw(self, size: int = 1, rng=None) -> np.ndarray:

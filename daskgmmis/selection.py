@@ -28,6 +28,7 @@ with the callback's name, what was expected and what was found.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
@@ -91,7 +92,7 @@ def _json_number(v: float):
     return None if math.isinf(v) else float(v)
 
 
-class Selection:
+class Selection(abc.ABC):
     """Base class of the built-in selection functions.
 
     Subclasses implement ``__call__(coords) -> (n,)`` float64 in ``[0, 1]``,
@@ -101,14 +102,17 @@ class Selection:
     selection callable.
     """
 
-    def __call__(self, coords) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, coords) -> np.ndarray:
+        """``Omega`` at ``coords`` (n, D): shape (n,), float64 in ``[0, 1]``."""
 
-    def to_dict(self) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def to_dict(self) -> dict:
+        """Plain-JSON description; :func:`selection_from_dict` inverts it."""
 
-    def _key(self) -> tuple:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _key(self) -> tuple:
+        """Hashable defining values (equality and hashing)."""
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self._key() == other._key()
@@ -330,7 +334,8 @@ class Sigmoid(Selection):
         if x.shape[1] <= self.dim:
             raise InputError(f"Sigmoid: cuts on dimension {self.dim}; coords have only "
                              f"{x.shape[1]} columns.")
-        t = self.direction * (x[:, self.dim] - self.threshold) / self.width
+        with np.errstate(over="ignore"):  # t = +-inf is fine: F(+-inf) = 1 or 0
+            t = self.direction * (x[:, self.dim] - self.threshold) / self.width
         omega = expit(t) if self.profile == "logistic" else ndtr(t)
         return np.where(np.isnan(t), 1.0, omega)
 

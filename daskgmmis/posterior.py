@@ -1,0 +1,627 @@
+"""Per-row posteriors of the error-free values, and missing-feature prediction.
+
+For a row ``x_i = v_i + noise_i`` (``noise_i ~ N(0, S_i)``, NaN = missing feature)
+and the model ``p(v) = sum_k alpha_k N(v | mu_k, V_k)``, the posterior of the
+error-free vector ``v_i`` (all D dimensions, observed or not) is again a mixture
+of K Gaussians (DESIGN.md §1.1), with ``o`` the observed dimensions of the row:
+
+* ``T_ik = V_k[o,o] + S_i[o,o]``, Cholesky factor ``L_ik``;
+* weight ``q_ik`` proportional to ``alpha_k N(x_i[o] | mu_k[o], T_ik)``;
+* mean ``b_ik = mu_k + V_k[:,o] T_ik^-1 (x_i[o] - mu_k[o])``;
+* covariance ``B_ik = V_k - V_k[:,o] T_ik^-1 V_k[o,:]``.
+
+With ``G = L^-1 V_k[o,:]`` and ``z = L^-1 (x_o - mu_k[o])`` these are
+``b = mu + G^T z`` and ``B = V - G^T G``: one batched Cholesky and two forward
+substitutions, no inverse and no back substitution.
+
+Missing features are marginalized exactly (only observed dimensions enter ``T``),
+so the posterior mean of a missing dimension is its conditional expectation given
+the observed ones: :func:`predict_missing`. A row with no observed feature gets the
+prior (the model itself) as its posterior.
+
+Background
+----------
+A uniform background (:class:`~daskgmmis.Background`) is a population with no
+Gaussian structure. With one, :attr:`Posterior.resp_bg` is the probability that the
+row belongs to the background, and every other field describes the posterior
+*given that the row belongs to the Gaussian population*: ``resp`` is renormalized
+over the K components (each row sums to 1) and ``mean``/``covar`` are that
+mixture's moments. The joint responsibility of component k is
+``resp[:, k] * (1 - resp_bg)``. (The posterior of a background row is the noise
+likelihood truncated to the footprint - a different family, left out on purpose.)
+
+Laziness
+--------
+Dask input (arrays, catalogs) gives lazy dask fields. One task per row block
+computes every field of the block at once (:func:`posterior_block`); each field
+is a cheap ``getattr`` on that task's result. Fields computed together -
+``Posterior.compute()``, ``dask.compute(post.mean, post.covar)`` or
+:func:`write_posterior` - share the block tasks; fields computed one at a time
+recompute them. Rows are re-blocked so that one block's output stays below a
+fixed byte budget (the per-component ``covars`` grow as K D^2 per row). Checks of
+the data (no Inf) and of per-row noise (finite, symmetric positive semi-definite
+where observed) run inside the same block tasks: no extra read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.special import logsumexp
+
+from . import kernels
+from .background import Background
+from .errors import InputError, InputTypeError, NumericalError
+from .model import GMM, _log_background
+from .validation import check_noise_block
+
+if TYPE_CHECKING:  # dask is imported lazily: the block math must not need it
+    import dask.array as da
+
+__all__ = ["Posterior", "PosteriorBlock", "posterior", "posterior_block", "predict_missing",
+           "write_posterior", "POSTERIOR_FORMAT", "POSTERIOR_FORMAT_VERSION"]
+
+POSTERIOR_FORMAT = "daskgmmis-posterior"
+POSTERIOR_FORMAT_VERSION = 1
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+# Output bytes of one block task; the (n, K, D, D) component covariances dominate.
+_BLOCK_OUTPUT_BYTES = 64 * 2**20
+
+
+# ----------------------------------------------------------------------- block math
+
+
+@dataclass
+class PosteriorBlock:
+    """Posterior of one block of rows (numpy).
+
+    Attributes
+    ----------
+    resp : ndarray, shape (n, K)
+        Component weights of each row's posterior mixture (each row sums to 1),
+        conditional on the row belonging to the Gaussian population.
+    resp_bg : ndarray, shape (n,), or None
+        Probability that the row belongs to the background (None without one).
+    means : ndarray, shape (n, K, D)
+        Component posterior means ``b_ik``.
+    covars : ndarray, shape (n, K, D, D), or None
+        Component posterior covariances ``B_ik`` (None when not requested).
+    mean : ndarray, shape (n, D)
+        Posterior mean ``sum_k resp_ik b_ik``.
+    covar : ndarray, shape (n, D, D), or None
+        Posterior covariance ``sum_k resp_ik (B_ik + b_ik b_ik^T) - mean mean^T``
+        (None when not requested).
+    logL : ndarray, shape (n,)
+        Log-likelihood of the row under the noise-convolved model (+ background);
+        NaN for rows with no observed feature, as in :meth:`GMM.logL`.
+    """
+
+    resp: np.ndarray
+    resp_bg: np.ndarray | None
+    means: np.ndarray
+    covars: np.ndarray | None
+    mean: np.ndarray
+    covar: np.ndarray | None
+    logL: np.ndarray
+
+
+def _forward_sub(L: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Solve ``L Z = Y`` for lower-triangular L, batched with broadcasting.
+
+    L (..., d, d), Y (..., d, m); the leading dimensions broadcast. The loop runs
+    over the d (small) rows, each step vectorized over the whole batch: numpy has
+    no batched triangular solve and ``np.linalg.solve`` would LU-factor L again.
+    """
+    d = L.shape[-1]
+    batch = np.broadcast_shapes(L.shape[:-2], Y.shape[:-2])
+    Z = np.empty(batch + Y.shape[-2:])
+    for a in range(d):
+        acc = Y[..., a, :]
+        if a:
+            acc = acc - (L[..., a:a + 1, :a] @ Z[..., :a, :])[..., 0, :]
+        Z[..., a, :] = acc / L[..., a, a][..., None]
+    return Z
+
+
+def _cholesky_rows(T: np.ndarray, rows_global) -> np.ndarray:
+    """Batched Cholesky of (n, K, d, d) matrices; names the first failing row."""
+    try:
+        return np.linalg.cholesky(T)
+    except np.linalg.LinAlgError:
+        # error path only: find the culprit to name it
+        for i in range(T.shape[0]):
+            for k in range(T.shape[1]):
+                try:
+                    np.linalg.cholesky(T[i, k])
+                except np.linalg.LinAlgError:
+                    raise NumericalError(
+                        f"row {rows_global(i)}: component {k} covariance + noise covariance "
+                        f"is not positive definite; check that the row's noise covariance "
+                        f"is symmetric positive semi-definite.") from None
+        raise
+
+
+def _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar, covariances,
+                       rows_global):
+    """Per-component log-weights, b and B of the rows of one missingness pattern.
+
+    Returns logp (n, K), b (n, K, D), B (1 or n, K, D, D) or None.
+    """
+    n, d = x_o.shape
+    K = mean.shape[0]
+    V_oo = covar[:, obs][:, :, obs]                        # (K, d, d)
+    V_o = covar[:, obs, :]                                 # (K, d, D)
+    if kind in ("none", "shared"):
+        # T_k is the same for every row of the pattern: factor K matrices, not n K
+        T = V_oo if kind == "none" else V_oo + noise_o[None]
+        L = kernels.cholesky_lower(T, "component covariance (+ shared noise)")[None]
+    else:
+        T = np.broadcast_to(V_oo, (n, K, d, d)).copy()
+        if kind == "diag":
+            idx = np.arange(d)
+            T[:, :, idx, idx] += noise_o[:, None, :]
+        else:
+            T += noise_o[:, None]
+        L = _cholesky_rows(T, rows_global)                # (n, K, d, d)
+    r = x_o[:, None, :] - mean[None, :, obs]               # (n, K, d)
+    z = _forward_sub(L, r[..., None])[..., 0]              # (n, K, d)
+    G = _forward_sub(L, V_o[None])                         # (1|n, K, d, D)
+    logdet = np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+    logp = log_amp - 0.5 * d * LOG_2PI - logdet - 0.5 * np.einsum("nkd,nkd->nk", z, z)
+    Gt = np.swapaxes(G, -1, -2)
+    b = mean[None] + (Gt @ z[..., None])[..., 0]
+    B = None
+    if covariances:
+        B = covar[None] - Gt @ G
+        B = 0.5 * (B + np.swapaxes(B, -1, -2))
+    return logp, b, B
+
+
+def posterior_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
+                    covar: np.ndarray, log_bg: np.ndarray | None = None, *,
+                    covariances: bool = True, row_offset: int = 0) -> PosteriorBlock:
+    """Posterior of the error-free values of a block of rows (pure numpy).
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, D)
+        Rows; NaN marks a missing feature (marginalized exactly).
+    noise : None or ndarray
+        ``None`` (kind ``"none"``), shared ``(D, D)``, diagonal variances ``(n, D)``
+        or full ``(n, D, D)``; data units squared.
+    kind : {"none", "shared", "diag", "full"}
+        Noise kind, see :func:`daskgmmis.kernels.noise_kind_of`.
+    amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
+        Mixture parameters (amplitudes may sum to ``1 - background amp``).
+    log_bg : ndarray, shape (n,), optional
+        ``log(amp_bg * U(x_i))`` per row (noise-convolved background density).
+    covariances : bool
+        Compute ``covars``/``covar`` (``False`` skips the ``(n, K, D, D)`` work, e.g.
+        for :func:`predict_missing`).
+    row_offset : int
+        Global index of the first row, for error messages.
+
+    Returns
+    -------
+    PosteriorBlock
+        float64 arrays; see its attributes for shapes and meaning.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, D = x.shape
+    K = mean.shape[0]
+    with np.errstate(divide="ignore"):
+        log_amp = np.log(np.asarray(amp, dtype=np.float64))
+    if kind in ("diag", "full"):
+        noise = np.asarray(noise, dtype=np.float64)
+    logp = np.empty((n, K))
+    means = np.empty((n, K, D))
+    covars = np.empty((n, K, D, D)) if covariances else None
+    covered = np.zeros(n, dtype=bool)
+    for obs, rows in kernels.missing_patterns(x):
+        sel = slice(None) if rows is None else rows
+        x_o = x if rows is None else x[np.ix_(rows, obs)]
+        noise_o = kernels._noise_rows(noise, kind, rows, obs)
+
+        def rows_global(local, rows=rows):
+            return row_offset + int(local if rows is None else rows[local])
+
+        lp, b, B = _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar,
+                                      covariances, rows_global)
+        logp[sel], means[sel] = lp, b
+        if covariances:
+            covars[sel] = B
+        covered[sel] = True
+    empty = ~covered
+    if empty.any():
+        # no observed feature: the posterior is the prior
+        logp[empty], means[empty] = log_amp, mean
+        if covariances:
+            covars[empty] = covar
+    lse = logsumexp(logp, axis=1)
+    resp = np.exp(logp - lse[:, None])
+    resp_bg = None
+    logL = lse
+    if log_bg is not None:
+        logL = np.logaddexp(lse, log_bg)
+        resp_bg = np.exp(log_bg - logL)
+    logL = np.where(empty, np.nan, logL)
+    post_mean = np.einsum("nk,nkd->nd", resp, means)
+    post_covar = None
+    if covariances:
+        # sum q (B + (b - m)(b - m)^T): same as sum q (B + b b^T) - m m^T, without the
+        # cancellation when the components' means are far from the origin
+        dev = means - post_mean[:, None, :]
+        post_covar = (np.einsum("nk,nkij->nij", resp, covars)
+                      + np.einsum("nk,nki,nkj->nij", resp, dev, dev))
+        post_covar = 0.5 * (post_covar + np.swapaxes(post_covar, 1, 2))
+    return PosteriorBlock(resp, resp_bg, means, covars, post_mean, post_covar, logL)
+
+
+# ------------------------------------------------------------------ input handling
+
+
+@dataclass
+class _Params:
+    """Model and noise description shared by every block task."""
+
+    amp: np.ndarray
+    mean: np.ndarray
+    covar: np.ndarray
+    kind: str
+    shared: np.ndarray | None
+    background: Background | None
+
+
+def _check_values_block(x: np.ndarray, row_offset: int) -> None:
+    inf = np.isinf(x)
+    if inf.any():
+        i, j = np.argwhere(inf)[0]
+        raise InputError(f"data: row {row_offset + int(i)}, column {int(j)} is {x[i, j]}; "
+                         f"expected a finite value or NaN (missing).")
+
+
+def _block_task(x, idx, noise, params: _Params, covariances: bool) -> PosteriorBlock:
+    """One row block: validation fused with the posterior (a single read of the data)."""
+    x = np.asarray(x)
+    offset = int(idx[0]) if len(idx) else 0
+    _check_values_block(x, offset)
+    if params.kind in ("diag", "full"):
+        noise = np.asarray(noise)
+        check_noise_block(noise, params.kind, x, offset)
+    elif params.kind == "shared":
+        noise = params.shared
+    log_bg = _log_background(params.background, x, noise, params.kind)
+    return posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
+                           log_bg, covariances=covariances, row_offset=offset)
+
+
+def _is_dask(a) -> bool:
+    return hasattr(a, "dask") and hasattr(a, "chunks")
+
+
+def _resolve(gmm, data, covar, background):
+    """Validate arguments; return (params, x, noise, is_lazy, row_index)."""
+    from .catalog import Catalog, as_dask_input
+
+    if not isinstance(gmm, GMM):
+        raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
+    amp, mean, cov = gmm._params()
+    if not amp.sum() > 0:
+        raise InputError("gmm.amp: every amplitude is zero; the Gaussian population is "
+                         "empty and has no posterior.")
+    if background is not None:
+        if not isinstance(background, Background):
+            raise InputTypeError(f"background: expected a daskgmmis.Background; found "
+                                 f"{type(background).__name__}.")
+        if background.D != gmm.D:
+            raise InputError(f"background: footprint has D={background.D}; gmm has "
+                             f"D={gmm.D}.")
+    lazy = _is_dask(data) or isinstance(data, (Catalog, str, os.PathLike))
+    row_index = None
+    if isinstance(data, (str, os.PathLike)):
+        from .catalog import open_catalog
+        data = open_catalog(data)
+    if isinstance(data, Catalog):
+        row_index = data.row_index
+    x, noise, kind = as_dask_input(data, covar)
+    if x.shape[1] != gmm.D:
+        raise InputError(f"data: has D={x.shape[1]} features but gmm has D={gmm.D}.")
+    params = _Params(amp, mean, cov, kind, noise if kind == "shared" else None, background)
+    return params, x, noise if kind in ("diag", "full") else None, lazy, row_index
+
+
+def _reblock(x, noise, K: int):
+    """Row blocks whose posterior output stays below the byte budget."""
+    import dask.array as da
+
+    D = x.shape[1]
+    per_row = 8 * (2 * K + K * D + K * D * D + 2 * D + D * D + 2)
+    rows = max(1, _BLOCK_OUTPUT_BYTES // per_row)
+    if max(x.chunks[0], default=0) > rows:
+        x = x.rechunk({0: rows})
+        if noise is not None:
+            noise = noise.rechunk({0: x.chunks[0]})
+    idx = da.arange(x.shape[0], chunks=(x.chunks[0],))
+    return x, noise, idx
+
+
+def _block_graph(params: _Params, x, noise, idx, covariances: bool):
+    """Object-valued dask array: one PosteriorBlock per row block."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    args = [x, "ij", idx, "i"]
+    if noise is None:
+        args += [None, None]
+    else:
+        args += [noise, "ik" if noise.ndim == 2 else "ikl"]
+    bg = params.background
+    # explicit name: the token must follow the background's *current* amplitude
+    # (fits update it in place), which hashing the object would not guarantee
+    name = "posterior-block-" + tokenize(
+        x, noise, idx, params.amp, params.mean, params.covar, params.kind, params.shared,
+        None if bg is None else bg.to_dict(), covariances)
+    return da.blockwise(_block_task, "i", *args, params, None, covariances, None,
+                        name=name, dtype=object, meta=np.empty((0,), dtype=object),
+                        concatenate=True)
+
+
+def _get_field(block: PosteriorBlock, name: str):
+    return getattr(block, name)
+
+
+# --------------------------------------------------------------------- public API
+
+
+@dataclass
+class Posterior:
+    """Per-row posterior of the error-free values (see the module docstring).
+
+    Every array field is numpy for numpy input and lazy dask (row-chunked) for
+    dask arrays and catalogs. ``N`` rows, ``K`` components, ``D`` features.
+
+    Attributes
+    ----------
+    mean : array, shape (N, D)
+        Posterior mean of the error-free vector; for a missing feature, its
+        conditional expectation given the observed ones.
+    covar : array, shape (N, D, D)
+        Posterior covariance, ``sum_k resp (B + b b^T) - mean mean^T``.
+    resp : array, shape (N, K)
+        Component weights of the posterior mixture (rows sum to 1), conditional
+        on the row belonging to the Gaussian population.
+    means : array, shape (N, K, D)
+        Component posterior means ``b_ik``.
+    covars : array, shape (N, K, D, D)
+        Component posterior covariances ``B_ik``.
+    logL : array, shape (N,)
+        Per-row log-likelihood under the noise-convolved model (+ background);
+        NaN for rows with no observed feature.
+    resp_bg : array, shape (N,), or None
+        Probability that the row belongs to the background (None without one,
+        or when its amplitude is 0).
+    row_index : array, shape (N,), or None
+        Original row index of a catalog stored in spatial order, else None.
+    """
+
+    mean: np.ndarray | da.Array
+    covar: np.ndarray | da.Array
+    resp: np.ndarray | da.Array
+    means: np.ndarray | da.Array
+    covars: np.ndarray | da.Array
+    logL: np.ndarray | da.Array
+    resp_bg: np.ndarray | da.Array | None = None
+    row_index: np.ndarray | da.Array | None = None
+
+    @property
+    def N(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def K(self) -> int:
+        return int(self.resp.shape[1])
+
+    @property
+    def D(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the fields are dask arrays."""
+        return _is_dask(self.mean)
+
+    def __repr__(self) -> str:
+        kind = "dask" if self.lazy else "numpy"
+        return (f"Posterior(N={self.N}, K={self.K}, D={self.D}, {kind}, "
+                f"background={self.resp_bg is not None})")
+
+    def compute(self) -> "Posterior":
+        """All fields as numpy, computed in one pass (block tasks shared).
+
+        Returns
+        -------
+        Posterior
+            ``self`` when already numpy.
+        """
+        if not self.lazy:
+            return self
+        import dask
+
+        names = [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        values = dask.compute(*(getattr(self, name) for name in names))
+        return Posterior(**dict(zip(names, values)))
+
+
+def posterior(gmm: GMM, data, covar=None, background: Background | None = None
+              ) -> Posterior:
+    """Posterior of each row's error-free values given the model and its noise.
+
+    Parameters
+    ----------
+    gmm : GMM
+        The (fitted) model of the error-free population.
+    data : array_like (N, D), dask array, Catalog, or catalog path/URL
+        Observed rows; NaN marks a missing feature (marginalized exactly: only
+        observed dimensions constrain the posterior).
+    covar : None, (D, D), (N, D) or (N, D, D)
+        Noise covariances: none, shared, diagonal variances or full; data units
+        squared. Taken from the catalog when ``data`` is one.
+    background : Background, optional
+        Uniform background of the model (as passed to :func:`daskgmmis.fit`).
+        Not taken from ``gmm.background`` implicitly, as in :meth:`GMM.logL`.
+
+    Returns
+    -------
+    Posterior
+        numpy fields for numpy input; lazy dask fields (row-chunked) otherwise.
+        Compute several fields with :meth:`Posterior.compute` or one
+        ``dask.compute`` call so that the block tasks are shared.
+
+    Raises
+    ------
+    InputError
+        Shape mismatches, infinite values, invalid noise covariances.
+    NumericalError
+        A component covariance plus a row's noise is not positive definite.
+    """
+    params, x, noise, lazy, row_index = _resolve(gmm, data, covar, background)
+    x, noise, idx = _reblock(x, noise, params.amp.shape[0])
+    blocks = _block_graph(params, x, noise, idx, True)
+    K, D = params.mean.shape
+    rows = x.chunks[0]
+    trailing = {"mean": (D,), "covar": (D, D), "resp": (K,), "means": (K, D),
+                "covars": (K, D, D), "logL": (), "resp_bg": ()}
+    if background is None or background.amp <= 0:
+        del trailing["resp_bg"]      # an empty background has no responsibility
+    out = {}
+    for name, tail in trailing.items():
+        out[name] = blocks.map_blocks(
+            _get_field, name, dtype=np.float64, chunks=(rows,) + tuple((s,) for s in tail),
+            new_axis=list(range(1, 1 + len(tail))) or None,
+            meta=np.empty((0,) * (1 + len(tail))), token=f"posterior-{name}")
+    post = Posterior(**out, row_index=row_index)
+    return post if lazy else post.compute()
+
+
+def predict_missing(gmm: GMM, data, covar=None):
+    """Fill missing features with their conditional mean given the observed ones.
+
+    Observed entries are kept as they are (not denoised); a missing entry gets
+    ``E[v_j | x_o]``, the missing dimensions of :attr:`Posterior.mean`, computed
+    without the posterior covariances.
+
+    Parameters
+    ----------
+    gmm : GMM
+    data : array_like (N, D), dask array, Catalog, or catalog path/URL
+        NaN marks a missing feature.
+    covar : None, (D, D), (N, D) or (N, D, D)
+        Noise of the observed features (it weighs how much they constrain the
+        missing ones).
+
+    Notes
+    -----
+    The prediction is the Gaussian population's conditional mean; a background
+    would only scale every component's weight alike (see the module docstring),
+    so it takes none.
+
+    Returns
+    -------
+    ndarray or dask array, shape (N, D), float64
+        numpy for numpy input, lazy dask otherwise.
+    """
+    params, x, noise, lazy, _ = _resolve(gmm, data, covar, None)
+    x, noise, idx = _reblock(x, noise, params.amp.shape[0])
+    blocks = _block_graph(params, x, noise, idx, False)
+    import dask.array as da
+
+    cond_mean = blocks.map_blocks(
+        _get_field, "mean", dtype=np.float64, chunks=x.chunks, new_axis=[1],
+        meta=np.empty((0, 0)), token="posterior-predict")
+    filled = da.where(da.isnan(x), cond_mean, x.astype(np.float64))
+    return filled if lazy else filled.compute()
+
+
+def write_posterior(post: Posterior, path, overwrite: bool = False, *,
+                    components: bool = False) -> None:
+    """Store a posterior in a Zarr v3 group, in one pass over the data.
+
+    Layout: arrays ``mean`` (N, D), ``covar`` (N, D, D), ``resp`` (N, K), ``logL``
+    (N,), ``resp_bg`` (N,) with a background, ``row_index`` (N,) for a catalog in
+    spatial order, and with ``components=True`` also ``means`` (N, K, D) and
+    ``covars`` (N, K, D, D); float64 (``row_index`` int64), chunked along rows
+    only, in the row order of the input. Group attributes: ``daskgmmis_format``
+    (``"daskgmmis-posterior"``), ``daskgmmis_format_version``, ``K``, ``D``.
+
+    Parameters
+    ----------
+    post : Posterior
+        From :func:`posterior` (numpy or lazy).
+    path : str or os.PathLike
+        Local directory (written to a temporary name, then renamed) or fsspec URL.
+    overwrite : bool
+        Replace an existing store; otherwise an existing path is an error.
+    components : bool
+        Also store the per-component ``means`` and ``covars`` (K times larger).
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+    """
+    import dask.array as da
+    import zarr
+
+    from .catalog import _is_url, default_row_chunk
+
+    if not isinstance(post, Posterior):
+        raise InputTypeError(f"post: expected a daskgmmis Posterior; found "
+                             f"{type(post).__name__}.")
+    path = os.fspath(path)
+    url = _is_url(path)
+    exists = not url and os.path.exists(path)
+    if exists and not overwrite:
+        raise FileExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
+    names = ["mean", "covar", "resp", "logL", "resp_bg", "row_index"]
+    if components:
+        names += ["means", "covars"]
+    arrays = {n: getattr(post, n) for n in names if getattr(post, n) is not None}
+    if _is_dask(post.mean):
+        rows = max(post.mean.chunks[0])
+    else:
+        rows = default_row_chunk(post.N, post.D)
+    # zarr chunks are regular: make the dask chunks match them, so that no two
+    # tasks write into the same zarr chunk
+    arrays = {n: da.asarray(a).rechunk({0: rows}) for n, a in arrays.items()}
+    target = path if url else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        # "w-" refuses an existing store (URLs have no temporary name to rename)
+        group = zarr.open_group(target, mode="w" if url and overwrite else "w-",
+                                zarr_format=3)
+        group.attrs.update({"daskgmmis_format": POSTERIOR_FORMAT,
+                            "daskgmmis_format_version": POSTERIOR_FORMAT_VERSION,
+                            "K": post.K, "D": post.D})
+        targets = [group.create_array(n, shape=a.shape, dtype=a.dtype,
+                                      chunks=(rows,) + tuple(a.shape[1:]))
+                   for n, a in arrays.items()]
+        da.store(list(arrays.values()), targets, lock=False)
+    except BaseException:
+        if not url:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    if not url:
+        if exists:
+            backup = f"{path}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(path, backup)
+            os.rename(target, path)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.rename(target, path)
