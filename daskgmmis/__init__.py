@@ -12,6 +12,10 @@ from .errors import (CallbackError, CatalogError, CatalogNotFoundError, Checkpoi
                      ConvergenceWarning, DaskGMMisError, DeadComponentWarning, InputError,
                      InputTypeError, ModelFileError, NumericalError)
 from .model import GMM
+from .posterior import Posterior, posterior, predict_missing, write_posterior
+from .scoring import CVResult, aic, bic, cv_fit, score, stack
+from .simulate import draw
+from . import selection
 
 __version__ = "0.1.0"
 
@@ -20,4 +24,6 @@ __all__ = [
     "DaskGMMisError", "InputError", "InputTypeError", "CatalogError", "CatalogNotFoundError",
     "ModelFileError", "NumericalError", "CallbackError", "CheckpointError",
     "ConvergenceWarning", "DeadComponentWarning", "__version__",
+    "Posterior", "posterior", "predict_missing", "write_posterior",
+    "CVResult", "aic", "bic", "cv_fit", "score", "stack", "draw", "selection",
 ]

@@ -8,12 +8,10 @@ turns the tallies into the observed fraction ``f = mean Ω`` and ``N_orig = N / 
 and scales the imputed statistics to a total weight ``N_orig - N``. Nothing
 imputed is materialized outside the block task.
 
-Random streams are keyed by (seed, block, purpose) and are the same at every
-iteration (common random numbers): the EM map is then deterministic, so
+Base variates are scrambled Sobol points keyed by (seed, block) and are the same
+at every iteration (common random numbers): the EM map is then deterministic, so
 convergence can be judged on the likelihood and on ``N_orig``, and a fit does
-not depend on the number of workers. Each purpose (component choice, position,
-noise) has its own stream, so drawing more candidates extends the same
-sequence rather than reshuffling it.
+not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -28,10 +26,6 @@ from .selection import evaluate_covar_callback, evaluate_selection
 from .stats import SuffStats
 
 __all__ = ["ImputeTally", "candidate_count", "draw_candidates", "impute_block"]
-
-# Per-purpose stream indices below a block's key.
-_CHOICE, _POSITION, _NOISE = 0, 1, 2
-
 
 @dataclass
 class ImputeTally:
@@ -84,9 +78,30 @@ def candidate_count(n_rows: int, oversampling: float, observed_fraction: float) 
     return int(np.ceil(oversampling * n_rows / f))
 
 
-def _stream(seed: np.random.SeedSequence, block: int, purpose: int) -> np.random.Generator:
-    key = tuple(seed.spawn_key) + (block, purpose)
-    return np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=key))
+def _base_variates(seed: np.random.SeedSequence, block: int, m: int, D: int):
+    """The block's m base variates: (uniform choice (m,), position normals (m, D),
+    noise normals (m, D)), the same at every iteration.
+
+    Scrambled Sobol points (randomized quasi-Monte Carlo) instead of pseudo-random
+    draws: the integrands are smooth except at selection edges, so the error of the
+    imputed statistics falls nearly as 1/m rather than 1/sqrt(m). That matters
+    because EM contracts slowly along weakly identified directions of truncated
+    fits, which amplifies any error in the imputed statistics into the fixed point.
+    Sobol prefixes are nested, so a larger m extends the same point set.
+    """
+    import warnings
+
+    from scipy.special import ndtri
+    from scipy.stats import qmc
+
+    key = tuple(seed.spawn_key) + (block,)
+    rng = np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=key))
+    sobol = qmc.Sobol(d=2 * D + 1, scramble=True, seed=rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # balance warning for m != 2**k
+        pts = sobol.random(m)
+    pts = np.clip(pts, 1e-15, 1 - 1e-15)
+    return pts[:, 0], ndtri(pts[:, 1:D + 1]), ndtri(pts[:, D + 1:])
 
 
 def draw_candidates(m: int, amp, mean, covar, background, covar_callback,
@@ -116,8 +131,7 @@ def draw_candidates(m: int, amp, mean, covar, background, covar_callback,
         Noise kind of the candidates.
     """
     K, D = mean.shape
-    u = _stream(seed, block, _CHOICE).random(m)
-    z = _stream(seed, block, _POSITION).standard_normal((m, D))
+    u, z, e = _base_variates(seed, block, m, D)
     weights = np.append(np.asarray(amp, dtype=np.float64),
                         background.amp if background is not None else 0.0)
     cdf = np.cumsum(weights)
@@ -134,7 +148,6 @@ def draw_candidates(m: int, amp, mean, covar, background, covar_callback,
     if covar_callback is None:
         return y, None, "none"
     kind, noise = evaluate_covar_callback(covar_callback, y)
-    e = _stream(seed, block, _NOISE).standard_normal((m, D))
     if kind == "shared":
         y = y + e @ np.linalg.cholesky(noise).T
     elif kind == "diag":

@@ -10,7 +10,10 @@ import zarr
 from scipy.stats import multivariate_normal
 
 import daskgmmis as dg
-from daskgmmis import posterior as posterior_mod
+import importlib
+
+# the package exports the function posterior(); the module is reached by name
+posterior_mod = importlib.import_module("daskgmmis.posterior")
 from daskgmmis.errors import InputError, InputTypeError
 from daskgmmis.posterior import (Posterior, posterior, posterior_block, predict_missing,
                                  write_posterior)
