@@ -34,6 +34,7 @@ from .imputation import candidate_count, impute_block
 from .selection import check_picklable, evaluate_selection
 from .init import INIT_METHODS, DataSummary, init_minmax, init_random
 from .model import GMM, _log_background
+from .checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
 from .stats import SuffStats, sum_stats
 from .validation import as_index_array, check_data_block, check_model_params, check_noise_block
 
@@ -310,7 +311,22 @@ def _parse_frozen(frozen, K):
 # -------------------------------------------------------------------- M-step
 
 
-def mstep(stats: SuffStats, amp, mean, covar, *, w: float = 0.0, frozen=None,
+def _reseed(k, donor, mean, covar, amp_weight):
+    """Move dead component k next to the donor: split the donor along its major axis.
+
+    The donor keeps half its weight and moves half a sigma one way along its
+    principal axis; component k takes the other half, the donor's covariance, and
+    the mirrored position - the split step of split-and-merge EM.
+    """
+    lam, vec = np.linalg.eigh(covar[donor])
+    step = 0.5 * np.sqrt(lam[-1]) * vec[:, -1]
+    mean[k] = mean[donor] + step
+    mean[donor] = mean[donor] - step
+    covar[k] = covar[donor]
+    amp_weight[k] = amp_weight[donor] = 0.5 * amp_weight[donor]
+
+
+def mstep(stats: SuffStats, theta: Theta, *, w: float = 0.0, frozen=None,
           background: Background | None = None, N_total: float | None = None,
           min_weight: float = 1e-9):
     """Update the mixture parameters from summed sufficient statistics.
@@ -318,61 +334,73 @@ def mstep(stats: SuffStats, amp, mean, covar, *, w: float = 0.0, frozen=None,
     Parameters
     ----------
     stats : SuffStats
-        Sums over observed (and imputed) rows, centred on ``mean``.
-    amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
-        Current parameters.
+        Sums over observed (and imputed) rows, centred on ``theta.mean``.
+    theta : Theta
+        Current parameters: amp (K,), mean (K, D), covar (K, D, D), bg_amp.
     w : float
         Regularization: ``w**2`` is added to every covariance's diagonal (data
         units); a floor that does not grow with the number of (imputed) rows.
     frozen : dict, optional
-        Parsed frozen indices (see :func:`fit`).
+        Parsed frozen indices (see :func:`fit`): those values are kept bit for bit.
     background : Background, optional
-        Its ``amp`` is updated (within bounds) when ``adjust_amp``.
+        Bounds and ``adjust_amp`` of the background amplitude.
     N_total : float, optional
         Total weight of the rows (observed + imputed); default ``stats.n``.
     min_weight : float
-        Components with ``A_k < min_weight * N_total`` are dead: their mean and
-        covariance are kept and a :class:`DeadComponentWarning` is issued.
+        A free component is dead when ``A_k < min_weight * N_total`` or its new
+        covariance is not positive definite; it is re-seeded by splitting the
+        component with the largest weight along its major axis (see
+        :func:`_reseed`), with a :class:`DeadComponentWarning`. Nothing becomes NaN.
 
     Returns
     -------
-    amp, mean, covar : new arrays
-    bg_amp : float or None
+    theta : Theta
+        New parameters; free amplitudes share ``1 - frozen amplitudes - bg_amp``.
     dead : ndarray of int
-        Indices of dead components.
+        Indices of the re-seeded components.
     """
+    amp, mean, covar = theta.amp, theta.mean, theta.covar
     K, D = mean.shape
     frozen = frozen or _parse_frozen(None, K)
     N_total = float(stats.n if N_total is None else N_total)
     A = stats.A
-    dead = np.flatnonzero(A < min_weight * N_total)
-    alive = np.setdiff1d(np.arange(K), dead)
-    new_mean = mean.copy()
-    new_covar = covar.copy()
     safeA = np.where(A > 0, A, 1.0)
     shift = stats.M1 / safeA[:, None]
     scatter = stats.M2 / safeA[:, None, None] - shift[:, :, None] * shift[:, None, :]
     cand_covar = 0.5 * (scatter + np.swapaxes(scatter, 1, 2)) + (w**2) * np.eye(D)
-    upd_mean = np.setdiff1d(alive, frozen["mean"])
-    upd_covar = np.setdiff1d(alive, frozen["covar"])
-    new_mean[upd_mean] = mean[upd_mean] + shift[upd_mean]
-    for k in upd_covar:
-        try:
-            np.linalg.cholesky(cand_covar[k])
-        except np.linalg.LinAlgError:
-            dead = np.union1d(dead, [k])
+    new_mean, new_covar = mean.copy(), covar.copy()
+    weight = A.astype(np.float64).copy()
+    dead = []
+    for k in range(K):
+        ok = A[k] >= min_weight * N_total
+        if ok and k not in frozen["covar"]:
+            try:
+                np.linalg.cholesky(cand_covar[k])
+                new_covar[k] = cand_covar[k]
+            except np.linalg.LinAlgError:
+                ok = False
+        if ok and k not in frozen["mean"]:
+            new_mean[k] = mean[k] + shift[k]
+        if not ok:
+            dead.append(k)
+    frozen_any = set(frozen["amp"]) | set(frozen["mean"]) | set(frozen["covar"])
+    reseeded = []
+    for k in dead:
+        if k in frozen_any:
+            continue   # frozen parameters are never moved; an idle frozen component stays
+        donors = [j for j in range(K) if j not in dead and j not in frozen_any]
+        if not donors:
             continue
-        new_covar[k] = cand_covar[k]
-    if dead.size:
-        warnings.warn(f"components {dead.tolist()} received (almost) no responsibility or "
-                      f"collapsed to a singular covariance; their mean and covariance were "
-                      f"kept. Use fewer components, a regularization w > 0, or another "
-                      f"initialization.", DeadComponentWarning, stacklevel=3)
-    bg_amp = None
-    if background is not None:
-        bg_amp = background.amp
-        if background.adjust_amp:
-            bg_amp = float(np.clip(stats.bg / N_total, background.amp_min, background.amp_max))
+        _reseed(k, max(donors, key=lambda j: weight[j]), new_mean, new_covar, weight)
+        reseeded.append(k)
+    if reseeded:
+        warnings.warn(f"components {reseeded} received (almost) no responsibility or collapsed "
+                      f"to a singular covariance; each was re-seeded by splitting the heaviest "
+                      f"component. Consider fewer components or a regularization w > 0.",
+                      DeadComponentWarning, stacklevel=3)
+    bg_amp = theta.bg_amp
+    if background is not None and background.adjust_amp:
+        bg_amp = float(np.clip(stats.bg / N_total, background.amp_min, background.amp_max))
     new_amp = np.asarray(amp, dtype=np.float64).copy()
     fixed = frozen["amp"]
     free = np.setdiff1d(np.arange(K), fixed)
@@ -381,12 +409,121 @@ def mstep(stats: SuffStats, amp, mean, covar, *, w: float = 0.0, frozen=None,
         raise InputError(f"frozen['amp']: frozen amplitudes ({new_amp[fixed].sum():.6g}) plus "
                          f"the background amplitude ({bg_amp or 0.0:.6g}) exceed 1.")
     if free.size:
-        total_free = A[free].sum()
-        if total_free > 0:
-            new_amp[free] = max(remainder, 0.0) * A[free] / total_free
-        else:
-            new_amp[free] = max(remainder, 0.0) / free.size
-    return new_amp, new_mean, new_covar, bg_amp, dead
+        total_free = weight[free].sum()
+        new_amp[free] = (max(remainder, 0.0) * weight[free] / total_free if total_free > 0
+                         else max(remainder, 0.0) / free.size)
+    return Theta(new_amp, new_mean, new_covar, bg_amp), np.asarray(reseeded, dtype=int)
+
+
+# ---------------------------------------------------------------- acceleration
+
+
+def _pack(t: Theta) -> np.ndarray:
+    """Parameters as one vector; covariances through their Cholesky factors."""
+    K, D = t.mean.shape
+    tri = np.tril_indices(D)
+    L = np.linalg.cholesky(t.covar)
+    return np.concatenate([t.amp, t.mean.ravel(), L[:, tri[0], tri[1]].ravel(),
+                           [t.bg_amp or 0.0]])
+
+
+def _extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background) -> Theta | None:
+    """SQUAREM step (Varadhan & Roland 2008, scheme S3) from three EM iterates.
+
+    Returns None when the extrapolation is degenerate or leaves the parameter
+    space (negative amplitudes, singular covariances); the caller then keeps the
+    plain EM iterate ``t2``. Frozen values are restored bit for bit.
+    """
+    K, D = t0.mean.shape
+    p0, p1, p2 = _pack(t0), _pack(t1), _pack(t2)
+    r = p1 - p0
+    v = p2 - 2 * p1 + p0
+    nv = np.linalg.norm(v)
+    if not nv > 0:
+        return None
+    alpha = -np.linalg.norm(r) / nv
+    if alpha > -1.0:
+        return None            # no longer than a plain step: nothing to gain
+    p = p0 - 2 * alpha * r + alpha**2 * v
+    amp = p[:K]
+    mean = p[K:K + K * D].reshape(K, D)
+    tri = np.tril_indices(D)
+    L = np.zeros((K, D, D))
+    L[:, tri[0], tri[1]] = p[K + K * D:-1].reshape(K, -1)
+    covar = L @ np.swapaxes(L, 1, 2)
+    if not (np.all(np.isfinite(p)) and (amp >= 0).all()):
+        return None
+    bg_amp = t2.bg_amp
+    if background is not None and background.adjust_amp:
+        bg_amp = float(np.clip(p[-1], background.amp_min, background.amp_max))
+    for k in frozen["amp"]:
+        amp[k] = t2.amp[k]
+    for k in frozen["mean"]:
+        mean[k] = t2.mean[k]
+    for k in frozen["covar"]:
+        covar[k] = t2.covar[k]
+    free = np.setdiff1d(np.arange(K), frozen["amp"])
+    remainder = 1.0 - amp[frozen["amp"]].sum() - (bg_amp or 0.0)
+    if free.size:
+        if not amp[free].sum() > 0:
+            return None
+        amp[free] *= remainder / amp[free].sum()
+    try:
+        np.linalg.cholesky(covar)
+    except np.linalg.LinAlgError:
+        return None
+    return Theta(amp, mean, covar, bg_amp)
+
+
+# ----------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _Evaluation:
+    """One E-step's outcome."""
+
+    logL: float
+    N_orig: float
+    f_obs: float
+    total: SuffStats
+    n_outside: int
+
+
+class _Evaluator:
+    """Runs one E-step (one compute) for a parameter set."""
+
+    def __init__(self, plan, client, cutoff, sel_callback, covar_callback, seed,
+                 oversampling, background):
+        self.plan, self.client, self.cutoff = plan, client, cutoff
+        self.sel_callback, self.covar_callback = sel_callback, covar_callback
+        self.seed, self.oversampling, self.background = seed, oversampling, background
+
+    def background_at(self, bg_amp):
+        if self.background is None:
+            return None
+        return Background.from_dict({**self.background.to_dict(), "amp": bg_amp})
+
+    def __call__(self, theta: Theta, f_obs: float) -> _Evaluation:
+        plan = self.plan
+        params = _IterParams(theta.amp, theta.mean, theta.covar, plan.kind, plan.shared,
+                             self.background_at(theta.bg_amp), self.cutoff, self.sel_callback,
+                             self.covar_callback, self.seed, float(self.oversampling),
+                             _quantize_fraction(f_obs))
+        stats, imputed, tally = _compute(plan.iteration_graph(params), self.client)
+        N = stats.n
+        logL = stats.logl / N
+        N_orig, total = float(N), stats
+        if self.sel_callback is not None:
+            f_obs = tally.omega / tally.n
+            if not f_obs > 0:
+                raise CallbackError(f"sel_callback: every one of {tally.n} rows drawn from the "
+                                    f"model has selection probability 0; the model has no "
+                                    f"mass where the catalog was observed.")
+            N_orig = N / f_obs
+            logL -= math.log(f_obs)   # likelihood of the truncated (observed) population
+            if tally.weight > 0:
+                total = stats + imputed.scaled((N_orig - N) / tally.weight)
+        return _Evaluation(logL, N_orig, f_obs, total, int(stats.n_outside))
 
 
 # ----------------------------------------------------------------------- fit
@@ -396,7 +533,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         cutoff: float | None = None, sel_callback=None, covar_callback=None,
         background: Background | None = None, tol: float = 1e-3, maxiter: int = 1000,
         frozen=None, rng=None, client=None, checkpoint=None, split_n_merge: int = 0,
-        oversampling: float = 4.0, persist: bool | None = None) -> FitResult:
+        oversampling: float = 4.0, persist: bool | None = None, accelerate: bool = True,
+        n_init: int = 1) -> FitResult:
     """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 
     Parameters
@@ -432,8 +570,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         imputed statistics' Monte-Carlo variance is ``1/oversampling`` of the
         Poisson variance of the unobserved population. Cost: ``oversampling / f``
         candidate E-steps per observed row, f the observed fraction.
-    checkpoint, split_n_merge
-        See the checkpoint documentation.
+    split_n_merge : int
+        Not yet available (must be 0).
     background : Background, optional
         Uniform background fitted jointly; its ``amp`` is updated in place.
     tol : float
@@ -450,6 +588,19 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     persist : bool, optional
         Keep the data in (cluster) memory across iterations; default: when it
         fits in half the workers' memory limits (a quarter of free RAM locally).
+    accelerate : bool
+        SQUAREM extrapolation of the EM map (Varadhan & Roland 2008): the same
+        fixed points in far fewer iterations where EM crawls (truncation, heavy
+        noise). An extrapolated step is kept only if the likelihood does not
+        drop. ``False`` gives textbook EM, step for step.
+    n_init : int
+        Number of starts (each from its own random stream); the fit with the
+        highest final likelihood is kept.
+    checkpoint : str or os.PathLike, optional
+        File for the EM state, written atomically after every iteration. If it
+        holds a checkpoint of the same problem the fit resumes from it and ends
+        bit-identical to an uninterrupted fit; a checkpoint of another problem
+        is refused (:class:`~daskgmmis.errors.CheckpointError`).
 
     Returns
     -------
@@ -468,8 +619,9 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         raise InputError(f"maxiter: expected an integer >= 0; found {maxiter!r}.")
     if cutoff is not None and not (np.isscalar(cutoff) and cutoff > 0):
         raise InputError(f"cutoff: expected None or a number of sigmas > 0; found {cutoff!r}.")
-    if checkpoint is not None or split_n_merge:
-        raise NotImplementedError("checkpoint/split_n_merge are not available yet.")
+    if split_n_merge:
+        raise NotImplementedError("split_n_merge: split-and-merge is not available yet; "
+                                  "use split_n_merge=0.")
     for name, cb in (("sel_callback", sel_callback), ("covar_callback", covar_callback)):
         if cb is not None and not callable(cb):
             raise InputTypeError(f"{name}: expected a callable taking coords (n, D); found "
@@ -491,9 +643,11 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     frozen_idx = _parse_frozen(frozen, K)
     if init_method == "none":
         check_model_params(gmm.amp, gmm.mean, gmm.covar)
-    seed = _root_seed(rng)
-    init_seed, impute_seed = seed.spawn(2)
-    init_rng = np.random.default_rng(init_seed)
+    if not (isinstance(n_init, (int, np.integer)) and n_init >= 1):
+        raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
+    if n_init > 1 and (checkpoint is not None or init_method == "none"):
+        raise InputError("n_init: multiple starts need an initialization method other than "
+                         "'none' and cannot be combined with a checkpoint; use n_init=1.")
     client = _resolve_client(client)
     if sel_callback is not None:
         if covar_callback is None and kind == "shared":
@@ -512,82 +666,186 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
 
     # 1. first pass: validation + summary (one compute)
     summary = _compute(plan.summary_graph(), client)
-    n_usable = summary.n
-    if K > n_usable:
-        raise InputError(f"gmm: K={K} components but only {n_usable} usable rows; use fewer "
+    if K > summary.n:
+        raise InputError(f"gmm: K={K} components but only {summary.n} usable rows; use fewer "
                          f"components or more data.")
 
-    # 2. initialization
-    if init_method != "none":
-        if init_method == "minmax":
-            amp, mean, cov = init_minmax(K, summary, init_rng)
-        elif init_method == "random":
-            idx = init_rng.integers(0, plan.N, size=K)
-            order = np.argsort(idx)
-            picked = np.asarray(_compute(x[np.sort(idx)], client))
-            rows = np.empty_like(picked, dtype=np.float64)
-            rows[order] = picked
-            amp, mean, cov = init_random(K, summary, rows, init_rng)
-        else:
-            from .init import init_kmeans
-            amp, mean, cov = init_kmeans(K, plan, summary, init_rng, client)
-        if background is not None:
-            amp = amp * (1.0 - background.amp)
-        gmm.amp, gmm.mean, gmm.covar = amp, mean, cov
-    amp, mean, cov = (np.array(a, dtype=np.float64) for a in (gmm.amp, gmm.mean, gmm.covar))
+    # 2. resume, or initialize
+    fingerprint = _fingerprint(plan, summary, K, rng, init_method=init_method, w=w,
+                               cutoff=cutoff, sel_callback=sel_callback,
+                               covar_callback=covar_callback, background=background,
+                               frozen=frozen_idx, oversampling=oversampling,
+                               accelerate=accelerate)
+    state = load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
+    if state is not None:
+        seed = np.random.SeedSequence(int(state.seed[0]), spawn_key=tuple(state.seed[1:]))
+        log.info("resuming from checkpoint %s at iteration %d", checkpoint, state.n_iter)
+    else:
+        seed = _root_seed(rng)
+    # children keyed explicitly (SeedSequence.spawn would mutate a caller's object)
+    child = lambda i: np.random.SeedSequence(seed.entropy,  # noqa: E731
+                                             spawn_key=tuple(seed.spawn_key) + (i,))
+    impute_seed = child(0)
+    init_seeds = [child(1 + i) for i in range(n_init)]
+    bg_amp0 = None if background is None else float(background.amp)
+    evaluate = _Evaluator(plan, client, cutoff, sel_callback, covar_callback, impute_seed,
+                          oversampling, background)
+    run = dict(evaluate=evaluate, tol=tol, maxiter=maxiter, w=w, frozen=frozen_idx,
+               background=background, accelerate=accelerate, checkpoint=checkpoint,
+               fingerprint=fingerprint)
 
-    # 3. EM
-    history, secs, n_orig_history = [], [], []
+    # 3. EM, from each start
+    if state is not None:
+        best = _run_em(state, **run)
+    else:
+        best = None
+        for init_seed in init_seeds:
+            theta = _initial_theta(gmm, init_method, K, plan, summary, x, client,
+                                   np.random.default_rng(init_seed), bg_amp0)
+            seed_list = [str(seed.entropy), *map(int, seed.spawn_key)]
+            outcome = _run_em(EMState(theta=theta, seed=seed_list), **run)
+            if best is None or outcome[0].history[-1] > best[0].history[-1]:
+                best = outcome
+    state, converged, last = best
+    if not converged and maxiter > 0:
+        change = state.history[-1] - state.history[-2] if len(state.history) > 1 else np.nan
+        warnings.warn(f"EM did not converge in maxiter={maxiter} iterations (last change of "
+                      f"the mean logL: {change:.3g}, tol={tol}).", ConvergenceWarning,
+                      stacklevel=2)
+    theta = state.theta
+    gmm.amp, gmm.mean, gmm.covar = theta.amp, theta.mean, theta.covar
+    if background is not None:
+        background.amp = theta.bg_amp
+    return FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,
+                     history=list(state.history), N_orig=state.n_orig_history[-1],
+                     N=summary.n, n_outside=last.n_outside, bg_amp=theta.bg_amp,
+                     seconds=time.perf_counter() - t_start,
+                     seconds_per_iter=list(state.seconds))
+
+
+def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_amp):
+    """Starting parameters (the model's own for init_method='none')."""
+    if init_method == "none":
+        amp, mean, cov = gmm.amp, gmm.mean, gmm.covar
+    elif init_method == "minmax":
+        amp, mean, cov = init_minmax(K, summary, init_rng)
+    elif init_method == "random":
+        idx = init_rng.integers(0, plan.N, size=K)
+        order = np.argsort(idx, kind="stable")
+        picked = np.asarray(_compute(x[idx[order]], client), dtype=np.float64)
+        rows = np.empty_like(picked)
+        rows[order] = picked
+        amp, mean, cov = init_random(K, summary, rows, init_rng)
+    else:
+        from .init import init_kmeans
+        amp, mean, cov = init_kmeans(K, plan, summary, init_rng, client)
+    amp = np.array(amp, dtype=np.float64)
+    if bg_amp is not None and init_method != "none":
+        amp = amp * (1.0 - bg_amp)
+    return Theta(amp, np.array(mean, dtype=np.float64), np.array(cov, dtype=np.float64), bg_amp)
+
+
+def _run_em(state: EMState, *, evaluate, tol, maxiter, w, frozen, background, accelerate,
+            checkpoint, fingerprint):
+    """Iterate EM (optionally SQUAREM-accelerated) from ``state`` until converged.
+
+    Every loop is one E-step (one compute). An extrapolated point is accepted only
+    if its likelihood is at least that of the plain iterate it was built from
+    (with imputation: of the cycle's start), so without imputation the recorded
+    likelihood never decreases.
+
+    Returns
+    -------
+    (state, converged, last evaluation)
+    """
     converged = False
-    n_iter = 0
-    stats = None
-    bg = background
-    f_obs = 0.5        # observed-fraction guess that sizes the first imputation
+    ev = None
     while True:
         t0 = time.perf_counter()
-        params = _IterParams(amp, mean, cov, kind, plan.shared, bg, cutoff, sel_callback,
-                             covar_callback, impute_seed, float(oversampling),
-                             _quantize_fraction(f_obs))
-        stats, imputed, tally = _compute(plan.iteration_graph(params), client)
-        N = stats.n
-        logL = stats.logl / N
-        N_orig, total = float(N), stats
-        if sel_callback is not None:
-            f_obs = tally.omega / tally.n
-            if not f_obs > 0:
-                raise CallbackError(f"sel_callback: every one of {tally.n} rows drawn from the "
-                                    f"model has selection probability 0; the model has no "
-                                    f"mass where the catalog was observed.")
-            N_orig = N / f_obs
-            logL -= math.log(f_obs)   # likelihood of the truncated (observed) population
-            if tally.weight > 0:
-                total = stats + imputed.scaled((N_orig - N) / tally.weight)
-        if not np.isfinite(logL):
-            raise NumericalError(f"the mean log-likelihood became {logL} at iteration "
-                                 f"{n_iter}; check the data scale or use w > 0.")
-        history.append(logL)
-        n_orig_history.append(N_orig)
-        secs.append(time.perf_counter() - t0)
-        log.info("iteration %d: mean logL %.8g (change %.3g), N_orig %.6g, %.3f s", n_iter,
-                 logL, logL - history[-2] if len(history) > 1 else float("nan"), N_orig,
-                 secs[-1])
-        if len(history) > 1 and abs(history[-1] - history[-2]) < tol and (
-                abs(n_orig_history[-1] - n_orig_history[-2]) <= tol * N_orig):
+        ev = evaluate(state.theta, state.f_obs)
+        state.f_obs = ev.f_obs
+        if state.fallback is not None:
+            rejected = not (ev.logL >= state.fallback_logL - 1e-12 * abs(state.fallback_logL))
+            if rejected:
+                log.debug("extrapolated step rejected (logL %.10g < %.10g)", ev.logL,
+                          state.fallback_logL)
+                state.theta, state.fallback = state.fallback, None
+                continue
+            state.fallback = None
+        if not np.isfinite(ev.logL):
+            raise NumericalError(f"the mean log-likelihood became {ev.logL} at iteration "
+                                 f"{state.n_iter}; check the data scale or use w > 0.")
+        state.history.append(ev.logL)
+        state.n_orig_history.append(ev.N_orig)
+        state.seconds.append(time.perf_counter() - t0)
+        h = state.history
+        log.info("iteration %d: mean logL %.10g (change %.3g), N_orig %.6g, %.3f s",
+                 state.n_iter, ev.logL, h[-1] - h[-2] if len(h) > 1 else float("nan"),
+                 ev.N_orig, state.seconds[-1])
+        if len(h) > 1 and abs(h[-1] - h[-2]) < tol and (
+                abs(state.n_orig_history[-1] - state.n_orig_history[-2])
+                <= tol * state.n_orig_history[-1]):
             converged = True
             break
-        if n_iter >= maxiter:
+        if state.n_iter >= maxiter:
             break
-        amp, mean, cov, bg_amp, _ = mstep(total, amp, mean, cov, w=w, frozen=frozen_idx,
-                                          background=bg, N_total=N_orig)
-        if bg is not None:
-            bg.amp = bg_amp
-        n_iter += 1
-    if not converged and maxiter > 0:
-        warnings.warn(f"EM did not converge in maxiter={maxiter} iterations (last change of "
-                      f"the mean logL: {history[-1] - history[-2]:.3g}, tol={tol}).",
-                      ConvergenceWarning, stacklevel=2)
-    gmm.amp, gmm.mean, gmm.covar = amp, mean, cov
-    return FitResult(logL=history[-1], n_iter=n_iter, converged=converged, history=history,
-                     N_orig=n_orig_history[-1], N=int(stats.n), n_outside=int(stats.n_outside),
-                     bg_amp=None if bg is None else bg.amp,
-                     seconds=time.perf_counter() - t_start, seconds_per_iter=secs)
+        theta_next, dead = mstep(ev.total, state.theta, w=w, frozen=frozen,
+                                 background=background, N_total=ev.N_orig)
+        state.n_iter += 1
+        if accelerate:
+            if dead.size:
+                state.cycle = []
+            elif state.cycle:
+                extrapolated = _extrapolate(state.cycle[0], state.theta, theta_next, frozen,
+                                            background)
+                state.cycle = []
+                if extrapolated is not None:
+                    # Exact likelihoods: never below the plain iterate. With imputation
+                    # the likelihood carries Monte-Carlo error larger than EM's gain per
+                    # step on flat ridges, so require only the cycle's starting level.
+                    exact = evaluate.sel_callback is None
+                    state.fallback = theta_next
+                    state.fallback_logL = ev.logL if exact else state.history[-2]
+                    theta_next = extrapolated
+            else:
+                state.cycle = [state.theta]
+        state.theta = theta_next
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, state, fingerprint)
+    return state, converged, ev
+
+
+def _callback_name(cb):
+    if cb is None:
+        return None
+    if hasattr(cb, "to_dict"):
+        return cb.to_dict()
+    return f"{getattr(cb, '__module__', '?')}.{getattr(cb, '__qualname__', type(cb).__name__)}"
+
+
+def _fingerprint(plan, summary, K, rng, **options) -> dict:
+    """JSON description of a fit problem: what a checkpoint must match."""
+    hexes = lambda a: [float(v).hex() for v in np.ravel(a)]  # noqa: E731
+    fp = {
+        "N": plan.N, "D": plan.D, "K": K, "noise": plan.kind,
+        "chunks": [int(c) for c in plan.x.chunks[0]],
+        "data_summary": {"n": int(summary.n), "n_obs": np.asarray(summary.n_obs).tolist(),
+                         "lo": hexes(summary.lo), "hi": hexes(summary.hi),
+                         "total": hexes(summary.total)},
+        "shared_noise": None if plan.shared is None else hexes(plan.shared),
+        "init_method": options["init_method"], "w": float(options["w"]).hex(),
+        "cutoff": None if options["cutoff"] is None else float(options["cutoff"]).hex(),
+        "sel_callback": _callback_name(options["sel_callback"]),
+        "covar_callback": (None if isinstance(options["covar_callback"], _ConstantCovar)
+                           else _callback_name(options["covar_callback"])),
+        "background": (None if options["background"] is None else
+                       {k: v for k, v in options["background"].to_dict().items() if k != "amp"}),
+        "frozen": {k: v.tolist() for k, v in options["frozen"].items()},
+        "oversampling": float(options["oversampling"]).hex(),
+        "accelerate": bool(options["accelerate"]),
+    }
+    if rng is not None:
+        seed = _root_seed(rng) if not isinstance(rng, np.random.Generator) else None
+        fp["seed"] = ("generator" if seed is None else
+                      [str(seed.entropy), *map(int, seed.spawn_key)])
+    return fp

@@ -1,0 +1,182 @@
+"""Durable EM state: written atomically after every iteration, read to resume.
+
+A checkpoint is one ``.npz`` file (read with ``allow_pickle=False``: loading never
+executes code) holding the parameter sets the driver needs to continue exactly
+where it stopped, plus a JSON header with the problem's *fingerprint*: data
+shape and chunking, the first-pass data summary (exact sums, minima and maxima),
+K, the noise kind, and every option that changes the EM map. A checkpoint whose
+fingerprint differs from the current problem is refused, never silently reused.
+Options that only decide when to stop (``tol``, ``maxiter``) are not part of it,
+so a fit can be resumed with a larger ``maxiter``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CheckpointError
+
+__all__ = ["Theta", "EMState", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "daskgmmis-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Theta:
+    """One parameter set of the EM iteration.
+
+    Attributes
+    ----------
+    amp : ndarray, shape (K,)
+    mean : ndarray, shape (K, D)
+    covar : ndarray, shape (K, D, D)
+    bg_amp : float or None
+        Background amplitude (None without a background).
+    """
+
+    amp: np.ndarray
+    mean: np.ndarray
+    covar: np.ndarray
+    bg_amp: float | None = None
+
+
+@dataclass
+class EMState:
+    """Everything needed to continue a fit bit-identically.
+
+    Attributes
+    ----------
+    theta : Theta
+        The parameters to evaluate next.
+    cycle : list of Theta
+        Plain-EM points of the current acceleration cycle (0 or 1 entries).
+    fallback : Theta or None
+        Plain-EM point to fall back to if the extrapolated ``theta`` is rejected.
+    fallback_logL : float
+        Likelihood the extrapolated point must reach to be accepted.
+    f_obs : float
+        Latest estimate of the observed fraction (sizes the imputation).
+    n_iter : int
+        M-steps done.
+    history, n_orig_history, seconds : list of float
+        Per accepted E-step: mean logL, N_orig, wall time.
+    seed : list
+        Root seed of the fit's random streams: ``[str(entropy), *spawn_key]``.
+    """
+
+    theta: Theta
+    cycle: list = field(default_factory=list)
+    fallback: Theta | None = None
+    fallback_logL: float = -np.inf
+    f_obs: float = 0.5
+    n_iter: int = 0
+    history: list = field(default_factory=list)
+    n_orig_history: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    seed: list = field(default_factory=list)
+
+
+def _theta_arrays(prefix: str, t: Theta) -> dict:
+    out = {f"{prefix}.amp": t.amp, f"{prefix}.mean": t.mean, f"{prefix}.covar": t.covar}
+    if t.bg_amp is not None:
+        out[f"{prefix}.bg_amp"] = np.array([t.bg_amp])
+    return out
+
+
+def _theta_from(arrays: dict, prefix: str) -> Theta:
+    bg = arrays.get(f"{prefix}.bg_amp")
+    return Theta(arrays[f"{prefix}.amp"], arrays[f"{prefix}.mean"], arrays[f"{prefix}.covar"],
+                 None if bg is None else float(bg[0]))
+
+
+def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    state : EMState
+    fingerprint : dict
+        JSON-serializable description of the problem.
+    """
+    path = os.fspath(path)
+    arrays = _theta_arrays("theta", state.theta)
+    for i, t in enumerate(state.cycle):
+        arrays.update(_theta_arrays(f"cycle{i}", t))
+    if state.fallback is not None:
+        arrays.update(_theta_arrays("fallback", state.fallback))
+    arrays["history"] = np.asarray(state.history, dtype=np.float64)
+    arrays["n_orig_history"] = np.asarray(state.n_orig_history, dtype=np.float64)
+    arrays["seconds"] = np.asarray(state.seconds, dtype=np.float64)
+    header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+              "fingerprint": fingerprint, "n_cycle": len(state.cycle),
+              "n_iter": state.n_iter, "f_obs": state.f_obs.hex(),
+              "fallback_logL": float(state.fallback_logL).hex(), "seed": state.seed}
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-ckpt-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path, fingerprint: dict) -> EMState | None:
+    """Read a checkpoint of the same problem, or None if ``path`` does not exist.
+
+    Raises
+    ------
+    CheckpointError
+        The file is not a readable checkpoint, or belongs to another problem (the
+        differing fingerprint entries are named).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        header = json.loads(arrays.pop("header").tobytes().decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint: {path} is not a readable daskgmmis checkpoint "
+                              f"({e}); remove it or pass another path.") from None
+    if header.get("format") != CHECKPOINT_FORMAT or header.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint: {path} has format {header.get('format')!r} version "
+                              f"{header.get('version')!r}; expected {CHECKPOINT_FORMAT!r} "
+                              f"version {CHECKPOINT_VERSION}.")
+    stored = header.get("fingerprint", {})
+    if stored != fingerprint:
+        diff = sorted(k for k in set(stored) | set(fingerprint)
+                      if stored.get(k) != fingerprint.get(k))
+        raise CheckpointError(
+            f"checkpoint: {path} belongs to another problem (differs in: {', '.join(diff)}); "
+            f"it is never reused for a different fit. Remove it or pass another path.")
+    try:
+        return EMState(
+            theta=_theta_from(arrays, "theta"),
+            cycle=[_theta_from(arrays, f"cycle{i}") for i in range(header["n_cycle"])],
+            fallback=_theta_from(arrays, "fallback") if "fallback.amp" in arrays else None,
+            fallback_logL=float.fromhex(header["fallback_logL"]),
+            f_obs=float.fromhex(header["f_obs"]), n_iter=int(header["n_iter"]),
+            history=arrays["history"].tolist(),
+            n_orig_history=arrays["n_orig_history"].tolist(),
+            seconds=arrays["seconds"].tolist(), seed=list(header["seed"]))
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint: {path} is missing {e}; it is corrupted.") from None
