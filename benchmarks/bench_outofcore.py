@@ -155,8 +155,8 @@ def main(argv=None) -> dict:
             cores = args.workers * args.threads
             limit = cluster_memory(client) / args.workers
             print(f"cluster: {args.workers} workers x {args.threads} threads, memory limit "
-                  f"{limit / 1e9:.2f} GB each ({nbytes / (limit * args.workers):.1f}x smaller "
-                  f"than the catalog)")
+                  f"{limit / 1e9:.2f} GB each (the catalog is {nbytes / (limit * args.workers):.1f}x "
+                  f"their total)")
             s_res, s_iter, s_peak, s_io = timed_fit(client, cat, None, persist=False,
                                                     iters=args.iters, K=args.K)
             sub_x, sub_c = cat.data[:M], cat.covar[:M]

@@ -189,6 +189,20 @@ def _cluster_options(f):
     return f
 
 
+def _check_cluster_options(scheduler, scheduler_file, workers, memory_limit) -> None:
+    """Reject contradictory cluster options (before any work starts)."""
+    if scheduler == "threads":
+        if scheduler_file or workers or memory_limit:
+            raise click.UsageError("--scheduler threads runs in-process; --scheduler-file, "
+                                   "--workers and --memory-limit do not apply.")
+        return
+    if scheduler and scheduler_file:
+        raise click.UsageError("give --scheduler or --scheduler-file, not both.")
+    if (scheduler or scheduler_file) and (workers or memory_limit):
+        raise click.UsageError("--workers and --memory-limit size a new LocalCluster; they "
+                               "do not apply with --scheduler/--scheduler-file.")
+
+
 @contextlib.contextmanager
 def _client(scheduler, scheduler_file, workers, memory_limit):
     """The distributed client to run on (None: in-process threads); closed if ours.
@@ -196,17 +210,10 @@ def _client(scheduler, scheduler_file, workers, memory_limit):
     Resolution (address, scheduler file, ``DASK_SCHEDULER_ADDRESS``, else a new
     LocalCluster) and the dashboard link are :func:`daskgmmis.cluster.get_client`'s.
     """
+    _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     if scheduler == "threads":
-        if scheduler_file or workers or memory_limit:
-            raise click.UsageError("--scheduler threads runs in-process; --scheduler-file, "
-                                   "--workers and --memory-limit do not apply.")
         yield None
         return
-    if scheduler and scheduler_file:
-        raise click.UsageError("give --scheduler or --scheduler-file, not both.")
-    if (scheduler or scheduler_file) and (workers or memory_limit):
-        raise click.UsageError("--workers and --memory-limit size a new LocalCluster; they "
-                               "do not apply with --scheduler/--scheduler-file.")
     from .cluster import client_context
 
     with client_context(scheduler, scheduler_file, n_workers=workers,
@@ -557,6 +564,7 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
     from .estimator import fit_best
     from .model import GMM
 
+    _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite)
     if report is not None:
         _check_output(report, overwrite, "--report")
@@ -672,6 +680,7 @@ def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_fi
     from .catalog import CATALOG_FORMAT_VERSION, open_catalog
     from .ingest import write_row_arrays
 
+    _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite)
     gmm = _load_model(model)
     cat = open_catalog(catalog)
@@ -1008,6 +1017,7 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
     from .posterior import posterior as compute_posterior
     from .posterior import write_posterior
 
+    _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite)
     gmm = _load_model(model)
     cat = open_catalog(catalog)

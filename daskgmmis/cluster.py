@@ -138,7 +138,6 @@ def _connect(address: str, source: str, timeout: float, security, set_as_default
              wait_for_workers: int) -> "Client":
     from distributed import Client
     from distributed.comm import parse_address
-
     from distributed.comm.registry import get_backend
 
     try:
@@ -156,6 +155,15 @@ def _connect(address: str, source: str, timeout: float, security, set_as_default
     except ValueError as e:   # malformed host or port, found when resolving it
         raise InputError(f"address {address!r} (from {source}): {e}; expected e.g. "
                          f"'tcp://host:8786' or 'tls://host:8786'.") from None
+    except (RuntimeError, TypeError) as e:
+        # distributed's own checks: "encryption required ... refusing tcp://", or a
+        # tls:// address without a TLS context (no CA/certificates configured)
+        raise ClusterError(
+            f"cannot connect to the Dask scheduler at {address} (from {source}): {e}. The "
+            f"address scheme and the TLS settings disagree: a tls:// address needs "
+            f"distributed.comm.tls.ca-file and the client's cert/key in dask's "
+            f"configuration (or security=...), and with distributed.comm.require-encryption "
+            f"a tcp:// address is refused. See deploy/README.md.") from None
     except (OSError, asyncio.TimeoutError) as e:
         raise ClusterError(
             f"cannot reach the Dask scheduler at {address} (from {source}) within "

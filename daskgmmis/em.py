@@ -34,6 +34,7 @@ from .imputation import candidate_count, impute_block
 from .selection import check_picklable, evaluate_selection
 from .init import INIT_METHODS, DataSummary, init_minmax, init_random
 from .model import GMM, _log_background
+from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
 from .stats import SuffStats, sum_stats
 from .validation import as_index_array, check_data_block, check_model_params, check_noise_block
@@ -157,14 +158,22 @@ def _selection_log(sel_callback, x, row_offset):
     return np.log(omega)
 
 
-def _estep_task(x, noise, params: _IterParams, row_offset, block):
-    """One block's E-step: (observed SuffStats, imputed SuffStats or None, tally or None)."""
+def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
+    """One block's E-step: (observed SuffStats, imputed SuffStats or None, tally or None).
+
+    ``comps``: components that may reach the block (neighborhoods); None for all.
+    """
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
     log_bg = _log_background(params.background, x, noise, params.kind)
-    row_logl, n_out, mom = kernels.estep_block(
-        x, noise, params.kind, params.amp, params.mean, params.covar, log_bg=log_bg,
-        cutoff=params.cutoff, row_offset=row_offset)
+    if params.cutoff is None:
+        row_logl, n_out, mom = kernels.estep_block(
+            x, noise, params.kind, params.amp, params.mean, params.covar, log_bg=log_bg,
+            row_offset=row_offset)
+    else:
+        row_logl, n_out, mom = estep_neighborhoods(
+            x, noise, params.kind, params.amp, params.mean, params.covar,
+            cutoff=params.cutoff, comps=comps, log_bg=log_bg, row_offset=row_offset)
     finite = np.isfinite(row_logl)
     logl = float(row_logl[finite].sum())
     if params.sel_callback is None:
@@ -211,12 +220,22 @@ class _Plan:
                  for xb, nb, off in zip(self.x_blocks, self.noise_blocks, self.offsets)]
         return _tree_sum(parts)
 
-    def iteration_graph(self, params: _IterParams):
-        """The graph of one E-step: block tasks and their tree reduction."""
+    def box_graph(self):
+        """Per-block summaries for the neighborhood reach test (first pass)."""
+        return [dask.delayed(block_box, pure=True)(xb, self.shared if self.kind == "shared"
+                                                   else nb, self.kind)
+                for xb, nb in zip(self.x_blocks, self.noise_blocks)]
+
+    def iteration_graph(self, params: _IterParams, comps=None):
+        """The graph of one E-step: block tasks and their tree reduction.
+
+        ``comps``: per block, the components that may reach it (or None).
+        """
         p = dask.delayed(params, pure=True)
-        parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b)
-                 for b, (xb, nb, off) in enumerate(zip(self.x_blocks, self.noise_blocks,
-                                                       self.offsets))]
+        comps = comps if comps is not None else [None] * len(self.x_blocks)
+        parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b, c)
+                 for b, (xb, nb, off, c) in enumerate(zip(self.x_blocks, self.noise_blocks,
+                                                          self.offsets, comps))]
         return _tree_sum(parts)
 
 
@@ -493,8 +512,8 @@ class _Evaluator:
     """Runs one E-step (one compute) for a parameter set."""
 
     def __init__(self, plan, client, cutoff, sel_callback, covar_callback, seed,
-                 oversampling, background):
-        self.plan, self.client, self.cutoff = plan, client, cutoff
+                 oversampling, background, boxes=None):
+        self.plan, self.client, self.cutoff, self.boxes = plan, client, cutoff, boxes
         self.sel_callback, self.covar_callback = sel_callback, covar_callback
         self.seed, self.oversampling, self.background = seed, oversampling, background
 
@@ -509,7 +528,12 @@ class _Evaluator:
                              self.background_at(theta.bg_amp), self.cutoff, self.sel_callback,
                              self.covar_callback, self.seed, float(self.oversampling),
                              _quantize_fraction(f_obs))
-        stats, imputed, tally = _compute(plan.iteration_graph(params), self.client)
+        comps = None
+        if self.cutoff is not None:
+            reach = ReachTest(theta.mean, theta.covar).matrix(
+                self.boxes, chi2_cuts(self.cutoff, plan.D))
+            comps = [np.flatnonzero(r) for r in reach]
+        stats, imputed, tally = _compute(plan.iteration_graph(params, comps), self.client)
         N = stats.n
         logL = stats.logl / N
         N_orig, total = float(N), stats
@@ -664,8 +688,12 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     x, noise = _maybe_persist(x, noise, kind, persist, client)
     plan = _Plan(x, noise, kind)
 
-    # 1. first pass: validation + summary (one compute)
-    summary = _compute(plan.summary_graph(), client)
+    # 1. first pass: validation + summary (+ block boxes for neighborhoods), one compute
+    boxes = None
+    if cutoff is None:
+        summary = _compute(plan.summary_graph(), client)
+    else:
+        summary, boxes = _compute((plan.summary_graph(), plan.box_graph()), client)
     if K > summary.n:
         raise InputError(f"gmm: K={K} components but only {summary.n} usable rows; use fewer "
                          f"components or more data.")
@@ -689,7 +717,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     init_seeds = [child(1 + i) for i in range(n_init)]
     bg_amp0 = None if background is None else float(background.amp)
     evaluate = _Evaluator(plan, client, cutoff, sel_callback, covar_callback, impute_seed,
-                          oversampling, background)
+                          oversampling, background, boxes)
     run = dict(evaluate=evaluate, tol=tol, maxiter=maxiter, w=w, frozen=frozen_idx,
                background=background, accelerate=accelerate, checkpoint=checkpoint,
                fingerprint=fingerprint)

@@ -52,7 +52,8 @@ def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
     n_init : int
         Number of starts (>= 1).
     rng : None, int, Generator or SeedSequence
-        Root seed; start ``i`` uses the ``i``-th child of its ``SeedSequence``.
+        Root seed; with several starts, start ``i`` uses the ``i``-th child of its
+        ``SeedSequence`` (one start uses ``rng`` itself, as :func:`fit` would).
     background : Background, optional
         Fitted jointly; its ``amp`` is updated in place with the winner's.
     prefit : bool
@@ -78,7 +79,8 @@ def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
     if n_init > 1 and fit_kwargs.get("checkpoint") is not None:
         raise InputError("checkpoint: one checkpoint file cannot hold several starts; use "
                          "n_init=1 with a checkpoint.")
-    seeds = _root_seed(rng).spawn(n_init)
+    # one start uses rng itself, so that fit_best(n_init=1) is fit(rng=rng) exactly
+    seeds = [rng] if n_init == 1 else _root_seed(rng).spawn(n_init)
     best = None
     for seed in seeds:
         g = gmm.copy()

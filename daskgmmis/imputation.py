@@ -22,6 +22,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from . import kernels
+from .neighborhoods import estep_neighborhoods, spatial_order
 from .selection import evaluate_covar_callback, evaluate_selection
 from .stats import SuffStats
 
@@ -190,7 +191,17 @@ def impute_block(m: int, amp, mean, covar, background, sel_callback, covar_callb
     omega = evaluate_selection(sel_callback, y, where="sel_callback (imputed candidates)")
     weight = 1.0 - omega
     log_bg = _log_background(background, y, noise, kind)
-    _, _, mom = kernels.estep_block(y, noise, kind, amp, mean, covar, log_bg=log_bg,
-                                    weight=weight, cutoff=cutoff)
+    if cutoff is None:
+        _, _, mom = kernels.estep_block(y, noise, kind, amp, mean, covar, log_bg=log_bg,
+                                        weight=weight)
+    else:
+        # candidates spread over the whole model: sort them spatially so that tiles
+        # are compact and each touches only the components that reach it
+        order = spatial_order(y)
+        per_row = kind in ("diag", "full")
+        _, _, mom = estep_neighborhoods(
+            y[order], noise[order] if per_row else noise, kind, amp, mean, covar,
+            cutoff=cutoff, log_bg=None if log_bg is None else log_bg[order],
+            weight=weight[order])
     stats = SuffStats(mom.A, mom.M1, mom.M2, mom.bg)
     return stats, ImputeTally(float(omega.sum()), float(weight.sum()), int(m))

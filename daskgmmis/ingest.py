@@ -762,7 +762,7 @@ def _parse_correlations(correlations, columns: list) -> list:
     return out
 
 
-def _as_names(value, what: str) -> list | None:
+def _as_names(value, what: str, unique: bool = True) -> list | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -771,7 +771,7 @@ def _as_names(value, what: str) -> list | None:
     if not names or any(not n for n in names):
         raise InputError(f"{what}: expected a comma-separated list of column names; found "
                          f"{value!r}.")
-    if len(set(names)) != len(names):
+    if unique and len(set(names)) != len(names):
         raise InputError(f"{what}: a column is named twice in {names}.")
     return names
 
@@ -848,7 +848,8 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
         raise InputError(f"dtype: expected 'auto', 'float32' or 'float64'; found {dtype!r}.")
     src = open_table(source, fmt, hdu=hdu, csv_engine=csv_engine)
     value_names = _as_names(columns, "columns")
-    error_names = _as_names(errors, "errors")
+    # one error column may serve several values (e.g. a shared positional error)
+    error_names = _as_names(errors, "errors", unique=False)
     corr_items = [tuple(s.strip() for s in c.split(",")) if isinstance(c, str) else tuple(c)
                   for c in (correlations or ())]
     if value_names is None:
@@ -895,11 +896,16 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
                 rhos = [(j, k, batch[r]) for j, k, r in corr]
                 cov = errors_to_covar(err, variances=variances, correlations=rhos,
                                       values=x, row_offset=n_read)
-            if drop_empty:
-                keep = ~np.isnan(x).all(axis=1)
-                n_dropped += int((~keep).sum())
-                x = x[keep]
-                cov = None if cov is None else cov[keep]
+            empty = np.isnan(x).all(axis=1)
+            if empty.any() and not drop_empty:
+                i = int(np.flatnonzero(empty)[0])
+                raise InputError(f"{src.path}: row {n_read + i} has every value missing "
+                                 f"(columns {value_names}); a fit cannot use such rows. "
+                                 f"Pass drop_empty=True (--drop-empty) to skip them.")
+            if empty.any():
+                n_dropped += int(empty.sum())
+                x = x[~empty]
+                cov = None if cov is None else cov[~empty]
             if x.shape[0]:
                 writer.append(x, cov)
             n_read += n_batch
