@@ -37,11 +37,16 @@ def _copy_background(bg: Background | None) -> Background | None:
 def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
              background: Background | None = None, prefit: bool = False,
              **fit_kwargs) -> FitResult:
-    """Fit from ``n_init`` independent starts and keep the highest likelihood.
+    """:func:`daskgmmis.fit` from ``n_init`` starts, optionally prefitted without selection.
 
-    Each start fits a copy of ``gmm`` (and of ``background``) with its own child
-    seed of ``rng``; the winner's parameters are copied into ``gmm`` (and its
-    background amplitude into ``background``).
+    Without ``prefit`` this is ``fit(..., n_init=n_init)``. With ``prefit`` and a
+    ``sel_callback``, every start is two fits: one *without* the selection (and
+    its imputation), then the truncation-aware fit starting from its result
+    (``init_method="none"``) - pyGMMis's recipe: the plain fit puts the
+    components where the observed rows are and the imputation then extends them
+    into the unobserved region, where from a random start the weakly
+    constrained unobserved volume can attract runaway components. The start
+    with the highest final likelihood is kept.
 
     Parameters
     ----------
@@ -52,20 +57,17 @@ def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
     n_init : int
         Number of starts (>= 1).
     rng : None, int, Generator or SeedSequence
-        Root seed; with several starts, start ``i`` uses the ``i``-th child of its
-        ``SeedSequence`` (one start uses ``rng`` itself, as :func:`fit` would).
+        Root seed. With ``prefit`` and several starts, start ``i`` uses the child
+        ``SeedSequence(entropy, spawn_key + (i,))`` (the caller's object is not
+        modified); one start uses ``rng`` itself, as :func:`fit` would.
     background : Background, optional
         Fitted jointly; its ``amp`` is updated in place with the winner's.
     prefit : bool
-        With a ``sel_callback``: start every truncation-aware fit from a fit of the
-        same start *without* the selection (pyGMMis's recipe: the plain fit puts
-        the components where the observed rows are, and the imputation then
-        extends them into the unobserved region; from a random start the
-        weakly-constrained unobserved region can attract runaway components).
+        Prefit every start without the selection (only with ``sel_callback``).
     **fit_kwargs
         Passed to :func:`daskgmmis.fit` (``init_method``, ``w``, ``cutoff``,
         ``sel_callback``, ``covar_callback``, ``tol``, ``maxiter``, ``frozen``,
-        ``client``, ``oversampling``, ``persist``, ...).
+        ``client``, ``oversampling``, ``persist``, ``checkpoint``, ...).
 
     Returns
     -------
@@ -76,24 +78,28 @@ def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
         raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
+    if not (prefit and fit_kwargs.get("sel_callback") is not None):
+        return fit(gmm, data, covar, n_init=n_init, rng=rng, background=background,
+                   **fit_kwargs)
     if n_init > 1 and fit_kwargs.get("checkpoint") is not None:
         raise InputError("checkpoint: one checkpoint file cannot hold several starts; use "
                          "n_init=1 with a checkpoint.")
-    # one start uses rng itself, so that fit_best(n_init=1) is fit(rng=rng) exactly
-    seeds = [rng] if n_init == 1 else _root_seed(rng).spawn(n_init)
+    if n_init == 1:
+        seeds = [rng]
+    else:
+        root = _root_seed(rng)
+        seeds = [np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + (i,))
+                 for i in range(n_init)]
+    # the imputation's options (and the checkpoint) belong to the truncated fit only
+    plain = {k: v for k, v in fit_kwargs.items()
+             if k not in ("sel_callback", "covar_callback", "oversampling", "checkpoint")}
+    truncated = dict(fit_kwargs, init_method="none")
     best = None
     for seed in seeds:
         g = gmm.copy()
         bg = _copy_background(background)
-        if prefit and fit_kwargs.get("sel_callback") is not None:
-            plain = {k: v for k, v in fit_kwargs.items()
-                     if k not in ("sel_callback", "covar_callback", "oversampling",
-                                  "checkpoint")}
-            fit(g, data, covar, background=bg, rng=seed, **plain)
-            kwargs = dict(fit_kwargs, init_method="none")
-        else:
-            kwargs = fit_kwargs
-        result = fit(g, data, covar, background=bg, rng=seed, **kwargs)
+        fit(g, data, covar, background=bg, rng=seed, **plain)
+        result = fit(g, data, covar, background=bg, rng=seed, **truncated)
         if best is None or result.logL > best[0].logL:
             best = (result, g, bg)
     result, g, bg = best
@@ -189,6 +195,8 @@ class GaussianMixture:
     weights_init, means_init, covariances_init : array_like, optional
         Starting parameters, shapes (K,), (K, D), (K, D, D); required (all three)
         with ``init_method="none"``.
+    accelerate : bool
+        SQUAREM extrapolation of the EM map (see :func:`daskgmmis.fit`).
     random_state : None, int, numpy Generator, SeedSequence or RandomState
         Seed of every random choice.
     client : distributed.Client, optional
@@ -237,7 +245,7 @@ class GaussianMixture:
                  sel_callback=None, covar_callback=None, background=None, tol=1e-3,
                  maxiter=1000, frozen=None, oversampling=4.0, n_init=1, prefit=False,
                  weights_init=None, means_init=None, covariances_init=None,
-                 random_state=None, client=None, persist=None):
+                 accelerate=True, random_state=None, client=None, persist=None):
         self.n_components = n_components
         self.init_method = init_method
         self.w = w
@@ -254,6 +262,7 @@ class GaussianMixture:
         self.weights_init = weights_init
         self.means_init = means_init
         self.covariances_init = covariances_init
+        self.accelerate = accelerate
         self.random_state = random_state
         self.client = client
         self.persist = persist
@@ -453,7 +462,7 @@ class GaussianMixture:
             cutoff=self.cutoff, sel_callback=self.sel_callback,
             covar_callback=self.covar_callback, tol=self.tol, maxiter=self.maxiter,
             frozen=self.frozen, oversampling=self.oversampling, client=self.client,
-            persist=self.persist)
+            persist=self.persist, accelerate=self.accelerate)
         if bg is not None:
             gmm.background = bg
         self.gmm_ = gmm

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from .errors import InputError, NumericalError
 
@@ -482,20 +481,12 @@ def _pattern_estep(x_o, noise_o, kind, obs, mean, covar, log_amp, log_bg, weight
         if not accumulate:
             return n_out, None, None, None, 0.0
         Z2 = _symmetrize_lower(Z2)
-        # U = L^-T Z1 ; WP = L^-T (Z2 - A I) L^-1
-        U = np.empty((K, d))
-        WP = np.empty((K, d, d))
-        eye = np.eye(d)
-        for k in range(K):
-            if A[k] == 0.0:
-                U[k] = 0.0
-                WP[k] = 0.0
-                continue
-            Lk = L[k]
-            U[k] = solve_triangular(Lk, Z1[k], lower=True, trans="T", check_finite=False)
-            Y = solve_triangular(Lk, Z2[k] - A[k] * eye, lower=True, trans="T",
-                                 check_finite=False)
-            WP[k] = solve_triangular(Lk, Y.T, lower=True, trans="T", check_finite=False).T
+        # U = L^-T Z1 ; WP = L^-T (Z2 - A I) L^-1, batched over components (one
+        # gufunc call each: per-component scipy calls cost more than the math)
+        LT = np.swapaxes(L, 1, 2)
+        U = np.linalg.solve(LT, Z1[:, :, None])[:, :, 0]
+        Y = np.linalg.solve(LT, Z2 - A[:, None, None] * np.eye(d))
+        WP = np.swapaxes(np.linalg.solve(LT, np.swapaxes(Y, 1, 2)), 1, 2)
         WP = 0.5 * (WP + np.swapaxes(WP, 1, 2))
         return n_out, A, U, WP, bg_acc[0]
     is_diag = kind == "diag"

@@ -66,6 +66,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", type=int, default=20_000, help="population rows simulated")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--restarts", type=int, default=2)
+    ap.add_argument("--tol", type=float, default=1e-4, help="EM convergence threshold")
     ap.add_argument("--workers", type=int, default=2,
                     help="LocalCluster workers; 0 runs on dask's threaded scheduler")
     args = ap.parse_args(argv)
@@ -84,7 +85,7 @@ def main(argv=None) -> dict:
         for name, kwargs in (("naive", {}),
                              ("truncated", {"sel_callback": sel, "prefit": True})):
             g = dg.GMM(2, 2)
-            res = fit_best(g, x, covar, n_init=args.restarts, rng=args.seed, tol=1e-4,
+            res = fit_best(g, x, covar, n_init=args.restarts, rng=args.seed, tol=args.tol,
                            client=client, **kwargs)
             k = _match(g, truth)
             amp = g.amp[k] / g.amp.sum()
