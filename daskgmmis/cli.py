@@ -528,6 +528,10 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
 @click.option("--bg-amp-min", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--bg-amp-max", type=click.FloatRange(0, 1), default=1.0, show_default=True)
 @click.option("--bg-fixed", is_flag=True, help="Hold the background fraction at --bg-amp.")
+@click.option("--accelerate/--no-accelerate", default=True, show_default=True,
+              help="SQUAREM extrapolation of EM steps (--no-accelerate: textbook EM).")
+@click.option("--split-n-merge", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Split-and-merge attempts (when the library provides them).")
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="EM state file, written every iteration; a rerun resumes from it.")
 @click.option("--persist/--no-persist", default=None,
@@ -538,8 +542,8 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
 @_global_options
 def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, maxiter, seed,
         restarts, frozen, selection, covar_callback, oversampling, prefit, bg_lower, bg_upper,
-        bg_amp, bg_amp_min, bg_amp_max, bg_fixed, checkpoint, persist, report, scheduler,
-        scheduler_file, workers, memory_limit):
+        bg_amp, bg_amp_min, bg_amp_max, bg_fixed, accelerate, split_n_merge, checkpoint,
+        persist, report, scheduler, scheduler_file, workers, memory_limit):
     """Fit a Gaussian mixture to a catalog (extreme deconvolution, missing features,
     truncation, background) and save the model.
 
@@ -623,7 +627,7 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
             init_method=init_method, w=w, cutoff=cutoff, sel_callback=sel,
             covar_callback=noise_cb, tol=tol, maxiter=maxiter, frozen=frozen_value,
             client=client, checkpoint=checkpoint, oversampling=oversampling,
-            persist=persist)
+            persist=persist, accelerate=accelerate, split_n_merge=split_n_merge)
     if report is not None:
         info = dataclasses.asdict(result)
         info.update({"catalog": os.path.abspath(catalog), "model": os.path.abspath(out),
@@ -631,6 +635,7 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
                      "cutoff": cutoff, "seed": seed, "restarts": restarts,
                      "init_method": init_method, "selection": selection,
                      "covar_callback": covar_callback, "oversampling": oversampling,
+                     "accelerate": accelerate, "split_n_merge": split_n_merge,
                      "background": None if background is None else background.to_dict()})
         _write_json(report, info)
     try:
@@ -973,7 +978,7 @@ def plot(model, catalog, out, kind, report, dims, selection, sample_size, bins, 
         sel = _selection_arg(selection)
         points = None if cat is None else plots.sample_rows(cat, sample_size, seed)
         ax = plots.density(gmm, dims=pair, data=points, sel_callback=sel,
-                           background=gmm.background if pair == list(range(gmm.D)) else None,
+                           background=gmm.background,
                            columns=cat.columns if cat is not None else None,
                            title=os.path.basename(model))
         fig = ax.figure

@@ -188,6 +188,20 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
     return observed, imputed, tally
 
 
+def _overlap_task(x, noise, params: _IterParams):
+    """Responsibility overlap of a block: sum_i q_ik q_il, shape (K, K)."""
+    from .posterior import posterior_block
+
+    x = np.asarray(x)
+    noise = _block_noise(noise, params.kind, params.shared_noise)
+    log_bg = _log_background(params.background, x, noise, params.kind)
+    post = posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
+                           log_bg, covariances=False)
+    q = post.resp if post.resp_bg is None else post.resp * (1 - post.resp_bg)[:, None]
+    q = q[np.isfinite(q).all(axis=1)]
+    return q.T @ q
+
+
 def _tree_sum(parts, split_every=SPLIT_EVERY):
     """Fixed-shape tree reduction of delayed records (deterministic order)."""
     parts = list(parts)
@@ -219,6 +233,16 @@ class _Plan:
         parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off)
                  for xb, nb, off in zip(self.x_blocks, self.noise_blocks, self.offsets)]
         return _tree_sum(parts)
+
+    def overlap_graph(self, params: _IterParams):
+        """Summed responsibility overlaps (K, K) for split-and-merge (one pass)."""
+        p = dask.delayed(params, pure=True)
+        parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p)
+                 for xb, nb in zip(self.x_blocks, self.noise_blocks)]
+        while len(parts) > 1:
+            parts = [dask.delayed(sum, pure=True)(parts[i:i + SPLIT_EVERY])
+                     for i in range(0, len(parts), SPLIT_EVERY)]
+        return parts[0]
 
     def box_graph(self):
         """Per-block summaries for the neighborhood reach test (first pass)."""
@@ -522,12 +546,20 @@ class _Evaluator:
             return None
         return Background.from_dict({**self.background.to_dict(), "amp": bg_amp})
 
+    def params(self, theta: Theta, f_obs: float) -> _IterParams:
+        plan = self.plan
+        return _IterParams(theta.amp, theta.mean, theta.covar, plan.kind, plan.shared,
+                           self.background_at(theta.bg_amp), self.cutoff, self.sel_callback,
+                           self.covar_callback, self.seed, float(self.oversampling),
+                           _quantize_fraction(f_obs))
+
+    def overlap(self, theta: Theta) -> np.ndarray:
+        """(K, K) responsibility overlaps of the observed rows (one compute)."""
+        return _compute(self.plan.overlap_graph(self.params(theta, 1.0)), self.client)
+
     def __call__(self, theta: Theta, f_obs: float) -> _Evaluation:
         plan = self.plan
-        params = _IterParams(theta.amp, theta.mean, theta.covar, plan.kind, plan.shared,
-                             self.background_at(theta.bg_amp), self.cutoff, self.sel_callback,
-                             self.covar_callback, self.seed, float(self.oversampling),
-                             _quantize_fraction(f_obs))
+        params = self.params(theta, f_obs)
         comps = None
         if self.cutoff is not None:
             reach = ReachTest(theta.mean, theta.covar).matrix(
@@ -595,7 +627,11 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         Poisson variance of the unobserved population. Cost: ``oversampling / f``
         candidate E-steps per observed row, f the observed fraction.
     split_n_merge : int
-        Not yet available (must be 0).
+        Split-and-merge attempts after EM converges (Ueda et al. 2000, as in Bovy's
+        XD and pyGMMis): merge the pair with the largest responsibility overlap,
+        split the broadest other component, run a partial EM on those three, then
+        a full EM; keep the result only if the likelihood improves by more than
+        ``tol``. Each attempt tries the next candidate triple. Needs K >= 3.
     background : Background, optional
         Uniform background fitted jointly; its ``amp`` is updated in place.
     tol : float
@@ -643,9 +679,11 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         raise InputError(f"maxiter: expected an integer >= 0; found {maxiter!r}.")
     if cutoff is not None and not (np.isscalar(cutoff) and cutoff > 0):
         raise InputError(f"cutoff: expected None or a number of sigmas > 0; found {cutoff!r}.")
-    if split_n_merge:
-        raise NotImplementedError("split_n_merge: split-and-merge is not available yet; "
-                                  "use split_n_merge=0.")
+    if not (isinstance(split_n_merge, (int, np.integer)) and split_n_merge >= 0):
+        raise InputError(f"split_n_merge: expected an integer >= 0; found {split_n_merge!r}.")
+    if split_n_merge and gmm.K < 3:
+        raise InputError(f"split_n_merge: needs K >= 3 components (merge two, split a third); "
+                         f"found K={gmm.K}.")
     for name, cb in (("sel_callback", sel_callback), ("covar_callback", covar_callback)):
         if cb is not None and not callable(cb):
             raise InputTypeError(f"{name}: expected a callable taking coords (n, D); found "
@@ -735,6 +773,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
             if best is None or outcome[0].history[-1] > best[0].history[-1]:
                 best = outcome
     state, converged, last = best
+    if split_n_merge:
+        state, converged, last = _split_and_merge(state, converged, last, split_n_merge, run)
     if not converged and maxiter > 0:
         change = state.history[-1] - state.history[-2] if len(state.history) > 1 else np.nan
         warnings.warn(f"EM did not converge in maxiter={maxiter} iterations (last change of "
@@ -749,6 +789,71 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
                      N=summary.n, n_outside=last.n_outside, bg_amp=theta.bg_amp,
                      seconds=time.perf_counter() - t_start,
                      seconds_per_iter=list(state.seconds))
+
+
+def _merge_split(theta: Theta, i: int, j: int, k: int) -> Theta:
+    """Merge components i and j into slot i; split k into slots k and j."""
+    amp, mean, covar = theta.amp.copy(), theta.mean.copy(), theta.covar.copy()
+    a = amp[i] + amp[j]
+    wi, wj = (amp[i] / a, amp[j] / a) if a > 0 else (0.5, 0.5)
+    m = wi * mean[i] + wj * mean[j]
+    second = (wi * (covar[i] + np.outer(mean[i], mean[i]))
+              + wj * (covar[j] + np.outer(mean[j], mean[j])))
+    mean[i], covar[i], amp[i] = m, second - np.outer(m, m), a
+    lam, vec = np.linalg.eigh(covar[k])
+    step = 0.5 * np.sqrt(lam[-1]) * vec[:, -1]
+    # the halves sit half a sigma either side, each with the major axis shrunk
+    shrunk = covar[k] - 0.75 * lam[-1] * np.outer(vec[:, -1], vec[:, -1])
+    mean[j], mean[k] = mean[k] + step, mean[k] - step
+    covar[j] = covar[k] = shrunk
+    amp[j] = amp[k] = 0.5 * amp[k]
+    return Theta(amp, mean, covar, theta.bg_amp)
+
+
+def _split_and_merge(state, converged, last, attempts, run):
+    """Try ``attempts`` split-and-merge moves; keep those that raise the likelihood."""
+    evaluate = run["evaluate"]
+    tol = run["tol"]
+    tried = 0
+    while tried < attempts:
+        theta = state.theta
+        K = theta.amp.shape[0]
+        ov = evaluate.overlap(theta)
+        norms = np.sqrt(np.clip(np.diag(ov), 1e-300, None))
+        J = ov / np.outer(norms, norms)
+        pairs = sorted(((J[i, j], i, j) for i in range(K) for j in range(i + 1, K)),
+                       reverse=True)
+        volume = np.linalg.slogdet(theta.covar)[1]
+        candidates = [(i, j, k) for _, i, j in pairs
+                      for k in np.argsort(-volume) if k not in (i, j)]
+        improved = False
+        for i, j, k in candidates:
+            if tried >= attempts:
+                break
+            tried += 1
+            start = _merge_split(theta, i, j, int(k))
+            others = np.setdiff1d(np.arange(K), [i, j, k])
+            partial = {key: np.union1d(run["frozen"][key], others) for key in run["frozen"]}
+            seed = list(state.seed)
+            p_state, _, _ = _run_em(EMState(theta=start, seed=seed),
+                                    **{**run, "frozen": partial, "checkpoint": None,
+                                       "maxiter": min(run["maxiter"], 50)})
+            f_state, f_conv, f_last = _run_em(
+                EMState(theta=p_state.theta, seed=seed, f_obs=p_state.f_obs),
+                **{**run, "checkpoint": None})
+            log.info("split-and-merge: merge %d+%d, split %d: logL %.8g -> %.8g", i, j, k,
+                     state.history[-1], f_state.history[-1])
+            if f_state.history[-1] > state.history[-1] + tol:
+                f_state.history = state.history + f_state.history
+                f_state.n_orig_history = state.n_orig_history + f_state.n_orig_history
+                f_state.seconds = state.seconds + f_state.seconds
+                f_state.n_iter += state.n_iter
+                state, converged, last = f_state, f_conv, f_last
+                improved = True
+                break
+        if not improved:
+            break
+    return state, converged, last
 
 
 def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_amp):

@@ -68,6 +68,7 @@ def test_catalog_input_is_lazy_and_names_features(tmp_path, noisy):
 
 
 @pytest.mark.filterwarnings("ignore::daskgmmis.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore:sel_callback without covar_callback")
 def test_n_init_is_fits_and_prefit_keeps_the_best_start(noisy):
     from daskgmmis.selection import Box
 
