@@ -1,0 +1,118 @@
+"""Checkpoint / resume: a killed fit resumes bit-identically; other problems are refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import daskgmmis as dg
+from daskgmmis.selection import Box
+
+SCRIPT = textwrap.dedent("""
+    import sys, time, warnings, logging
+    import numpy as np
+    import daskgmmis as dg
+    from daskgmmis.selection import Box
+    catalog, ckpt, out, slow = sys.argv[1:5]
+    if slow == "1":
+        # slow each iteration down so the parent can kill the process mid-fit
+        class Slow(logging.Handler):
+            def emit(self, record):
+                if record.getMessage().startswith("iteration"):
+                    print(record.getMessage(), flush=True)
+                    time.sleep(0.3)
+        logging.getLogger("daskgmmis").addHandler(Slow())
+        logging.getLogger("daskgmmis").setLevel(logging.INFO)
+    g = dg.GMM(3, 2)
+    warnings.simplefilter("ignore")
+    dg.fit(g, catalog, init_method="minmax", rng=7, tol=0, maxiter=25,
+           sel_callback=Box(upper=[2.0, np.inf]), checkpoint=ckpt)
+    g.save(out)
+""")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    t = dg.GMM(3, 2)
+    t.amp = np.array([0.3, 0.4, 0.3])
+    t.mean = np.array([[-3.0, 0.0], [1.0, 2.0], [2.0, -2.0]])
+    t.covar = np.array([np.eye(2), np.eye(2) * 0.7, np.eye(2) * 0.5])
+    X, _, _ = dg.draw(t, orig_size=8000, sel_callback=Box(upper=[2.0, np.inf]), rng=1)
+    path = tmp_path_factory.mktemp("ck") / "cat.zarr"
+    dg.write_catalog(path, X, chunks=2000)
+    return str(path)
+
+
+def run_script(tmp_path, catalog, ckpt, out, slow):
+    script = tmp_path / "fit.py"
+    script.write_text(SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), catalog, str(ckpt), str(out), slow],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_killed_fit_resumes_bit_identical(tmp_path, catalog):
+    ref = run_script(tmp_path, catalog, tmp_path / "ref.ckpt", tmp_path / "ref.npz", "0")
+    assert ref.wait(timeout=300) == 0
+    ckpt = tmp_path / "run.ckpt"
+    proc = run_script(tmp_path, catalog, ckpt, tmp_path / "run.npz", "1")
+    seen = 0
+    for line in proc.stdout:
+        seen += line.startswith("iteration")
+        if seen >= 6:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert ckpt.exists() and not (tmp_path / "run.npz").exists()
+    again = run_script(tmp_path, catalog, ckpt, tmp_path / "run.npz", "0")
+    assert again.wait(timeout=300) == 0
+    a, b = dg.GMM.load(tmp_path / "ref.npz"), dg.GMM.load(tmp_path / "run.npz")
+    for name in ("amp", "mean", "covar"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_in_process_resume_and_history(tmp_path, catalog):
+    kw = dict(init_method="minmax", rng=3, tol=0)
+    full = dg.GMM(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r_full = dg.fit(full, catalog, maxiter=12, **kw)
+        part = dg.GMM(3, 2)
+        dg.fit(part, catalog, maxiter=5, checkpoint=tmp_path / "c.ckpt", **kw)
+        resumed = dg.GMM(3, 2)
+        r_res = dg.fit(resumed, catalog, maxiter=12, checkpoint=tmp_path / "c.ckpt", **kw)
+    np.testing.assert_array_equal(resumed.mean, full.mean)
+    np.testing.assert_array_equal(resumed.covar, full.covar)
+    assert r_res.history == r_full.history and r_res.n_iter == r_full.n_iter
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"K": 4}, "K"), ({"w": 0.1}, "w"), ({"rng": 4}, "seed"), ({"cutoff": 5.0}, "cutoff"),
+    ({"data": "other"}, "N"),
+])
+def test_checkpoint_of_another_problem_is_refused(tmp_path, catalog, change, words):
+    ckpt = tmp_path / "c.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg.fit(dg.GMM(3, 2), catalog, init_method="minmax", rng=3, maxiter=2, checkpoint=ckpt)
+    before = ckpt.read_bytes()
+    data = catalog
+    if change.get("data"):
+        data = np.random.default_rng(0).normal(size=(500, 2))
+    kw = dict(init_method="minmax", rng=change.get("rng", 3), maxiter=2, checkpoint=ckpt,
+              w=change.get("w", 0.0), cutoff=change.get("cutoff"))
+    with pytest.raises(dg.CheckpointError, match=words):
+        dg.fit(dg.GMM(change.get("K", 3), 2), data, **kw)
+    assert ckpt.read_bytes() == before          # never overwritten by another problem
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path, catalog):
+    ckpt = tmp_path / "bad.ckpt"
+    ckpt.write_bytes(b"garbage")
+    with pytest.raises(dg.CheckpointError, match="not a readable"):
+        dg.fit(dg.GMM(3, 2), catalog, checkpoint=ckpt, maxiter=1)
