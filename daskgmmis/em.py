@@ -28,18 +28,20 @@ import numpy as np
 from . import kernels
 from .background import Background
 from .catalog import as_dask_input
-from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
-                     InputTypeError, NumericalError)
+from .errors import (CallbackError, ConvergenceWarning, InputError, InputTypeError,
+                     NumericalError)
 from .imputation import candidate_count, impute_block
 from .selection import check_picklable, evaluate_selection
 from .init import INIT_METHODS, DataSummary, init_minmax, init_random
 from .model import GMM, _log_background
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
+from .acceleration import extrapolate
 from .checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
+from .mstep import mstep, parse_frozen
 from .stats import SuffStats, sum_stats
-from .validation import as_index_array, check_data_block, check_model_params, check_noise_block
+from .validation import check_data_block, check_model_params, check_noise_block
 
-__all__ = ["fit", "FitResult", "mstep"]
+__all__ = ["fit", "FitResult"]
 
 log = logging.getLogger("daskgmmis")
 
@@ -334,190 +336,6 @@ def _root_seed(rng) -> np.random.SeedSequence:
                          f"SeedSequence; found {type(rng).__name__}.")
 
 
-def _parse_frozen(frozen, K):
-    """{"amp": idx, "mean": idx, "covar": idx} with sorted index arrays."""
-    out = {"amp": np.empty(0, int), "mean": np.empty(0, int), "covar": np.empty(0, int)}
-    if frozen is None:
-        return out
-    if isinstance(frozen, dict):
-        unknown = set(frozen) - set(out)
-        if unknown:
-            raise InputError(f"frozen: unknown keys {sorted(unknown)}; expected a subset of "
-                             f"'amp', 'mean', 'covar'.")
-        for key, idx in frozen.items():
-            out[key] = as_index_array(idx, K, f"frozen[{key!r}]")
-        return out
-    idx = as_index_array(frozen, K, "frozen")
-    return {key: idx for key in out}
-
-
-# -------------------------------------------------------------------- M-step
-
-
-def _reseed(k, donor, mean, covar, amp_weight):
-    """Move dead component k next to the donor: split the donor along its major axis.
-
-    The donor keeps half its weight and moves half a sigma one way along its
-    principal axis; component k takes the other half, the donor's covariance, and
-    the mirrored position - the split step of split-and-merge EM.
-    """
-    lam, vec = np.linalg.eigh(covar[donor])
-    step = 0.5 * np.sqrt(lam[-1]) * vec[:, -1]
-    mean[k] = mean[donor] + step
-    mean[donor] = mean[donor] - step
-    covar[k] = covar[donor]
-    amp_weight[k] = amp_weight[donor] = 0.5 * amp_weight[donor]
-
-
-def mstep(stats: SuffStats, theta: Theta, *, w: float = 0.0, frozen=None,
-          background: Background | None = None, N_total: float | None = None,
-          min_weight: float = 1e-9):
-    """Update the mixture parameters from summed sufficient statistics.
-
-    Parameters
-    ----------
-    stats : SuffStats
-        Sums over observed (and imputed) rows, centred on ``theta.mean``.
-    theta : Theta
-        Current parameters: amp (K,), mean (K, D), covar (K, D, D), bg_amp.
-    w : float
-        Regularization: ``w**2`` is added to every covariance's diagonal (data
-        units); a floor that does not grow with the number of (imputed) rows.
-    frozen : dict, optional
-        Parsed frozen indices (see :func:`fit`): those values are kept bit for bit.
-    background : Background, optional
-        Bounds and ``adjust_amp`` of the background amplitude.
-    N_total : float, optional
-        Total weight of the rows (observed + imputed); default ``stats.n``.
-    min_weight : float
-        A free component is dead when ``A_k < min_weight * N_total`` or its new
-        covariance is not positive definite; it is re-seeded by splitting the
-        component with the largest weight along its major axis (see
-        :func:`_reseed`), with a :class:`DeadComponentWarning`. Nothing becomes NaN.
-
-    Returns
-    -------
-    theta : Theta
-        New parameters; free amplitudes share ``1 - frozen amplitudes - bg_amp``.
-    dead : ndarray of int
-        Indices of the re-seeded components.
-    """
-    amp, mean, covar = theta.amp, theta.mean, theta.covar
-    K, D = mean.shape
-    frozen = frozen or _parse_frozen(None, K)
-    N_total = float(stats.n if N_total is None else N_total)
-    A = stats.A
-    safeA = np.where(A > 0, A, 1.0)
-    shift = stats.M1 / safeA[:, None]
-    scatter = stats.M2 / safeA[:, None, None] - shift[:, :, None] * shift[:, None, :]
-    cand_covar = 0.5 * (scatter + np.swapaxes(scatter, 1, 2)) + (w**2) * np.eye(D)
-    new_mean, new_covar = mean.copy(), covar.copy()
-    weight = A.astype(np.float64).copy()
-    dead = []
-    for k in range(K):
-        ok = A[k] >= min_weight * N_total
-        if ok and k not in frozen["covar"]:
-            try:
-                np.linalg.cholesky(cand_covar[k])
-                new_covar[k] = cand_covar[k]
-            except np.linalg.LinAlgError:
-                ok = False
-        if ok and k not in frozen["mean"]:
-            new_mean[k] = mean[k] + shift[k]
-        if not ok:
-            dead.append(k)
-    frozen_any = set(frozen["amp"]) | set(frozen["mean"]) | set(frozen["covar"])
-    reseeded = []
-    for k in dead:
-        if k in frozen_any:
-            continue   # frozen parameters are never moved; an idle frozen component stays
-        donors = [j for j in range(K) if j not in dead and j not in frozen_any]
-        if not donors:
-            continue
-        _reseed(k, max(donors, key=lambda j: weight[j]), new_mean, new_covar, weight)
-        reseeded.append(k)
-    if reseeded:
-        warnings.warn(f"components {reseeded} received (almost) no responsibility or collapsed "
-                      f"to a singular covariance; each was re-seeded by splitting the heaviest "
-                      f"component. Consider fewer components or a regularization w > 0.",
-                      DeadComponentWarning, stacklevel=3)
-    bg_amp = theta.bg_amp
-    if background is not None and background.adjust_amp:
-        bg_amp = float(np.clip(stats.bg / N_total, background.amp_min, background.amp_max))
-    new_amp = np.asarray(amp, dtype=np.float64).copy()
-    fixed = frozen["amp"]
-    free = np.setdiff1d(np.arange(K), fixed)
-    remainder = 1.0 - new_amp[fixed].sum() - (bg_amp or 0.0)
-    if remainder < -1e-12:
-        raise InputError(f"frozen['amp']: frozen amplitudes ({new_amp[fixed].sum():.6g}) plus "
-                         f"the background amplitude ({bg_amp or 0.0:.6g}) exceed 1.")
-    if free.size:
-        total_free = weight[free].sum()
-        new_amp[free] = (max(remainder, 0.0) * weight[free] / total_free if total_free > 0
-                         else max(remainder, 0.0) / free.size)
-    return Theta(new_amp, new_mean, new_covar, bg_amp), np.asarray(reseeded, dtype=int)
-
-
-# ---------------------------------------------------------------- acceleration
-
-
-def _pack(t: Theta) -> np.ndarray:
-    """Parameters as one vector; covariances through their Cholesky factors."""
-    K, D = t.mean.shape
-    tri = np.tril_indices(D)
-    L = np.linalg.cholesky(t.covar)
-    return np.concatenate([t.amp, t.mean.ravel(), L[:, tri[0], tri[1]].ravel(),
-                           [t.bg_amp or 0.0]])
-
-
-def _extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background) -> Theta | None:
-    """SQUAREM step (Varadhan & Roland 2008, scheme S3) from three EM iterates.
-
-    Returns None when the extrapolation is degenerate or leaves the parameter
-    space (negative amplitudes, singular covariances); the caller then keeps the
-    plain EM iterate ``t2``. Frozen values are restored bit for bit.
-    """
-    K, D = t0.mean.shape
-    p0, p1, p2 = _pack(t0), _pack(t1), _pack(t2)
-    r = p1 - p0
-    v = p2 - 2 * p1 + p0
-    nv = np.linalg.norm(v)
-    if not nv > 0:
-        return None
-    alpha = -np.linalg.norm(r) / nv
-    if alpha > -1.0:
-        return None            # no longer than a plain step: nothing to gain
-    p = p0 - 2 * alpha * r + alpha**2 * v
-    amp = p[:K]
-    mean = p[K:K + K * D].reshape(K, D)
-    tri = np.tril_indices(D)
-    L = np.zeros((K, D, D))
-    L[:, tri[0], tri[1]] = p[K + K * D:-1].reshape(K, -1)
-    covar = L @ np.swapaxes(L, 1, 2)
-    if not (np.all(np.isfinite(p)) and (amp >= 0).all()):
-        return None
-    bg_amp = t2.bg_amp
-    if background is not None and background.adjust_amp:
-        bg_amp = float(np.clip(p[-1], background.amp_min, background.amp_max))
-    for k in frozen["amp"]:
-        amp[k] = t2.amp[k]
-    for k in frozen["mean"]:
-        mean[k] = t2.mean[k]
-    for k in frozen["covar"]:
-        covar[k] = t2.covar[k]
-    free = np.setdiff1d(np.arange(K), frozen["amp"])
-    remainder = 1.0 - amp[frozen["amp"]].sum() - (bg_amp or 0.0)
-    if free.size:
-        if not amp[free].sum() > 0:
-            return None
-        amp[free] *= remainder / amp[free].sum()
-    try:
-        np.linalg.cholesky(covar)
-    except np.linalg.LinAlgError:
-        return None
-    return Theta(amp, mean, covar, bg_amp)
-
-
 # ----------------------------------------------------------------- evaluation
 
 
@@ -702,7 +520,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
                                  f"{type(background).__name__}.")
         if background.D != D:
             raise InputError(f"background: footprint has D={background.D}; data has D={D}.")
-    frozen_idx = _parse_frozen(frozen, K)
+    frozen_idx = parse_frozen(frozen, K)
     if init_method == "none":
         check_model_params(gmm.amp, gmm.mean, gmm.covar)
     if not (isinstance(n_init, (int, np.integer)) and n_init >= 1):
@@ -929,7 +747,7 @@ def _run_em(state: EMState, *, evaluate, tol, maxiter, w, frozen, background, ac
             if dead.size:
                 state.cycle = []
             elif state.cycle:
-                extrapolated = _extrapolate(state.cycle[0], state.theta, theta_next, frozen,
+                extrapolated = extrapolate(state.cycle[0], state.theta, theta_next, frozen,
                                             background)
                 state.cycle = []
                 if extrapolated is not None:

@@ -215,7 +215,7 @@ def test_cluster_memory_counts_every_worker():
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=7, threads_per_worker=1, processes=False,
-                      memory_limit="100MB", dashboard_address=None) as cl, \
+                      memory_limit="100MB", dashboard_address=":0") as cl, \
             Client(cl, set_as_default=False) as client:
         assert cluster_memory(client) == 7 * 100_000_000
 

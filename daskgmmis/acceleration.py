@@ -1,0 +1,75 @@
+"""SQUAREM acceleration of the EM map (Varadhan & Roland 2008, scheme S3).
+
+EM crawls where information is missing (truncation, heavy noise): each step moves
+little along weakly identified directions. Three successive EM iterates give a
+squared extrapolation along the path; the driver (:mod:`daskgmmis.em`) accepts the
+extrapolated point only if its likelihood holds up, and otherwise keeps the plain
+EM iterate, so the fixed points are EM's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .checkpoint import Theta
+
+__all__ = ["extrapolate"]
+
+
+def _pack(t: Theta) -> np.ndarray:
+    """Parameters as one vector; covariances through their Cholesky factors."""
+    K, D = t.mean.shape
+    tri = np.tril_indices(D)
+    L = np.linalg.cholesky(t.covar)
+    return np.concatenate([t.amp, t.mean.ravel(), L[:, tri[0], tri[1]].ravel(),
+                           [t.bg_amp or 0.0]])
+
+
+def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background) -> Theta | None:
+    """SQUAREM step (Varadhan & Roland 2008, scheme S3) from three EM iterates.
+
+    Returns None when the extrapolation is degenerate or leaves the parameter
+    space (negative amplitudes, singular covariances); the caller then keeps the
+    plain EM iterate ``t2``. Frozen values are restored bit for bit.
+    """
+    K, D = t0.mean.shape
+    p0, p1, p2 = _pack(t0), _pack(t1), _pack(t2)
+    r = p1 - p0
+    v = p2 - 2 * p1 + p0
+    nv = np.linalg.norm(v)
+    if not nv > 0:
+        return None
+    alpha = -np.linalg.norm(r) / nv
+    if alpha > -1.0:
+        return None            # no longer than a plain step: nothing to gain
+    p = p0 - 2 * alpha * r + alpha**2 * v
+    amp = p[:K]
+    mean = p[K:K + K * D].reshape(K, D)
+    tri = np.tril_indices(D)
+    L = np.zeros((K, D, D))
+    L[:, tri[0], tri[1]] = p[K + K * D:-1].reshape(K, -1)
+    covar = L @ np.swapaxes(L, 1, 2)
+    if not (np.all(np.isfinite(p)) and (amp >= 0).all()):
+        return None
+    bg_amp = t2.bg_amp
+    if background is not None and background.adjust_amp:
+        bg_amp = float(np.clip(p[-1], background.amp_min, background.amp_max))
+    for k in frozen["amp"]:
+        amp[k] = t2.amp[k]
+    for k in frozen["mean"]:
+        mean[k] = t2.mean[k]
+    for k in frozen["covar"]:
+        covar[k] = t2.covar[k]
+    free = np.setdiff1d(np.arange(K), frozen["amp"])
+    remainder = 1.0 - amp[frozen["amp"]].sum() - (bg_amp or 0.0)
+    if free.size:
+        if not amp[free].sum() > 0:
+            return None
+        amp[free] *= remainder / amp[free].sum()
+    try:
+        np.linalg.cholesky(covar)
+    except np.linalg.LinAlgError:
+        return None
+    return Theta(amp, mean, covar, bg_amp)
+
+
