@@ -76,6 +76,13 @@ class _ProgressHandler(logging.Handler):
             self.handleError(record)
 
 
+def _show_n_orig(flag: bool) -> None:
+    """Show N_orig in the iteration lines (truncated fits)."""
+    for h in log.handlers:
+        if isinstance(h, _ProgressHandler):
+            h.show_n_orig = flag
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -616,9 +623,7 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
     if prefit and sel is None:
         raise click.UsageError("--prefit applies to truncated fits; it needs --selection.")
 
-    for h in log.handlers:
-        if isinstance(h, _ProgressHandler):
-            h.show_n_orig = sel is not None
+    _show_n_orig(sel is not None)
     log.info("fitting %s (N=%d, D=%d, noise: %s) with K=%d%s", catalog, N, D, cat.covar_kind,
              gmm.K, ", truncated" if sel is not None else "")
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
@@ -1086,6 +1091,7 @@ def demo(out, seed, seeds, restarts, samples, maxiter, as_json, scheduler, sched
     """
     example = _load_example("demo")
     seed = example.DEFAULT_SEED if seed is None else seed
+    _show_n_orig(True)        # two of the four fits are truncated
     if workers is None and scheduler is None and scheduler_file is None:
         workers = 2
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
