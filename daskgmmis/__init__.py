@@ -7,10 +7,12 @@ pyGMMis, Melchior & Goulding 2016), map-reduced over row chunks with Dask.
 
 from .background import Background
 from .catalog import Catalog, open_catalog, write_catalog
+from .cluster import client_context, get_client
 from .em import FitResult, fit
 from .errors import (CallbackError, CatalogError, CatalogNotFoundError, CheckpointError,
-                     ConvergenceWarning, DaskGMMisError, DeadComponentWarning, InputError,
-                     InputTypeError, ModelFileError, NumericalError)
+                     ClusterError, ConvergenceWarning, DaskGMMisError, DeadComponentWarning,
+                     InputError, InputTypeError, ModelFileError, NumericalError,
+                     SchedulerFileError, SchedulerFileNotFoundError)
 from .model import GMM
 from .posterior import Posterior, posterior, predict_missing, write_posterior
 from .scoring import CVResult, aic, bic, cv_fit, score, stack
@@ -22,7 +24,8 @@ __version__ = "0.1.0"
 __all__ = [
     "GMM", "Background", "Catalog", "FitResult", "fit", "open_catalog", "write_catalog",
     "DaskGMMisError", "InputError", "InputTypeError", "CatalogError", "CatalogNotFoundError",
-    "ModelFileError", "NumericalError", "CallbackError", "CheckpointError",
+    "ModelFileError", "NumericalError", "CallbackError", "CheckpointError", "ClusterError",
+    "SchedulerFileError", "SchedulerFileNotFoundError", "get_client", "client_context",
     "ConvergenceWarning", "DeadComponentWarning", "__version__",
     "Posterior", "posterior", "predict_missing", "write_posterior",
     "CVResult", "aic", "bic", "cv_fit", "score", "stack", "draw", "selection",

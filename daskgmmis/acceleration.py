@@ -16,12 +16,18 @@ from .checkpoint import Theta
 __all__ = ["extrapolate"]
 
 
-def _pack(t: Theta) -> np.ndarray:
-    """Parameters as one vector; covariances through their Cholesky factors."""
+def _pack(t: Theta, scale: np.ndarray) -> np.ndarray:
+    """Parameters as one vector; covariances through their Cholesky factors.
+
+    Means and factors are divided by the per-feature ``scale``: the step length
+    mixes them with the unitless amplitudes, so in data units it would depend on
+    the units of the features (data times 1e8 would take other steps, and could
+    reach another optimum, than the same data in unit scale).
+    """
     K, D = t.mean.shape
     tri = np.tril_indices(D)
-    L = np.linalg.cholesky(t.covar)
-    return np.concatenate([t.amp, t.mean.ravel(), L[:, tri[0], tri[1]].ravel(),
+    L = np.linalg.cholesky(t.covar) / scale[:, None]
+    return np.concatenate([t.amp, (t.mean / scale).ravel(), L[:, tri[0], tri[1]].ravel(),
                            [t.bg_amp or 0.0]])
 
 
@@ -33,7 +39,9 @@ def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background) -> Theta | 
     plain EM iterate ``t2``. Frozen values are restored bit for bit.
     """
     K, D = t0.mean.shape
-    p0, p1, p2 = _pack(t0), _pack(t1), _pack(t2)
+    # per-feature spread of the cycle's start: it follows the data's units
+    scale = np.sqrt(np.diagonal(t0.covar, axis1=1, axis2=2).mean(axis=0))
+    p0, p1, p2 = _pack(t0, scale), _pack(t1, scale), _pack(t2, scale)
     r = p1 - p0
     v = p2 - 2 * p1 + p0
     nv = np.linalg.norm(v)
@@ -44,10 +52,11 @@ def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background) -> Theta | 
         return None            # no longer than a plain step: nothing to gain
     p = p0 - 2 * alpha * r + alpha**2 * v
     amp = p[:K]
-    mean = p[K:K + K * D].reshape(K, D)
+    mean = p[K:K + K * D].reshape(K, D) * scale
     tri = np.tril_indices(D)
     L = np.zeros((K, D, D))
     L[:, tri[0], tri[1]] = p[K + K * D:-1].reshape(K, -1)
+    L *= scale[:, None]
     covar = L @ np.swapaxes(L, 1, 2)
     if not (np.all(np.isfinite(p)) and (amp >= 0).all()):
         return None

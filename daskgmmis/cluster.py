@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 import dask
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
-from .errors import DaskGMMisError, InputError, InputTypeError
+from .errors import (ClusterError, InputError, InputTypeError, SchedulerFileError,  # noqa: F401
+                     SchedulerFileNotFoundError)
 
 if TYPE_CHECKING:  # distributed is a dependency, but importing it costs ~0.5 s
     from distributed import Client
@@ -52,18 +53,6 @@ ENV_ADDRESS = "DASK_SCHEDULER_ADDRESS"
 #: Fraction of the machine's memory handed to a LocalCluster's workers (split evenly);
 #: the rest is left to the fitting process, the scheduler and the operating system.
 MEMORY_FRACTION = 0.9
-
-
-class ClusterError(DaskGMMisError, ConnectionError):
-    """A Dask scheduler cannot be reached, or no workers joined it in time."""
-
-
-class SchedulerFileError(DaskGMMisError, ValueError):
-    """A scheduler file is not the JSON written by ``dask scheduler --scheduler-file``."""
-
-
-class SchedulerFileNotFoundError(SchedulerFileError, FileNotFoundError):
-    """A scheduler file does not exist (yet)."""
 
 
 # ------------------------------------------------------------------ resolution

@@ -284,20 +284,10 @@ def _compute(obj, client):
 def _memory_budget(client) -> float:
     """Bytes of memory the data may occupy if persisted."""
     if client is not None:
-        # recent distributed lists only a few workers unless asked for all
-        kwargs = {"n_workers": -1} if _accepts_n_workers(client) else {}
-        workers = client.scheduler_info(**kwargs)["workers"].values()
-        return 0.5 * sum(w.get("memory_limit", 0) or 0 for w in workers)
+        from .cluster import cluster_memory
+        return 0.5 * cluster_memory(client)
     import psutil
     return 0.25 * psutil.virtual_memory().available
-
-
-def _accepts_n_workers(client) -> bool:
-    import inspect
-    try:
-        return "n_workers" in inspect.signature(client.scheduler_info).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _maybe_persist(x, noise, kind, persist, client):

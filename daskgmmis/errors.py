@@ -18,6 +18,9 @@ __all__ = [
     "NumericalError",
     "CallbackError",
     "CheckpointError",
+    "ClusterError",
+    "SchedulerFileError",
+    "SchedulerFileNotFoundError",
     "ConvergenceWarning",
     "DeadComponentWarning",
 ]
@@ -57,6 +60,18 @@ class CallbackError(DaskGMMisError, ValueError):
 
 class CheckpointError(DaskGMMisError, ValueError):
     """A checkpoint belongs to another problem or cannot be read."""
+
+
+class ClusterError(DaskGMMisError, ConnectionError):
+    """A Dask scheduler cannot be reached, or no workers joined it in time."""
+
+
+class SchedulerFileError(DaskGMMisError, ValueError):
+    """A scheduler file is not the JSON written by ``dask scheduler --scheduler-file``."""
+
+
+class SchedulerFileNotFoundError(SchedulerFileError, FileNotFoundError):
+    """A scheduler file does not exist (yet)."""
 
 
 class ConvergenceWarning(UserWarning):
