@@ -58,7 +58,8 @@ def brute(sel, x):
             c = row[sel.dim]
             t = sel.direction * (c - sel.threshold) / sel.width
             v = 1.0 if math.isnan(c) else (
-                1 / (1 + math.exp(-t)) if sel.profile == "logistic"
+                (1 / (1 + math.exp(-t)) if t >= 0 else math.exp(t) / (1 + math.exp(t)))
+                if sel.profile == "logistic"
                 else 0.5 * math.erfc(-t / math.sqrt(2)))
         elif isinstance(sel, S.Complement):
             v = 1 - brute(sel.sel, row[None])[0]
