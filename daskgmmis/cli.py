@@ -1068,7 +1068,8 @@ def _load_example(name: str):
               help="Random starts per fit; the highest likelihood is kept.")
 @click.option("--samples", type=click.IntRange(min=10), default=400, show_default=True,
               help="Population rows simulated.")
-@click.option("--maxiter", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--maxiter", type=click.IntRange(min=1), default=None,
+              help="EM iterations per start (default: the example's, 200).")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None,
               help="Also write the numbers as JSON.")
 @_cluster_options
@@ -1096,7 +1097,8 @@ def demo(out, seed, seeds, restarts, samples, maxiter, as_json, scheduler, sched
         workers = 2
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         kwargs = dict(client=client if client is not None else "threads",
-                      n_restarts=restarts, n_samples=samples, maxiter=maxiter)
+                      n_restarts=restarts, n_samples=samples,
+                      maxiter=example.DEFAULT_MAXITER if maxiter is None else maxiter)
         if seeds > 1:
             result = example.run_benchmark(range(seed, seed + seeds), out, **kwargs)
         else:

@@ -175,7 +175,7 @@ def test_fit_progress_lines_and_quiet(tmp_path, workdir):
     assert "iter" not in res.stderr
 
 
-def test_fit_truncated_with_builtin_and_user_selection(tmp_path, workdir):
+def test_fit_truncated_with_builtin_and_user_selection(tmp_path, workdir, monkeypatch):
     sel = '{"type": "box", "lower": [-100, -100], "upper": [100, 100]}'
     res = run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "a.npz",
               "--scheduler", "threads", "--seed", 1, "--selection", sel, "--prefit",
@@ -189,13 +189,14 @@ def test_fit_truncated_with_builtin_and_user_selection(tmp_path, workdir):
         "    def __call__(self, coords):\n"
         "        return np.full((len(coords), 2), 0.04)\n"
         "noise = Noise()\n")
-    os.chdir(tmp_path)
-    try:
-        run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "b.npz", "--scheduler",
-            "threads", "--seed", 1, "--selection", "mysel.py:omega", "--covar-callback",
-            "mysel:noise", "--maxiter", 10)
-    finally:
-        os.chdir(workdir)
+    # file.py:function and module:function (imported from the working directory, as
+    # `python -m` would); the command may extend sys.path: restore it afterwards
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "b.npz", "--scheduler",
+        "threads", "--seed", 1, "--selection", "mysel.py:omega", "--covar-callback",
+        "mysel:noise", "--maxiter", 10)
+    sys.modules.pop("mysel", None)
     assert dg.GMM.load(tmp_path / "b.npz").K == 2
 
 
@@ -347,13 +348,11 @@ def test_info_model_catalog_and_other_stores(tmp_path, workdir, data):
 @pytest.mark.parametrize("kind, args, panels", [
     ("corner", [], 3),
     ("density", ["--selection", '{"type": "sphere", "center": [0, 0], "radius": 3}'], 1),
-    ("convergence", ["--report"], 2),
+    ("convergence", ["--report", "FIT_REPORT"], 2),
 ])
 def test_plot_kinds(tmp_path, workdir, kind, args, panels):
     pytest.importorskip("matplotlib")
-    args = [workdir / "fit.json" if a == "--report-file" else a for a in args]
-    if args == ["--report"]:
-        args = ["--report", workdir / "fit.json"]
+    args = [workdir / "fit.json" if a == "FIT_REPORT" else a for a in args]
     out = tmp_path / f"{kind}.png"
     res = run("plot", workdir / "model.npz", workdir / "cat.zarr", "--out", out, "--kind",
               kind, *args)
