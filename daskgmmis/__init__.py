@@ -17,6 +17,7 @@ from .model import GMM
 from .posterior import Posterior, posterior, predict_missing, write_posterior
 from .scoring import CVResult, aic, bic, cv_fit, score, stack
 from .simulate import draw
+from .estimator import GaussianMixture
 from . import selection
 
 __version__ = "0.1.0"
@@ -28,5 +29,5 @@ __all__ = [
     "SchedulerFileError", "SchedulerFileNotFoundError", "get_client", "client_context",
     "ConvergenceWarning", "DeadComponentWarning", "__version__",
     "Posterior", "posterior", "predict_missing", "write_posterior",
-    "CVResult", "aic", "bic", "cv_fit", "score", "stack", "draw", "selection",
+    "CVResult", "aic", "bic", "cv_fit", "score", "stack", "draw", "selection", "GaussianMixture",
 ]

@@ -1044,19 +1044,6 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
 # ---------------------------------------------------------------------- demo
 
 
-def _load_example(name: str):
-    """Import examples/NAME.py of the source tree (the demo lives there)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "examples", f"{name}.py")
-    if not os.path.isfile(path):
-        raise click.ClickException(f"{path} not found: daskgmmis demo runs the example "
-                                   f"scripts of a source checkout (pip install -e).")
-    spec = importlib.util.spec_from_file_location(f"daskgmmis_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @main.command(context_settings=_CONTEXT)
 @click.option("--out", "-o", default="demo-out", show_default=True, type=click.Path(),
               help="Directory of the figure demo.png.")
@@ -1090,7 +1077,7 @@ def demo(out, seed, seeds, restarts, samples, maxiter, as_json, scheduler, sched
       daskgmmis demo --out /tmp/demo --restarts 3
       daskgmmis demo --seeds 10 --json bench.json      # the benchmark over 10 seeds
     """
-    example = _load_example("demo")
+    from . import demo as example
     seed = example.DEFAULT_SEED if seed is None else seed
     _show_n_orig(True)        # two of the four fits are truncated
     if workers is None and scheduler is None and scheduler_file is None:

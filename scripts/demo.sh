@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install daskgmmis into .venv and run the main job on an embedded LocalCluster.
+# Install daskgmmis into .venv and run the main job, `daskgmmis demo`, on an embedded LocalCluster.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$here/scripts/venv.sh" plot
-exec "$here/.venv/bin/python" "$here/examples/quickstart.py" "$@"
+"$here/scripts/venv.sh" plot,cli
+exec "$here/.venv/bin/daskgmmis" demo --out "$here/demo-out" "$@"

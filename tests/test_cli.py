@@ -258,9 +258,6 @@ def test_debug_shows_the_traceback(tmp_path):
     assert isinstance(result.exception, dg.CatalogNotFoundError)
 
 
-@pytest.mark.xfail(reason="checkpointing is being implemented in em.py; until then fit() "
-                          "raises NotImplementedError for checkpoint=", strict=False,
-                   raises=AssertionError)
 def test_fit_checkpoint(tmp_path, workdir):
     ck = tmp_path / "state.ckpt"
     run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "m.npz", "--scheduler",

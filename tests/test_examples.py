@@ -28,7 +28,7 @@ def _quiet():
 
 def test_demo_run_and_benchmark(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    demo = load("demo")
+    from daskgmmis import demo
     out = demo.run_demo(tmp_path, seed=1, n_restarts=1, n_samples=120, client="threads",
                         maxiter=8)
     assert os.path.getsize(out["figure"]) > 20_000
@@ -72,3 +72,11 @@ def test_estimator_example():
     out = load("estimator").main(["--rows", "2000", "--kmax", "3"])
     assert out["K"] == min(out["bic"], key=out["bic"].get)
     assert out["logL_true_rows"] > out.get("sklearn_logL_true_rows", -np.inf)
+
+
+def test_quickstart_recovers_truth(capsys):
+    quickstart = load("quickstart")
+    quickstart.main(["--rows", "30000", "--workers", "1"])
+    out = capsys.readouterr().out
+    err = float(out.strip().splitlines()[-1].split(":")[-1])
+    assert err < 0.1, out
