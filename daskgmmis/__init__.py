@@ -11,7 +11,8 @@ from .cluster import client_context, get_client
 from .em import FitResult, fit
 from .errors import (CallbackError, CatalogError, CatalogNotFoundError, CheckpointError,
                      ClusterError, ConvergenceWarning, DaskGMMisError, DeadComponentWarning,
-                     InputError, InputTypeError, ModelFileError, NumericalError,
+                     InputError, InputTypeError, ModelFileError, NumericalError, OutputError,
+                     OutputExistsError,
                      SchedulerFileError, SchedulerFileNotFoundError)
 from .model import GMM
 from .posterior import Posterior, posterior, predict_missing, write_posterior
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GMM", "Background", "Catalog", "FitResult", "fit", "open_catalog", "write_catalog",
     "DaskGMMisError", "InputError", "InputTypeError", "CatalogError", "CatalogNotFoundError",
-    "ModelFileError", "NumericalError", "CallbackError", "CheckpointError", "ClusterError",
+    "ModelFileError", "NumericalError", "CallbackError", "CheckpointError", "ClusterError", "OutputError", "OutputExistsError",
     "SchedulerFileError", "SchedulerFileNotFoundError", "get_client", "client_context",
     "ConvergenceWarning", "DeadComponentWarning", "__version__",
     "Posterior", "posterior", "predict_missing", "write_posterior",

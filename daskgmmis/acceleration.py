@@ -31,12 +31,15 @@ def _pack(t: Theta, scale: np.ndarray) -> np.ndarray:
                            [t.bg_amp or 0.0]])
 
 
-def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background) -> Theta | None:
+def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background,
+                w: float = 0.0) -> Theta | None:
     """SQUAREM step (Varadhan & Roland 2008, scheme S3) from three EM iterates.
 
     Returns None when the extrapolation is degenerate or leaves the parameter
-    space (negative amplitudes, singular covariances); the caller then keeps the
-    plain EM iterate ``t2``. Frozen values are restored bit for bit.
+    space (negative amplitudes, singular covariances, or - with a regularization
+    ``w`` - a free covariance below the floor ``w**2 I`` that every M-step keeps);
+    the caller then keeps the plain EM iterate ``t2``. Frozen values are restored
+    bit for bit.
     """
     K, D = t0.mean.shape
     # per-feature spread of the cycle's start: it follows the data's units
@@ -79,6 +82,10 @@ def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background) -> Theta | 
         np.linalg.cholesky(covar)
     except np.linalg.LinAlgError:
         return None
+    free_covar = np.setdiff1d(np.arange(K), frozen["covar"])
+    if w > 0 and free_covar.size and (
+            np.linalg.eigvalsh(covar[free_covar]).min() < w**2 * (1 - 1e-9)):
+        return None            # the regularization floor is a promise to the user
     return Theta(amp, mean, covar, bg_amp)
 
 

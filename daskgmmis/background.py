@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-from .errors import InputError
+from .errors import InputError, InputTypeError
 
 __all__ = ["Background"]
 
@@ -44,17 +44,30 @@ class Background:
         except (TypeError, ValueError):
             raise InputError("footprint: expected a pair (lower, upper) of (D,) arrays; "
                              f"found {footprint!r}.") from None
-        lower = np.atleast_1d(np.asarray(lower, dtype=np.float64))
-        upper = np.atleast_1d(np.asarray(upper, dtype=np.float64))
-        if lower.ndim != 1 or lower.shape != upper.shape:
-            raise InputError(f"footprint: lower and upper must both have shape (D,); found "
-                             f"{lower.shape} and {upper.shape}.")
+        corners = []
+        for name, corner in (("lower", lower), ("upper", upper)):
+            arr = np.atleast_1d(np.asarray(corner))
+            if arr.dtype.kind not in "fiu":
+                raise InputTypeError(f"footprint: the {name} corner must be numbers; found "
+                                     f"{corner!r} (dtype {arr.dtype}).")
+            corners.append(arr.astype(np.float64))
+        lower, upper = corners
+        if lower.ndim != 1 or lower.shape != upper.shape or lower.shape[0] < 1:
+            raise InputError(f"footprint: lower and upper must both have shape (D,) with "
+                             f"D >= 1; found {lower.shape} and {upper.shape}.")
         if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
             raise InputError("footprint: expected finite corners; found NaN or Inf.")
         if not np.all(upper > lower):
             j = int(np.argmin(upper - lower))
             raise InputError(f"footprint: expected upper > lower in every dimension; "
                              f"dimension {j} has lower={lower[j]}, upper={upper[j]}.")
+        for name, value in (("amp", amp), ("amp_min", amp_min), ("amp_max", amp_max)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                                 np.floating)):
+                raise InputTypeError(f"{name}: expected a number in [0, 1]; found {value!r}.")
+        if not isinstance(adjust_amp, (bool, np.bool_)):
+            # bool("no") is True: a string would silently mean "adjust"
+            raise InputTypeError(f"adjust_amp: expected True or False; found {adjust_amp!r}.")
         if not (0.0 <= amp_min <= amp_max <= 1.0):
             raise InputError(f"amp_min, amp_max: expected 0 <= amp_min <= amp_max <= 1; "
                              f"found {amp_min}, {amp_max}.")

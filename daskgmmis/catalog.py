@@ -7,9 +7,13 @@ Layout of a catalog (a Zarr v3 group):
   chunked like ``data``;
 * group attributes ``daskgmmis_format`` (``"daskgmmis-catalog"``),
   ``daskgmmis_format_version``, ``columns`` (D names), ``covar_kind``
-  (``"none" | "diag" | "full"``).
+  (``"none" | "diag" | "full"``);
+* array attribute ``complete_chunks`` (optional, ``true``): every chunk of the array
+  is stored, none skipped as empty, so :func:`open_catalog` refuses the store when
+  a chunk file is missing instead of reading the fill value.
 
-A fit never writes into the catalog it reads.
+A fit never writes into the catalog it reads. Read failures (truncated or
+garbled chunk files) raise :class:`~daskgmmis.errors.CatalogError` naming the store.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ import zarr
 
 from .errors import CatalogError, CatalogNotFoundError, InputError, InputTypeError
 from .kernels import noise_kind_of
+from .validation import check_shared_noise
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "default_row_chunk", "as_dask_input",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
 CATALOG_FORMAT_VERSION = 1
+
+# Array attribute: every chunk of the array is stored (none skipped as empty).
+_COMPLETE = {"complete_chunks": True}
 
 # Block size target: big enough that the ~1 ms per-task scheduler cost is noise,
 # small enough for a few blocks per core at 10^6 rows.
@@ -200,8 +208,13 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         arrays = [("data", xd)] + ([("covar", cd)] if cd is not None else [])
         targets = []
         for name, arr in arrays:
+            # Zarr skips chunks equal to the fill value by default, and then a
+            # deleted chunk file reads back as zeros without an error. Writing
+            # every chunk (and saying so) lets open_catalog tell a missing chunk
+            # from an empty one.
             z = group.create_array(name, shape=arr.shape, dtype=arr.dtype,
-                                   chunks=(rows,) + tuple(arr.shape[1:]))
+                                   chunks=(rows,) + tuple(arr.shape[1:]),
+                                   attributes=_COMPLETE, config={"write_empty_chunks": True})
             targets.append(z)
         for (_, arr), z in zip(arrays, targets):
             if isinstance(arr, da.Array):
@@ -212,16 +225,27 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
                 for start in range(0, arr.shape[0], rows):
                     z[start:start + rows] = arr[start:start + rows]
         if row_index is not None:
-            group.create_array("row_index", data=row_index, chunks=(rows,))
-    except BaseException:
+            group.create_array("row_index", data=row_index, chunks=(rows,),
+                               attributes=_COMPLETE, config={"write_empty_chunks": True})
+    except BaseException as e:
         if not _is_url(path):
             shutil.rmtree(target, ignore_errors=True)
+        if isinstance(e, OSError):
+            # disk full, permissions...: the old catalog (if any) was never touched
+            raise CatalogError(f"path: cannot write the catalog {path} ({type(e).__name__}: "
+                               f"{e}); nothing was written and an existing catalog there is "
+                               f"unchanged.") from e
         raise
     if not _is_url(path):
         if exists:
             backup = f"{path}.old-{uuid.uuid4().hex[:8]}"
             os.rename(path, backup)
-            os.rename(target, path)
+            try:
+                os.rename(target, path)
+            except BaseException:
+                os.rename(backup, path)         # put the old catalog back
+                shutil.rmtree(target, ignore_errors=True)
+                raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.rename(target, path)
@@ -253,9 +277,15 @@ def open_catalog(path) -> Catalog:
     if not _is_url(path) and not os.path.exists(path):
         raise CatalogNotFoundError(f"catalog: {path} does not exist; expected a Zarr catalog "
                                    f"written by daskgmmis.write_catalog or 'daskgmmis ingest'.")
+    if not _is_url(path) and not os.path.isdir(path):
+        raise CatalogError(f"catalog: {path} is a file; expected a Zarr catalog directory "
+                           f"written by daskgmmis.write_catalog or 'daskgmmis ingest'.")
     try:
         group = zarr.open_group(path, mode="r")
     except FileNotFoundError:
+        if not _is_url(path):
+            raise CatalogError(f"catalog: {path} exists but is not a Zarr group (no zarr.json "
+                               f"metadata); expected a catalog written by daskgmmis.") from None
         raise CatalogNotFoundError(f"catalog: {path} does not exist.") from None
     except Exception as e:  # zarr raises several types for non-zarr content
         raise CatalogError(f"catalog: {path} is not a Zarr group ({type(e).__name__}: {e}); "
@@ -268,31 +298,113 @@ def open_catalog(path) -> Catalog:
         raise CatalogError(f"catalog: {path} has format version "
                            f"{attrs.get('daskgmmis_format_version')!r}; this daskgmmis reads "
                            f"version {CATALOG_FORMAT_VERSION}.")
-    names = set(group.array_keys())
+    try:
+        names = set(group.array_keys())
+    except Exception as e:
+        raise CatalogError(f"catalog: {path}: cannot list its arrays ({type(e).__name__}: "
+                           f"{e}); the store is corrupted.") from None
     if "data" not in names:
         raise CatalogError(f"catalog: {path} has no 'data' array (found {sorted(names)}).")
-    zdata = group["data"]
+    kind = attrs.get("covar_kind", "none")
+    if kind not in ("none", "diag", "full"):
+        raise CatalogError(f"catalog: {path} has covar_kind={kind!r}; expected 'none', 'diag' "
+                           f"or 'full'. The group attributes are corrupted.")
+    zdata = _open_array(group, path, "data")
     if zdata.ndim != 2:
         raise CatalogError(f"catalog: {path}/data has shape {zdata.shape}; expected (N, D).")
+    if zdata.dtype not in (np.float32, np.float64):
+        raise CatalogError(f"catalog: {path}/data has dtype {zdata.dtype}; expected float32 "
+                           f"or float64. Re-ingest the source with daskgmmis.")
     N, D = zdata.shape
-    data = da.from_zarr(zdata)
+    data = _checked_dask(zdata, path, "data")
     covar = None
-    kind = attrs.get("covar_kind", "none")
     if kind != "none":
         if "covar" not in names:
             raise CatalogError(f"catalog: {path} declares covar_kind={kind!r} but has no "
                                f"'covar' array.")
-        zc = group["covar"]
+        zc = _open_array(group, path, "covar")
         expected = (N, D) if kind == "diag" else (N, D, D)
         if zc.shape != expected:
             raise CatalogError(f"catalog: {path}/covar has shape {zc.shape}; expected "
                                f"{expected} for covar_kind={kind!r}.")
-        covar = da.from_zarr(zc).rechunk((data.chunks[0],) + tuple((s,) for s in expected[1:]))
-    columns = list(attrs.get("columns", [f"x{j}" for j in range(D)]))
+        if zc.dtype.kind != "f":
+            raise CatalogError(f"catalog: {path}/covar has dtype {zc.dtype}; expected a "
+                               f"floating-point type. Re-ingest the source with daskgmmis.")
+        covar = _checked_dask(zc, path, "covar").rechunk(
+            (data.chunks[0],) + tuple((s,) for s in expected[1:]))
+    columns = attrs.get("columns", [f"x{j}" for j in range(D)])
+    if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise CatalogError(f"catalog: {path} has columns={columns!r}; expected a list of "
+                           f"{D} names. The group attributes are corrupted.")
     if len(columns) != D:
         raise CatalogError(f"catalog: {path} names {len(columns)} columns for D={D}.")
-    row_index = da.from_zarr(group["row_index"]) if "row_index" in names else None
-    return Catalog(data, covar, columns, path, row_index)
+    row_index = None
+    if "row_index" in names:
+        row_index = _checked_dask(_open_array(group, path, "row_index"), path, "row_index")
+    return Catalog(data, covar, list(columns), path, row_index)
+
+
+def _open_array(group, path: str, name: str):
+    """``group[name]``; unreadable metadata or unknown codecs become a CatalogError."""
+    try:
+        return group[name]
+    except Exception as e:  # JSON errors, unknown codecs, missing metadata...
+        raise CatalogError(f"catalog: {path}/{name} cannot be opened ({type(e).__name__}: "
+                           f"{e}); its metadata is corrupted or was written by an "
+                           f"incompatible tool.") from None
+
+
+class _CheckedZarr:
+    """Read-only view of a Zarr array whose read failures name the store.
+
+    Reads happen inside dask tasks (a fit's E-step, a posterior, a score); a
+    truncated or garbled chunk file would otherwise surface as a bare codec
+    error (``RuntimeError: Zstd decompression error``) that names no file.
+    """
+
+    def __init__(self, array, where: str):
+        self.array, self.where = array, where
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.array[key]
+        except Exception as e:
+            rows = key[0] if isinstance(key, tuple) and key else key
+            span = (f"rows {rows.start}..{rows.stop - 1}" if isinstance(rows, slice)
+                    and rows.start is not None and rows.stop is not None else f"{key!r}")
+            raise CatalogError(
+                f"catalog: reading {self.where} ({span}) failed ({type(e).__name__}: {e}); "
+                f"the store is corrupted or truncated (a chunk file damaged or replaced), "
+                f"or could not be reached. Restore it from a copy or write it again.") from e
+
+
+def _checked_dask(z, path: str, name: str) -> da.Array:
+    """Dask array over Zarr array ``z`` (as da.from_zarr) with checked reads.
+
+    An array whose attributes carry ``complete_chunks`` was written with every
+    chunk stored, so a missing chunk file was deleted: refused here, at open.
+    """
+    from dask.base import tokenize
+
+    if z.attrs.get("complete_chunks") is True and z.nchunks_initialized < z.nchunks:
+        missing = []
+        try:        # name the first missing chunk files (local stores; zarr internals)
+            if not _is_url(path):
+                missing = [k for k in (z.metadata.encode_chunk_key(c)
+                                       for c in z._iter_chunk_coords())
+                           if not os.path.exists(os.path.join(path, name, k))][:5]
+        except Exception:
+            missing = []
+        raise CatalogError(
+            f"catalog: {path}/{name} has {z.nchunks_initialized} of its {z.nchunks} chunks"
+            + (f" (missing: {', '.join(f'{name}/{k}' for k in missing)})" if missing else "")
+            + "; chunk files were deleted or a copy was interrupted. Restore the store "
+              "from a copy or write it again.")
+    view = _CheckedZarr(z, f"{path}/{name}")
+    return da.from_array(view, chunks=z.chunks, name="from-zarr-" + tokenize(z, z.chunks),
+                         meta=np.empty((0,) * z.ndim, dtype=z.dtype), asarray=True,
+                         fancy=False)
 
 
 def as_dask_input(data, covar=None):
@@ -336,7 +448,9 @@ def as_dask_input(data, covar=None):
     N, D = x.shape
     if N < 1 or D < 1:
         raise InputError(f"data: expected at least one row and one feature; found {x.shape}.")
-    kind = noise_kind_of(covar, N, D)
+    if covar is not None and not hasattr(covar, "dask"):
+        covar = _check_array(covar, "covar", ndim=(2, 3))
+    kind = noise_kind_of(covar, N, D, warn_ambiguous=True)
     if isinstance(x, np.ndarray):
         rows = default_row_chunk(N, D, kind)
         x = da.from_array(x, chunks=(rows, D))
@@ -347,14 +461,7 @@ def as_dask_input(data, covar=None):
     noise = None
     if kind == "shared":
         noise = np.asarray(covar, dtype=np.float64)
-        if not np.all(np.isfinite(noise)):
-            raise InputError("covar: the shared (D, D) noise covariance has NaN or Inf.")
-        if np.abs(noise - noise.T).max() > 1e-8 * (np.abs(noise).max() + 1e-300):
-            raise InputError("covar: the shared (D, D) noise covariance is not symmetric.")
-        if np.linalg.eigvalsh(noise).min() < -1e-12 * max(np.abs(noise).max(), 1e-300):
-            raise InputError("covar: the shared (D, D) noise covariance is not positive "
-                             f"semi-definite (smallest eigenvalue "
-                             f"{np.linalg.eigvalsh(noise).min():.3g}).")
+        check_shared_noise(noise, "covar")
     elif kind in ("diag", "full"):
         c = covar if hasattr(covar, "dask") else _check_array(covar, "covar", ndim=(2, 3))
         noise = da.asarray(c).rechunk((x.chunks[0],) + tuple((s,) for s in c.shape[1:]))

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,9 +153,14 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
         header = json.loads(arrays.pop("header").tobytes().decode())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except Exception as e:  # any parse failure of the bytes (zip, npy, JSON, EOF...)
+        reason = str(e)
+        if "pickle" in reason:
+            # numpy suggests allow_pickle=True: wrong advice for a file that may be hostile
+            reason = "not an .npz archive of plain arrays; daskgmmis never unpickles"
         raise CheckpointError(f"checkpoint: {path} is not a readable daskgmmis checkpoint "
-                              f"({e}); remove it or pass another path.") from None
+                              f"({type(e).__name__}: {reason}); remove it or pass another "
+                              f"path.") from None
     if header.get("format") != CHECKPOINT_FORMAT or header.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint: {path} has format {header.get('format')!r} version "
                               f"{header.get('version')!r}; expected {CHECKPOINT_FORMAT!r} "

@@ -28,8 +28,8 @@ import numpy as np
 from . import kernels
 from .background import Background
 from .catalog import as_dask_input
-from .errors import (CallbackError, ConvergenceWarning, InputError, InputTypeError,
-                     NumericalError)
+from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
+                     InputTypeError, NumericalError)
 from .imputation import candidate_count, impute_block
 from .selection import check_picklable, evaluate_selection
 from .init import INIT_METHODS, DataSummary, init_minmax, init_random
@@ -267,6 +267,10 @@ class _Plan:
 
 def _resolve_client(client):
     if client is not None:
+        if not all(hasattr(client, a) for a in ("compute", "persist", "scheduler_info")):
+            raise InputTypeError(f"client: expected None or a distributed.Client; found "
+                                 f"{type(client).__name__}. Connect with "
+                                 f"distributed.Client(address) first.")
         return client
     try:
         from distributed import default_client
@@ -382,7 +386,10 @@ class _Evaluator:
             if not f_obs > 0:
                 raise CallbackError(f"sel_callback: every one of {tally.n} rows drawn from the "
                                     f"model has selection probability 0; the model has no "
-                                    f"mass where the catalog was observed.")
+                                    f"mass where the catalog was observed. Check that "
+                                    f"sel_callback is > 0 in the catalog's region; with few "
+                                    f"rows, raise oversampling (more candidates) or use "
+                                    f"init_method='kmeans'.")
             N_orig = N / f_obs
             logL -= math.log(f_obs)   # likelihood of the truncated (observed) population
             if tally.weight > 0:
@@ -485,8 +492,14 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
             raise InputError(f"{name}: expected a finite number >= 0; found {value!r}.")
     if not (isinstance(maxiter, (int, np.integer)) and maxiter >= 0):
         raise InputError(f"maxiter: expected an integer >= 0; found {maxiter!r}.")
-    if cutoff is not None and not (np.isscalar(cutoff) and cutoff > 0):
+    if cutoff is not None and not (isinstance(cutoff, (int, float, np.integer, np.floating))
+                                   and not isinstance(cutoff, bool) and cutoff > 0):
         raise InputError(f"cutoff: expected None or a number of sigmas > 0; found {cutoff!r}.")
+    for name, value, allowed in (("persist", persist, "None, True or False"),
+                                 ("accelerate", accelerate, "True or False")):
+        # a truthy string such as "no" would silently mean True
+        if not (isinstance(value, (bool, np.bool_)) or (name == "persist" and value is None)):
+            raise InputTypeError(f"{name}: expected {allowed}; found {value!r}.")
     if not (isinstance(split_n_merge, (int, np.integer)) and split_n_merge >= 0):
         raise InputError(f"split_n_merge: expected an integer >= 0; found {split_n_merge!r}.")
     if split_n_merge and gmm.K < 3:
@@ -589,6 +602,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
                       f"the mean logL: {change:.3g}, tol={tol}).", ConvergenceWarning,
                       stacklevel=2)
     theta = state.theta
+    if kind == "none":
+        _warn_singular(theta, summary, frozen_idx["covar"])
     gmm.amp, gmm.mean, gmm.covar = theta.amp, theta.mean, theta.covar
     if background is not None:
         background.amp = theta.bg_amp
@@ -597,6 +612,37 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
                      N=summary.n, n_outside=last.n_outside, bg_amp=theta.bg_amp,
                      seconds=time.perf_counter() - t_start,
                      seconds_per_iter=list(state.seconds))
+
+
+# A covariance whose extent along some direction is below 1e-7 of the data's range
+# (variance ratio 1e-14) is below the resolution of float32 data and, without noise,
+# means the component sits on identical rows, a constant feature or exactly
+# collinear features: the likelihood is unbounded there and the covariance is the
+# rounding noise of the M-step, not a measurement.
+_SINGULAR_RATIO = 1e-14
+
+
+def _warn_singular(theta: Theta, summary, frozen_covar) -> None:
+    """Warn (DeadComponentWarning) about numerically singular fitted covariances.
+
+    The check is scale-free per feature: each covariance is standardized by the
+    data's range (or magnitude, for a constant feature) before its smallest
+    eigenvalue is taken, so that feature units (1e-8 or 1e8) do not matter.
+    """
+    lo, hi = np.asarray(summary.lo, float), np.asarray(summary.hi, float)
+    r = np.maximum(hi - lo, np.maximum(np.abs(lo), np.abs(hi)))
+    r = np.where(r > 0, r, 1.0)
+    std = theta.covar / np.outer(r, r)
+    ev = np.linalg.eigvalsh(0.5 * (std + np.swapaxes(std, 1, 2)))[:, 0]
+    bad = [k for k in np.flatnonzero(ev < _SINGULAR_RATIO) if k not in set(frozen_covar)]
+    if bad:
+        warnings.warn(
+            f"components {[int(k) for k in bad]} ended with a numerically singular "
+            f"covariance (smallest eigenvalue {ev[bad].min():.3g} of the covariance "
+            f"in units of the data's range): they sit on identical rows, a constant feature "
+            f"or exactly collinear features, where the likelihood is unbounded. Use a "
+            f"regularization w > 0 (a variance floor w**2, data units) or remove the "
+            f"duplicates.", DeadComponentWarning, stacklevel=3)
 
 
 def _merge_split(theta: Theta, i: int, j: int, k: int) -> Theta:
@@ -738,7 +784,7 @@ def _run_em(state: EMState, *, evaluate, tol, maxiter, w, frozen, background, ac
                 state.cycle = []
             elif state.cycle:
                 extrapolated = extrapolate(state.cycle[0], state.theta, theta_next, frozen,
-                                            background)
+                                            background, w)
                 state.cycle = []
                 if extrapolated is not None:
                     # Exact likelihoods: never below the plain iterate. With imputation

@@ -21,6 +21,8 @@ __all__ = [
     "ClusterError",
     "SchedulerFileError",
     "SchedulerFileNotFoundError",
+    "OutputError",
+    "OutputExistsError",
     "ConvergenceWarning",
     "DeadComponentWarning",
 ]
@@ -74,9 +76,18 @@ class SchedulerFileNotFoundError(SchedulerFileError, FileNotFoundError):
     """A scheduler file does not exist (yet)."""
 
 
+class OutputError(DaskGMMisError, OSError):
+    """An output file cannot be written (missing directory, permissions, full disk)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output file exists and ``overwrite`` was not given."""
+
+
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``maxiter`` before reaching ``tol``."""
 
 
 class DeadComponentWarning(UserWarning):
-    """A component lost (almost) all responsibility and was re-seeded."""
+    """A component lost (almost) all responsibility and was re-seeded, or collapsed
+    onto a numerically singular covariance (identical rows, a constant feature)."""

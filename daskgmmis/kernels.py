@@ -35,6 +35,7 @@ Two numba kernels do the per-row work:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numba
@@ -61,7 +62,7 @@ NOISE_KINDS = ("none", "shared", "diag", "full")
 _TILE = 128
 
 
-def noise_kind_of(covar, n_rows: int | None, D: int) -> str:
+def noise_kind_of(covar, n_rows: int | None, D: int, *, warn_ambiguous: bool = False) -> str:
     """Classify a noise covariance argument by shape.
 
     Parameters
@@ -72,25 +73,41 @@ def noise_kind_of(covar, n_rows: int | None, D: int) -> str:
         Number of data rows it must match (``None``: not checked).
     D : int
         Number of features.
+    warn_ambiguous : bool
+        Warn when a ``(D, D)`` array with ``n_rows == D`` is read as diagonal
+        variances (it could be a shared matrix).
 
     Returns
     -------
     str
         One of ``"none"``, ``"shared"``, ``"diag"``, ``"full"``.
+
+    Notes
+    -----
+    With ``n_rows == D`` a ``(D, D)`` array is ambiguous. A numpy array with a
+    negative entry cannot hold variances and is read as a shared matrix; any
+    other is read as ``(n, D)`` diagonal variances.
     """
     if covar is None:
         return "none"
     shape = tuple(covar.shape)
     if len(shape) == 2 and shape == (D, D) and (n_rows is None or n_rows != D):
         return "shared"
+    if len(shape) == 2 and shape == (D, D):
+        # n_rows == D: ambiguous between shared and diagonal variances. Negative
+        # covariances are common, negative variances impossible.
+        if isinstance(covar, np.ndarray) and (covar < 0).any():
+            return "shared"
+        if warn_ambiguous and D > 1:
+            warnings.warn(f"covar: shape ({D}, {D}) with {D} rows is ambiguous; read as "
+                          f"({D}, {D}) diagonal variances, one row per data row. For one "
+                          f"shared matrix S pass np.broadcast_to(S, ({D}, {D}, {D})).",
+                          UserWarning, stacklevel=4)
+        return "diag"
     if len(shape) == 2 and shape[1] == D and (n_rows is None or shape[0] == n_rows):
         return "diag"
     if len(shape) == 3 and shape[1:] == (D, D) and (n_rows is None or shape[0] == n_rows):
         return "full"
-    if len(shape) == 2 and shape == (D, D):
-        # n_rows == D: ambiguous between shared and diagonal; a shared matrix is
-        # the more common intent only if it is symmetric with off-diagonal terms.
-        return "diag"
     raise InputError(
         f"covar: expected None, a shared (D, D) = ({D}, {D}) matrix, ({n_rows}, {D}) "
         f"diagonal variances or ({n_rows}, {D}, {D}) full covariances; found shape {shape}."

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import tempfile
-import zipfile
 
 import numpy as np
 
 from . import kernels
 from .background import Background
-from .errors import InputError, InputTypeError, ModelFileError
-from .validation import check_model_params
+from .errors import InputError, InputTypeError, ModelFileError, OutputError, OutputExistsError
+from .validation import (check_data_block, check_model_params, check_noise_block,
+                         check_numeric, check_shared_noise)
 
 __all__ = ["GMM", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
@@ -79,8 +80,12 @@ class GMM:
         return g
 
     def _params(self):
-        amp, mean, covar = (np.asarray(a, dtype=np.float64) for a in
-                            (self.amp, self.mean, self.covar))
+        out = []
+        for name in ("amp", "mean", "covar"):
+            value = getattr(self, name)
+            a = check_numeric(value, f"gmm.{name}")
+            out.append(np.asarray(a, dtype=np.float64))
+        amp, mean, covar = out
         check_model_params(amp, mean, covar)
         return amp, mean, covar
 
@@ -106,44 +111,69 @@ class GMM:
         ndarray or dask array, shape (n,)
             Lazy (dask) when ``coords`` is a dask array.
         """
+        return self._density(coords, covar, as_log, background)
+
+    def _density(self, coords, covar, as_log, background, name="coords"):
+        """:meth:`__call__`, with ``name`` the caller's argument name for messages."""
         amp, mean, cov = self._params()
         D = mean.shape[1]
+        _check_background_arg(background, D)
         if _is_dask(coords):
-            return self._dask_density(coords, covar, as_log, background, amp, mean, cov)
-        x = np.asarray(coords)
+            return self._dask_density(coords, covar, as_log, background, amp, mean, cov, name)
+        x = np.asarray(check_numeric(coords, name))
         if x.ndim == 1 and D == 1:
             x = x[:, None]
         if x.ndim != 2 or x.shape[1] != D:
-            raise InputError(f"coords: expected shape (n, D) with D={D}; found {x.shape}.")
+            raise InputError(f"{name}: expected shape (n, D) with D={D}; found {x.shape}.")
         if not np.issubdtype(x.dtype, np.floating):
             x = x.astype(np.float64)
-        noise = None if covar is None else np.asarray(covar, dtype=np.float64)
-        kind = kernels.noise_kind_of(noise, x.shape[0], D)
+        check_data_block(x, 0, name, allow_empty=True)
+        noise = None
+        if covar is not None:
+            noise = np.asarray(check_numeric(covar, "covar"), dtype=np.float64)
+        kind = kernels.noise_kind_of(noise, x.shape[0], D, warn_ambiguous=True)
+        _check_noise(noise, kind, x, 0)
         log_bg = _log_background(background, x, noise, kind)
         out = kernels.log_density_block(x, noise, kind, amp, mean, cov, log_bg=log_bg)
         return out if as_log else np.exp(out)
 
-    def _dask_density(self, coords, covar, as_log, background, amp, mean, cov):
+    def _dask_density(self, coords, covar, as_log, background, amp, mean, cov, name):
         import dask.array as da
 
         D = mean.shape[1]
         if coords.ndim != 2 or coords.shape[1] != D:
-            raise InputError(f"coords: expected shape (n, D) with D={D}; found {coords.shape}.")
+            raise InputError(f"{name}: expected shape (n, D) with D={D}; found {coords.shape}.")
+        check_numeric(coords, name)
         x = coords.rechunk({1: -1})
+        if covar is not None and not _is_dask(covar):
+            covar = np.asarray(check_numeric(covar, "covar"), dtype=np.float64)
+        elif covar is not None:
+            check_numeric(covar, "covar")
         kind = kernels.noise_kind_of(covar, x.shape[0], D)
+        if kind == "shared":
+            _check_noise(covar, kind, None, 0)
+        # global index of each row, so that the checks in the block tasks name rows
+        idx = da.arange(x.shape[0], chunks=(x.chunks[0],))
 
-        def block(xb, nb=None):
+        def block(xb, ib, nb=None):
+            offset = int(ib[0]) if len(ib) else 0
+            check_data_block(xb, offset, name, allow_empty=True)
             noise = covar if kind == "shared" else nb
+            if kind in ("diag", "full"):
+                noise = np.asarray(noise)
+                _check_noise(noise, kind, xb, offset)
             log_bg = _log_background(background, xb, noise, kind)
-            out = kernels.log_density_block(xb, noise, kind, amp, mean, cov, log_bg=log_bg)
+            out = kernels.log_density_block(xb, noise, kind, amp, mean, cov, log_bg=log_bg,
+                                            row_offset=offset)
             return out if as_log else np.exp(out)
 
         if kind in ("none", "shared"):
-            return da.blockwise(block, "i", x, "ij", dtype=np.float64, concatenate=True)
+            return da.blockwise(block, "i", x, "ij", idx, "i", dtype=np.float64,
+                                concatenate=True)
         noise = da.asarray(covar)
         noise = noise.rechunk((x.chunks[0],) + tuple((s,) for s in noise.shape[1:]))
         index = "ij" if kind == "diag" else "ijk"
-        return da.blockwise(block, "i", x, "ij", noise, index, dtype=np.float64,
+        return da.blockwise(block, "i", x, "ij", idx, "i", noise, index, dtype=np.float64,
                             concatenate=True)
 
     def logL(self, coords, covar=None, background=None):
@@ -208,7 +238,7 @@ class GMM:
         if d.size == D:
             raise InputError(f"dims: {d.tolist()} covers all D={D} dimensions; nothing is "
                              f"left to condition (use gmm(values) for the density).")
-        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        v = np.atleast_1d(np.asarray(check_numeric(values, "values"), dtype=np.float64))
         if v.shape != (d.size,):
             raise InputError(f"values: expected shape ({d.size},) to match dims "
                              f"{d.tolist()}; found {np.shape(values)}.")
@@ -250,10 +280,19 @@ class GMM:
             Samples in random order.
         """
         amp, mean, cov = self._params()
-        rng = np.random.default_rng(rng)
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+            raise InputTypeError(f"size: expected a non-negative integer; found {size!r}.")
         size = int(size)
         if size < 0:
             raise InputError(f"size: expected a non-negative integer; found {size}.")
+        try:
+            rng = np.random.default_rng(rng)
+        except (TypeError, ValueError) as e:
+            raise InputTypeError(f"rng: expected None, an int seed, a numpy Generator or a "
+                                 f"SeedSequence; found {rng!r} ({e}).") from None
+        if not amp.sum() > 0:
+            raise InputError("gmm.amp: every amplitude is zero; expected at least one "
+                             "positive amplitude to draw from.")
         p = amp / amp.sum()
         counts = rng.multinomial(size, p)
         L = np.linalg.cholesky(cov)
@@ -283,25 +322,38 @@ class GMM:
         """
         amp, mean, cov = self._params()
         bg = background if background is not None else self.background
-        path = os.fspath(path)
+        _check_background_arg(bg, self.D)
+        path = _as_path(path)
         if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
+            raise OutputExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise OutputError(f"path: directory {directory} does not exist; create it first "
+                              f"or save elsewhere.")
+        bg_dict = None if bg is None else bg.to_dict()
         meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION,
-                "K": self.K, "D": self.D,
-                "background": None if bg is None else bg.to_dict()}
+                "K": self.K, "D": self.D, "background": bg_dict,
+                "sha256": _content_hash(amp, mean, cov, bg_dict)}
         buf = io.BytesIO()
         np.savez(buf, amp=amp, mean=mean, covar=cov,
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-", suffix=".tmp", dir=directory)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-", suffix=".tmp", dir=directory)
             with os.fdopen(fd, "wb") as f:
                 f.write(buf.getvalue())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as e:
+            # the old file, if any, is untouched: only the temporary file was written
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise OutputError(f"path: cannot write the model to {path} "
+                              f"({type(e).__name__}: {e}); the previous file, if any, is "
+                              f"unchanged.") from e
         except BaseException:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
             raise
 
@@ -318,11 +370,14 @@ class GMM:
         ModelFileError
             The file is missing, not a model file, of another version, or corrupted.
         """
-        path = os.fspath(path)
+        path = _as_path(path)
         if not os.path.exists(path):
             raise ModelFileError(f"path: model file {path} does not exist.")
         try:
             with np.load(path, allow_pickle=False) as f:
+                if not hasattr(f, "files"):
+                    raise ModelFileError(f"{path}: not a readable daskgmmis model file (a bare "
+                                         f".npy array, not an .npz archive).")
                 names = set(f.files)
                 if names != {"amp", "mean", "covar", "meta"}:
                     raise ModelFileError(f"{path}: expected arrays amp, mean, covar, meta; "
@@ -331,8 +386,15 @@ class GMM:
                 meta = json.loads(f["meta"].tobytes().decode())
         except ModelFileError:
             raise
-        except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as e:
-            raise ModelFileError(f"{path}: not a readable daskgmmis model file ({e}).") from None
+        except Exception as e:  # any parse failure of untrusted bytes (zip, npy, JSON...)
+            reason = str(e)
+            if "pickle" in reason:
+                # numpy's own hint (load it with allow_pickle) is the wrong advice for
+                # an untrusted file: daskgmmis never unpickles
+                reason = ("not an .npz archive of plain arrays: numpy would unpickle it, "
+                          "which daskgmmis never does since unpickling can run code")
+            raise ModelFileError(f"{path}: not a readable daskgmmis model file "
+                                 f"({type(e).__name__}: {reason}).") from None
         if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"{path}: format tag is {meta.get('format') if isinstance(meta, dict) else meta!r}; "
                                  f"expected {MODEL_FORMAT!r}.")
@@ -354,15 +416,64 @@ class GMM:
         if meta.get("background") is not None:
             try:
                 g.background = Background.from_dict(meta["background"])
-            except (KeyError, TypeError, InputError) as e:
+            except KeyError as e:
+                raise ModelFileError(f"{path}: invalid background record (missing key {e}); "
+                                     f"expected lower, upper, amp, amp_min, amp_max and "
+                                     f"adjust_amp.") from None
+            except (TypeError, ValueError, AttributeError) as e:
                 raise ModelFileError(f"{path}: invalid background record ({e}).") from None
             if g.background.D != g.D:
                 raise ModelFileError(f"{path}: background has D={g.background.D}, model D={g.D}.")
+        if "sha256" in meta and meta["sha256"] != _content_hash(
+                g.amp, g.mean, g.covar, meta.get("background")):
+            raise ModelFileError(f"{path}: the parameters do not match the checksum written "
+                                 f"with them (sha256); the file was modified after it was "
+                                 f"saved. Use the original file or fit the model again.")
         return g
+
+
+def _as_path(path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"path: expected a str or os.PathLike file name; found "
+                             f"{type(path).__name__}.")
+    return os.fspath(path)
+
+
+def _content_hash(amp, mean, covar, background) -> str:
+    """SHA-256 of the parameters (exact bytes) and the background record."""
+    h = hashlib.sha256()
+    for a in (amp, mean, covar):
+        a = np.ascontiguousarray(a, dtype="<f8")
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    h.update(json.dumps(background, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _check_background_arg(background, D: int) -> None:
+    """``background`` is None or a Background of dimension D."""
+    if background is None:
+        return
+    if not isinstance(background, Background):
+        raise InputTypeError(f"background: expected a daskgmmis.Background or None; found "
+                             f"{type(background).__name__}.")
+    if background.D != D:
+        raise InputError(f"background: footprint has D={background.D}; the model has D={D}.")
+
+
+def _check_noise(noise, kind: str, x, row_offset: int) -> None:
+    """Noise covariances as the fit accepts them (finite, symmetric PSD, variances >= 0)."""
+    if kind == "shared":
+        check_shared_noise(noise)
+    elif kind in ("diag", "full"):
+        check_noise_block(noise, kind, x, row_offset)
 
 
 def _log_background(background, x, noise, kind):
     """log(amp_bg * U(x)) per row, or None."""
+    if background is not None and not isinstance(background, Background):
+        raise InputTypeError(f"background: expected a daskgmmis.Background or None; found "
+                             f"{type(background).__name__}.")
     if background is None or background.amp <= 0:
         return None
     if background.D != x.shape[1]:

@@ -124,15 +124,27 @@ def mstep(stats: SuffStats, theta: Theta, *, w: float = 0.0, frozen=None,
         if not ok:
             dead.append(k)
     frozen_any = set(frozen["amp"]) | set(frozen["mean"]) | set(frozen["covar"])
-    reseeded = []
+    reseeded, stuck = [], []
     for k in dead:
         if k in frozen_any:
             continue   # frozen parameters are never moved; an idle frozen component stays
         donors = [j for j in range(K) if j not in dead and j not in frozen_any]
         if not donors:
+            stuck.append(k)
+            if A[k] >= min_weight * N_total and k not in frozen["mean"]:
+                # only the covariance is singular: the mean is still well defined
+                new_mean[k] = mean[k] + shift[k]
             continue
         _reseed(k, max(donors, key=lambda j: weight[j]), new_mean, new_covar, weight)
         reseeded.append(k)
+    if stuck:
+        # e.g. K=1 on identical rows: nothing to split; keeping the old values is the
+        # only finite choice, and it must not pass silently for a fit
+        warnings.warn(f"components {stuck} received (almost) no responsibility or collapsed "
+                      f"to a singular covariance, and no free component is left to re-seed "
+                      f"them from; they keep their previous covariances, which are not a fit. "
+                      f"The data may be (nearly) identical rows: use a regularization w > 0.",
+                      DeadComponentWarning, stacklevel=3)
     if reseeded:
         warnings.warn(f"components {reseeded} received (almost) no responsibility or collapsed "
                       f"to a singular covariance; each was re-seeded by splitting the heaviest "

@@ -57,7 +57,7 @@ def _loglike_graph(gmm: GMM, x, noise, background):
     """Lazy (sum of per-row logL, number of rows with an observed feature)."""
     import dask.array as da
 
-    ll = gmm.logL(x, noise, background=background)
+    ll = gmm._density(x, noise, True, background, name="data")   # messages name 'data'
     used = ~da.isnan(ll)            # NaN: no observed feature, carries no information
     return da.where(used, ll, 0.0).sum(), used.sum()
 

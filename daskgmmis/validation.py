@@ -15,8 +15,63 @@ __all__ = [
     "check_model_params",
     "check_data_block",
     "check_noise_block",
+    "check_shared_noise",
+    "check_numeric",
     "as_index_array",
 ]
+
+
+def check_numeric(arr, name: str) -> np.ndarray:
+    """``arr`` as an array of a real numeric dtype (integers or floats).
+
+    Booleans, complex numbers, strings and objects are refused rather than
+    silently cast (a complex cast drops the imaginary part; ``True`` is not a
+    coordinate).
+
+    Parameters
+    ----------
+    arr : array_like
+    name : str
+        Argument name for the message.
+
+    Raises
+    ------
+    InputTypeError
+        The values are not real numbers.
+    """
+    try:
+        a = arr if hasattr(arr, "dtype") and hasattr(arr, "shape") else np.asarray(arr)
+    except (TypeError, ValueError) as e:   # ragged nested lists
+        raise InputTypeError(f"{name}: expected a numeric array; found {type(arr).__name__} "
+                             f"that numpy cannot convert ({e}).") from None
+    if a.dtype.kind not in "fiu":
+        raise InputTypeError(f"{name}: expected a numeric array (floats or integers); found "
+                             f"dtype {a.dtype}.")
+    return a
+
+
+def check_shared_noise(noise: np.ndarray, name: str = "covar") -> None:
+    """Check one shared (D, D) noise covariance: finite, symmetric, PSD.
+
+    Parameters
+    ----------
+    noise : ndarray, shape (D, D)
+    name : str
+        Argument name for the message.
+    """
+    if not np.all(np.isfinite(noise)):
+        raise InputError(f"{name}: the shared (D, D) noise covariance has NaN or Inf; "
+                         f"expected finite values.")
+    scale = np.abs(noise).max() + np.finfo(float).tiny
+    asym = np.abs(noise - noise.T).max()
+    if asym > 1e-8 * scale:
+        raise InputError(f"{name}: the shared (D, D) noise covariance is not symmetric "
+                         f"(asymmetry {asym:.3g}); expected a symmetric matrix.")
+    ev = np.linalg.eigvalsh(noise).min()
+    if ev < -1e-12 * scale:
+        raise InputError(f"{name}: the shared (D, D) noise covariance is not positive "
+                         f"semi-definite (smallest eigenvalue {ev:.3g}); expected a valid "
+                         f"covariance.")
 
 
 def check_model_params(amp, mean, covar, *, where: str = "gmm") -> None:
@@ -66,7 +121,8 @@ def check_model_params(amp, mean, covar, *, where: str = "gmm") -> None:
             ) from None
 
 
-def check_data_block(x: np.ndarray, row_offset: int, name: str = "data") -> None:
+def check_data_block(x: np.ndarray, row_offset: int, name: str = "data", *,
+                     allow_empty: bool = False) -> None:
     """Reject Inf values and rows with every feature missing.
 
     Parameters
@@ -76,6 +132,8 @@ def check_data_block(x: np.ndarray, row_offset: int, name: str = "data") -> None
         Global index of the block's first row.
     name : str
         Argument name for the message.
+    allow_empty : bool
+        Accept rows with every feature missing (densities report NaN for them).
     """
     inf = np.isinf(x)
     if inf.any():
@@ -84,6 +142,8 @@ def check_data_block(x: np.ndarray, row_offset: int, name: str = "data") -> None
             f"{name}: row {row_offset + int(i)}, column {int(j)} is {x[i, j]}; expected a "
             f"finite value or NaN (missing). Found {int(inf.sum())} infinite entries in "
             f"rows {row_offset}..{row_offset + len(x) - 1}.")
+    if allow_empty:
+        return
     empty = np.isnan(x).all(axis=1)
     if empty.any():
         i = int(np.flatnonzero(empty)[0])
