@@ -39,7 +39,8 @@ from .acceleration import extrapolate
 from .checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
 from .mstep import mstep, parse_frozen
 from .stats import SuffStats, sum_stats
-from .validation import check_data_block, check_model_params, check_noise_block
+from .validation import (check_background, check_data_block, check_model_params,
+                         check_noise_block)
 
 __all__ = ["fit", "FitResult"]
 
@@ -517,12 +518,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     if x.shape[1] != D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={D}; build the "
                          f"model with GMM(K, D={x.shape[1]}).")
-    if background is not None:
-        if not isinstance(background, Background):
-            raise InputTypeError(f"background: expected a daskgmmis.Background; found "
-                                 f"{type(background).__name__}.")
-        if background.D != D:
-            raise InputError(f"background: footprint has D={background.D}; data has D={D}.")
+    check_background(background, D, "data")
     frozen_idx = parse_frozen(frozen, K)
     if init_method == "none":
         check_model_params(gmm.amp, gmm.mean, gmm.covar)

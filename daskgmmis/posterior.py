@@ -59,7 +59,7 @@ from . import kernels
 from .background import Background
 from .errors import InputError, InputTypeError, NumericalError
 from .model import GMM, _log_background
-from .validation import check_noise_block
+from .validation import check_background, check_noise_block
 
 if TYPE_CHECKING:  # dask is imported lazily: the block math must not need it
     import dask.array as da
@@ -317,13 +317,7 @@ def _resolve(gmm, data, covar, background):
     if not amp.sum() > 0:
         raise InputError("gmm.amp: every amplitude is zero; the Gaussian population is "
                          "empty and has no posterior.")
-    if background is not None:
-        if not isinstance(background, Background):
-            raise InputTypeError(f"background: expected a daskgmmis.Background; found "
-                                 f"{type(background).__name__}.")
-        if background.D != gmm.D:
-            raise InputError(f"background: footprint has D={background.D}; gmm has "
-                             f"D={gmm.D}.")
+    check_background(background, gmm.D, "gmm")
     lazy = _is_dask(data) or isinstance(data, (Catalog, str, os.PathLike))
     row_index = None
     if isinstance(data, (str, os.PathLike)):

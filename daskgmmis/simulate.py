@@ -18,6 +18,7 @@ from .background import Background
 from .errors import CallbackError, InputError, InputTypeError
 from .model import GMM
 from .selection import evaluate_covar_callback, evaluate_selection
+from .validation import check_background
 
 __all__ = ["draw"]
 
@@ -137,12 +138,7 @@ def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = 
     if invert_sel and sel_callback is None:
         raise InputError("invert_sel=True needs a sel_callback: without a selection every "
                          "row is observed and none is left to return.")
-    if background is not None:
-        if not isinstance(background, Background):
-            raise InputTypeError(f"background: expected a daskgmmis.Background or None; "
-                                 f"found {type(background).__name__}.")
-        if background.D != D:
-            raise InputError(f"background: footprint has D={background.D}; gmm has D={D}.")
+    check_background(background, D, "gmm")
     bg_amp = 0.0 if background is None else background.amp
     if bg_amp < 1.0 and amp.sum() <= 0:
         raise InputError("gmm.amp: all amplitudes are zero; nothing to draw the "

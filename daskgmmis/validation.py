@@ -18,6 +18,7 @@ __all__ = [
     "check_shared_noise",
     "check_numeric",
     "as_index_array",
+    "check_background",
 ]
 
 
@@ -267,3 +268,25 @@ def as_index_array(idx, K: int, name: str) -> np.ndarray:
         raise InputError(f"{name}: component indices must lie in [0, {K}); found "
                          f"{arr.min()}..{arr.max()}.")
     return np.unique(arr % K) if arr.size else arr
+
+
+def check_background(background, D: int, against: str = "data") -> None:
+    """Check an optional ``background`` argument against the problem's dimension.
+
+    Parameters
+    ----------
+    background : Background or None
+    D : int
+        Number of features it must have.
+    against : str
+        What D belongs to, for the message (``"data"``, ``"gmm"``, ...).
+    """
+    from .background import Background
+
+    if background is None:
+        return
+    if not isinstance(background, Background):
+        raise InputTypeError(f"background: expected a daskgmmis.Background or None; found "
+                             f"{type(background).__name__}.")
+    if background.D != D:
+        raise InputError(f"background: footprint has D={background.D}; {against} has D={D}.")
