@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from .catalog import (CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog, default_row_chunk,
-                      open_catalog)
+from .catalog import (_COMPLETE, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
+                      default_row_chunk, open_catalog)
 from .errors import CatalogError, InputError, InputTypeError
 from .validation import check_data_block, check_noise_block
 
@@ -581,12 +581,15 @@ class CatalogWriter:
                                 "order": "input"})
             D, rows = self.D, self.chunk_rows
             self._data = group.create_array("data", shape=(0, D), dtype=self.dtype,
-                                            chunks=(rows, D))
+                                            chunks=(rows, D), attributes=_COMPLETE,
+                                            config={"write_empty_chunks": True})
             self._covar = None
             if self.kind != "none":
                 tail = (D,) if self.kind == "diag" else (D, D)
                 self._covar = group.create_array("covar", shape=(0,) + tail,
-                                                 dtype=np.float64, chunks=(rows,) + tail)
+                                                 dtype=np.float64, chunks=(rows,) + tail,
+                                                 attributes=_COMPLETE,
+                                                 config={"write_empty_chunks": True})
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -726,7 +729,9 @@ def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False
         group = zarr.open_group(tmp, mode="w-", zarr_format=3)
         group.attrs.update(attrs)
         targets = [group.create_array(k, shape=a.shape, dtype=a.dtype,
-                                      chunks=(rows,) + tuple(a.shape[1:]))
+                                      chunks=(rows,) + tuple(a.shape[1:]),
+                                      attributes=_COMPLETE,
+                                      config={"write_empty_chunks": True})
                    for k, a in arrays.items()]
         da.store(list(arrays.values()), targets, lock=False)
         _install(tmp, path, overwrite)

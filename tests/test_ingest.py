@@ -303,3 +303,14 @@ def test_write_row_arrays_is_lazy_and_atomic(tmp_path):
     with pytest.raises(ZeroDivisionError):
         write_row_arrays(tmp_path / "p.zarr", {"v": x.map_blocks(fail_late)}, {})
     assert sorted(os.listdir(tmp_path)) == ["o.zarr"]
+
+
+def test_ingested_catalog_detects_a_deleted_chunk(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    np.save(tmp_path / "t.npy", x)
+    ingest(tmp_path / "t.npy", tmp_path / "t.zarr", chunks=100)
+    np.testing.assert_array_equal(dg.open_catalog(tmp_path / "t.zarr").data.compute(), x)
+    os.remove(tmp_path / "t.zarr" / "data" / "c" / "2" / "0")
+    with pytest.raises(CatalogError, match="missing: data/c/2/0"):
+        dg.open_catalog(tmp_path / "t.zarr")
