@@ -13,8 +13,8 @@ import numpy as np
 from . import kernels
 from .background import Background
 from .errors import InputError, InputTypeError, ModelFileError, OutputError, OutputExistsError
-from .validation import (check_data_block, check_model_params, check_noise_block,
-                         check_numeric, check_shared_noise)
+from .validation import (check_background, check_data_block, check_model_params,
+                         check_noise_block, check_numeric, check_shared_noise)
 
 __all__ = ["GMM", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
@@ -117,7 +117,7 @@ class GMM:
         """:meth:`__call__`, with ``name`` the caller's argument name for messages."""
         amp, mean, cov = self._params()
         D = mean.shape[1]
-        _check_background_arg(background, D)
+        check_background(background, D, "the model")
         if _is_dask(coords):
             return self._dask_density(coords, covar, as_log, background, amp, mean, cov, name)
         x = np.asarray(check_numeric(coords, name))
@@ -322,7 +322,7 @@ class GMM:
         """
         amp, mean, cov = self._params()
         bg = background if background is not None else self.background
-        _check_background_arg(bg, self.D)
+        check_background(bg, self.D, "the model")
         path = _as_path(path)
         if os.path.exists(path) and not overwrite:
             raise OutputExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
@@ -448,17 +448,6 @@ def _content_hash(amp, mean, covar, background) -> str:
         h.update(a.tobytes())
     h.update(json.dumps(background, sort_keys=True).encode())
     return h.hexdigest()
-
-
-def _check_background_arg(background, D: int) -> None:
-    """``background`` is None or a Background of dimension D."""
-    if background is None:
-        return
-    if not isinstance(background, Background):
-        raise InputTypeError(f"background: expected a daskgmmis.Background or None; found "
-                             f"{type(background).__name__}.")
-    if background.D != D:
-        raise InputError(f"background: footprint has D={background.D}; the model has D={D}.")
 
 
 def _check_noise(noise, kind: str, x, row_offset: int) -> None:
