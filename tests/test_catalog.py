@@ -71,3 +71,14 @@ def test_write_validates_shapes(tmp_path, data, covar, message):
         return
     with pytest.raises((dg.InputError, dg.InputTypeError), match=message):
         dg.write_catalog(tmp_path / "e.zarr", data, covar)
+
+
+def test_fsspec_url_catalog_round_trip_and_fit():
+    # any fsspec filesystem works the same way (s3:// where s3fs is installed)
+    X = np.random.default_rng(0).normal(size=(1000, 2))
+    url = "memory://daskgmmis-test/cat.zarr"
+    dg.write_catalog(url, X, chunks=250)
+    np.testing.assert_array_equal(dg.open_catalog(url).data.compute(), X)
+    g = dg.GMM(1, 2)
+    dg.fit(g, url, init_method="minmax", rng=0, tol=1e-8)
+    np.testing.assert_allclose(g.mean[0], X.mean(0), atol=1e-10)
