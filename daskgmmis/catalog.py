@@ -31,7 +31,7 @@ from .errors import CatalogError, CatalogNotFoundError, InputError, InputTypeErr
 from .kernels import noise_kind_of
 from .validation import check_shared_noise
 
-__all__ = ["Catalog", "write_catalog", "open_catalog", "default_row_chunk", "as_dask_input",
+__all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk", "as_dask_input",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
@@ -128,6 +128,39 @@ def _as_source(arr, dtype, chunks):
     if isinstance(arr, da.Array):
         return arr.astype(dtype).rechunk(chunks)
     return np.asarray(arr, dtype=dtype)
+
+
+def install_store(tmp: str, path: str, overwrite: bool) -> None:
+    """Move a completed local store from its temporary name to ``path``.
+
+    An existing store at ``path`` is replaced only with ``overwrite``; it is moved
+    aside first and put back if the final rename fails, so an interrupted write
+    never loses it.
+
+    Parameters
+    ----------
+    tmp : str
+        The completed store, in the same directory as ``path``.
+    path : str
+        Final location.
+    overwrite : bool
+    """
+    if not os.path.exists(path):
+        os.rename(tmp, path)
+        return
+    if not overwrite:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CatalogError(f"path: {path} appeared while writing; pass overwrite=True to "
+                           f"replace it.")
+    backup = f"{path}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(path, backup)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(backup, path)         # put the old store back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=None,
@@ -237,18 +270,7 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
                                f"unchanged.") from e
         raise
     if not _is_url(path):
-        if exists:
-            backup = f"{path}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, backup)
-            try:
-                os.rename(target, path)
-            except BaseException:
-                os.rename(backup, path)         # put the old catalog back
-                shutil.rmtree(target, ignore_errors=True)
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.rename(target, path)
+        install_store(target, path, overwrite)
     return open_catalog(path)
 
 

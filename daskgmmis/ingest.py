@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 
 from .catalog import (_COMPLETE, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
-                      default_row_chunk, open_catalog)
+                      default_row_chunk, install_store, open_catalog)
 from .errors import CatalogError, InputError, InputTypeError
 from .validation import check_data_block, check_noise_block
 
@@ -489,20 +489,6 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _install(tmp: str, path: str, overwrite: bool) -> None:
-    """Move a completed store from its temporary name to ``path`` (atomic rename)."""
-    if os.path.exists(path):
-        if not overwrite:
-            raise CatalogError(f"path: {path} appeared while writing; pass overwrite=True "
-                               f"to replace it.")
-        backup = f"{path}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(path, backup)
-        os.rename(tmp, path)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
-
-
 def _check_target(path: str, overwrite: bool) -> None:
     if _is_url(path):
         raise InputError(f"path: {path}: streaming writers write local directories only.")
@@ -677,7 +663,7 @@ class CatalogWriter:
             if self.n_rows == 0:
                 raise InputError(f"{self.path}: no rows to write; the source is empty.")
             self._flush(whole_chunks_only=False)
-            _install(self._tmp, self.path, self.overwrite)
+            install_store(self._tmp, self.path, self.overwrite)
         except BaseException:
             self.abort()
             raise
@@ -734,7 +720,7 @@ def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False
                                       config={"write_empty_chunks": True})
                    for k, a in arrays.items()]
         da.store(list(arrays.values()), targets, lock=False)
-        _install(tmp, path, overwrite)
+        install_store(tmp, path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -574,7 +574,7 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
     import dask.array as da
     import zarr
 
-    from .catalog import _is_url, default_row_chunk
+    from .catalog import _is_url, default_row_chunk, install_store
 
     if not isinstance(post, Posterior):
         raise InputTypeError(f"post: expected a daskgmmis Posterior; found "
@@ -612,10 +612,4 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
             shutil.rmtree(target, ignore_errors=True)
         raise
     if not url:
-        if exists:
-            backup = f"{path}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, backup)
-            os.rename(target, path)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.rename(target, path)
+        install_store(target, path, overwrite)

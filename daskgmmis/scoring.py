@@ -23,6 +23,7 @@ from scipy.special import logsumexp
 from .background import Background
 from .catalog import as_dask_input
 from .errors import InputError, InputTypeError
+from .validation import check_background
 from .model import GMM
 
 __all__ = ["n_parameters", "loglike", "bic", "aic", "score", "cv_fit", "CVResult", "stack"]
@@ -34,16 +35,6 @@ __all__ = ["n_parameters", "loglike", "bic", "aic", "score", "cv_fit", "CVResult
 def _check_model(gmm, name: str = "gmm") -> None:
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"{name}: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
-
-
-def _check_background(background, D: int) -> None:
-    if background is None:
-        return
-    if not isinstance(background, Background):
-        raise InputTypeError(f"background: expected a daskgmmis.Background; found "
-                             f"{type(background).__name__}.")
-    if background.D != D:
-        raise InputError(f"background: footprint has D={background.D}; the model has D={D}.")
 
 
 def _resolve_data(gmm: GMM, data, covar):
@@ -116,7 +107,7 @@ def loglike(gmm: GMM, data, covar=None, background: Background | None = None
         Number of those rows (rows with every feature missing are left out).
     """
     _check_model(gmm)
-    _check_background(background, gmm.D)
+    check_background(background, gmm.D, "the model")
     x, noise = _resolve_data(gmm, data, covar)
     total, n = _compute(*_loglike_graph(gmm, x, noise, background))
     return float(total), int(n)
@@ -296,7 +287,7 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
         raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
     background = fit_kwargs.pop("background", None)
-    _check_background(background, gmm.D)
+    check_background(background, gmm.D, "the model")
     x, noise = _resolve_data(gmm, data, covar)
     N = int(x.shape[0])
     if n_folds > N:
@@ -414,7 +405,7 @@ def stack(models, weights=None, *, data=None, covar=None, background=None,
             if len(bgs) != M:
                 raise InputError(f"background: expected one per model ({M}); found {len(bgs)}.")
             for bg in bgs:
-                _check_background(bg, D)
+                check_background(bg, D, "the model")
             x, noise = _resolve_data(models[0], data, covar)
             graphs = []
             for g, bg in zip(models, bgs):
