@@ -944,7 +944,8 @@ def _print_summary(s: dict) -> None:
 @click.option("--selection", default=None, metavar="SPEC",
               help="--kind density: draw this selection function's boundary.")
 @click.option("--sample-size", type=click.IntRange(min=1), default=20_000, show_default=True,
-              help="Catalog rows sampled for histograms and points.")
+              help="Catalog rows sampled to choose the axis ranges (histograms count "
+                   "every row, on the workers).")
 @click.option("--bins", type=click.IntRange(min=2), default=40, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the row sample.")
 @click.option("--dpi", type=click.IntRange(min=10), default=120, show_default=True)
@@ -981,11 +982,8 @@ def plot(model, catalog, out, kind, report, dims, selection, sample_size, bins, 
     elif kind == "density":
         pair = _ints(dims, "--dims")
         sel = _selection_arg(selection)
-        points = None if cat is None else plots.sample_rows(cat, sample_size, seed)
-        ax = plots.density(gmm, dims=pair, data=points, sel_callback=sel,
-                           background=gmm.background,
-                           columns=cat.columns if cat is not None else None,
-                           title=os.path.basename(model))
+        ax = plots.density(gmm, dims=pair, data=cat, sel_callback=sel, bins=bins,
+                           background=gmm.background, title=os.path.basename(model))
         fig = ax.figure
     else:
         fig = plots.corner(gmm, cat, sample_size=sample_size, bins=bins, rng=seed,
