@@ -5,6 +5,11 @@ Layout of a catalog (a Zarr v3 group):
 * ``data`` - (N, D) float32 or float64, NaN = missing feature, chunked along rows only;
 * ``covar`` - optional noise: (N, D) diagonal variances or (N, D, D) full covariances,
   chunked like ``data``;
+* ``ids`` - optional (N,) row identifiers, int64 or strings, carried with the rows
+  (in any row order) so that every per-row output can be joined back to the
+  user's table; group attribute ``id_name`` is the identifier column's name;
+* ``row_index`` - (N,) int64, the row's position in the input, when the rows were
+  reordered (``order="spatial"``);
 * group attributes ``daskgmmis_format`` (``"daskgmmis-catalog"``),
   ``daskgmmis_format_version``, ``columns`` (D names), ``covar_kind``
   (``"none" | "diag" | "full"``);
@@ -31,7 +36,8 @@ from .errors import CatalogError, CatalogNotFoundError, InputError, InputTypeErr
 from .kernels import noise_kind_of
 from .validation import check_shared_noise
 
-__all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk", "as_dask_input",
+__all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk",
+           "as_dask_input", "check_ids",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
@@ -85,6 +91,10 @@ class Catalog:
         Where the catalog lives.
     row_index : dask array or None, shape (N,)
         Original row index when the rows were reordered (``order="spatial"``).
+    ids : dask array or None, shape (N,)
+        Row identifiers (int64 or strings) carried with the rows.
+    id_name : str or None
+        Name of the identifier column (e.g. ``"source_id"``).
     """
 
     data: da.Array
@@ -92,6 +102,26 @@ class Catalog:
     columns: list
     path: str | None = None
     row_index: da.Array | None = None
+    ids: da.Array | None = None
+    id_name: str | None = None
+
+    def row_keys(self) -> dict:
+        """The column that joins a per-row output back to the user's table.
+
+        Returns
+        -------
+        dict
+            ``{id_name: ids}`` when the catalog carries identifiers, else
+            ``{"row": position of each row in the input table}`` (its
+            ``row_index`` for a catalog in spatial order); one lazy (N,) array,
+            chunked like :attr:`data`.
+        """
+        if self.ids is not None:
+            return {self.id_name or "id": self.ids.rechunk({0: self.data.chunks[0]})}
+        if self.row_index is not None:
+            return {"row": self.row_index.rechunk({0: self.data.chunks[0]})}
+        return {"row": da.arange(self.data.shape[0], chunks=self.data.chunks[0],
+                                 dtype=np.int64)}
 
     @property
     def covar_kind(self) -> str:
@@ -104,8 +134,9 @@ class Catalog:
         return tuple(self.data.shape)
 
     def __repr__(self) -> str:
+        ids = f", ids={self.id_name!r}" if self.ids is not None else ""
         return (f"Catalog(path={self.path!r}, N={self.data.shape[0]}, D={self.data.shape[1]}, "
-                f"covar_kind={self.covar_kind!r}, chunks={self.data.chunksize[0]} rows)")
+                f"covar_kind={self.covar_kind!r}, chunks={self.data.chunksize[0]} rows{ids})")
 
 
 def _is_url(path: str) -> bool:
@@ -163,8 +194,72 @@ def install_store(tmp: str, path: str, overwrite: bool) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def check_ids(ids, N: int, what: str = "ids") -> np.ndarray:
+    """Row identifiers as int64 or strings, one per row, none missing.
+
+    Parameters
+    ----------
+    ids : array_like, shape (N,)
+        Integers (any integer type; floats holding whole numbers are accepted) or
+        strings (str, bytes as UTF-8).
+    N : int
+        Rows expected.
+    what : str
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+        int64, or numpy strings.
+
+    Raises
+    ------
+    InputError, InputTypeError
+        Wrong length or shape, a missing identifier, non-integral numbers, other types.
+    """
+    a = np.asarray(ids)
+    if a.ndim != 1 or a.shape[0] != N:
+        raise InputError(f"{what}: expected one identifier per row, shape ({N},); found "
+                         f"shape {a.shape}.")
+    if a.dtype.kind == "O":
+        bad = [i for i, v in enumerate(a[:N]) if not isinstance(v, (str, bytes))]
+        if bad:
+            raise InputTypeError(f"{what}: row {bad[0]} holds {a[bad[0]]!r}; expected every "
+                                 f"identifier to be an integer or every one a string.")
+        a = np.array([v.decode() if isinstance(v, bytes) else v for v in a], dtype=str)
+    if a.dtype.kind == "S":
+        a = np.char.decode(a, "utf-8")
+    if a.dtype.kind in "UT":
+        empty = np.flatnonzero(a == "")
+        if empty.size:
+            raise InputError(f"{what}: row {int(empty[0])} has an empty identifier; every "
+                             f"row needs one to be joined back.")
+        return a.astype(str)
+    if a.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))
+        if bad.size:
+            raise InputError(f"{what}: row {int(bad[0])} has identifier {a[bad[0]]!r}; "
+                             f"expected whole numbers (or strings), none missing.")
+        if np.abs(a).max(initial=0) >= 2.0**53:
+            raise InputError(f"{what}: identifiers stored as floats above 2**53 have lost "
+                             f"digits; read the column as integers.")
+        return a.astype(np.int64)
+    if a.dtype.kind in "iu":
+        if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
+            raise InputError(f"{what}: identifiers above 2**63 - 1 do not fit int64; pass "
+                             f"them as strings.")
+        return a.astype(np.int64)
+    raise InputTypeError(f"{what}: expected integers or strings; found dtype {a.dtype}.")
+
+
+def _id_array_dtype(ids: np.ndarray):
+    """The Zarr dtype of an identifier array: int64, or variable-length strings."""
+    return np.int64 if ids.dtype.kind in "iu" else str
+
+
 def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=None,
-                  order: str = "input", overwrite: bool = False) -> Catalog:
+                  order: str = "input", overwrite: bool = False, ids=None,
+                  id_name: str = "id") -> Catalog:
     """Write a catalog to a Zarr v3 store.
 
     Parameters
@@ -184,6 +279,11 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         keeps the original index in array ``row_index``.
     overwrite : bool
         Replace an existing store; otherwise an existing path is an error.
+    ids : array_like, shape (N,), optional
+        Row identifiers, integers or strings, kept with their rows in any order
+        and written first in every per-row output (:meth:`Catalog.row_keys`).
+    id_name : str
+        Name of the identifier column in those outputs.
 
     Returns
     -------
@@ -210,6 +310,11 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         raise InputError(f"columns: expected {D} names; found {len(columns)}.")
     if order not in ("input", "spatial"):
         raise InputError(f"order: expected 'input' or 'spatial'; found {order!r}.")
+    if ids is not None:
+        ids = check_ids(ids.compute() if isinstance(ids, da.Array) else ids, N)
+        if not (isinstance(id_name, str) and id_name and id_name not in columns):
+            raise InputError(f"id_name: expected a name for the identifier column that is "
+                             f"not a feature name ({columns}); found {id_name!r}.")
     rows = int(chunks) if chunks is not None else default_row_chunk(N, D, kind)
     if rows < 1:
         raise InputError(f"chunks: expected a positive number of rows; found {chunks}.")
@@ -231,6 +336,8 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         if cd is not None:
             cd = np.asarray(cd)[perm]
         row_index = perm.astype(np.int64)
+        if ids is not None:
+            ids = ids[perm]
     try:
         group = zarr.open_group(target, mode="w-" if not _is_url(path) or not overwrite else "w",
                                 zarr_format=3)
@@ -238,6 +345,8 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
                             "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
                             "columns": columns, "covar_kind": kind,
                             "order": order})
+        if ids is not None:
+            group.attrs["id_name"] = id_name
         arrays = [("data", xd)] + ([("covar", cd)] if cd is not None else [])
         targets = []
         for name, arr in arrays:
@@ -260,6 +369,12 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         if row_index is not None:
             group.create_array("row_index", data=row_index, chunks=(rows,),
                                attributes=_COMPLETE, config={"write_empty_chunks": True})
+        if ids is not None:
+            z = group.create_array("ids", shape=ids.shape, dtype=_id_array_dtype(ids),
+                                   chunks=(rows,), attributes=_COMPLETE,
+                                   config={"write_empty_chunks": True})
+            for start in range(0, N, rows):
+                z[start:start + rows] = ids[start:start + rows]
     except BaseException as e:
         if not _is_url(path):
             shutil.rmtree(target, ignore_errors=True)
@@ -363,7 +478,29 @@ def open_catalog(path) -> Catalog:
     row_index = None
     if "row_index" in names:
         row_index = _checked_dask(_open_array(group, path, "row_index"), path, "row_index")
-    return Catalog(data, covar, list(columns), path, row_index)
+    ids, id_name = None, None
+    if "ids" in names:
+        zi = _open_array(group, path, "ids")
+        if zi.shape != (N,):
+            raise CatalogError(f"catalog: {path}/ids has shape {zi.shape}; expected ({N},), "
+                               f"one identifier per row.")
+        if zi.dtype.kind not in "iuTUO":
+            raise CatalogError(f"catalog: {path}/ids has dtype {zi.dtype}; expected integers "
+                               f"or strings.")
+        id_name = attrs.get("id_name", "id")
+        if not (isinstance(id_name, str) and id_name):
+            raise CatalogError(f"catalog: {path} has id_name={id_name!r}; expected the "
+                               f"identifier column's name. The group attributes are "
+                               f"corrupted.")
+        ids = _checked_dask(zi, path, "ids")
+        if ids.dtype.kind in "TU":
+            # Python strings (object dtype): what pandas, pyarrow and numpy's str all take
+            ids = ids.map_blocks(_as_objects, dtype=object, meta=np.empty((0,), object))
+    return Catalog(data, covar, list(columns), path, row_index, ids, id_name)
+
+
+def _as_objects(block: np.ndarray) -> np.ndarray:
+    return block.astype(object)
 
 
 def _open_array(group, path: str, name: str):

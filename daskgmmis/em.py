@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import numpy as np
 
 from . import kernels
 from .background import Background
-from .catalog import as_dask_input
+from .catalog import Catalog, as_dask_input, open_catalog
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
                      InputTypeError, NumericalError)
 from .imputation import candidate_count, impute_block
@@ -514,6 +515,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
             and math.isfinite(oversampling)):
         raise InputError(f"oversampling: expected a finite number > 0; found {oversampling!r}.")
     K, D = gmm.K, gmm.D
+    if isinstance(data, (str, os.PathLike)):
+        data = open_catalog(data)
     x, noise, kind = as_dask_input(data, covar)
     if x.shape[1] != D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={D}; build the "
@@ -601,6 +604,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     if kind == "none":
         _warn_singular(theta, summary, frozen_idx["covar"])
     gmm.amp, gmm.mean, gmm.covar = theta.amp, theta.mean, theta.covar
+    if isinstance(data, Catalog):
+        gmm.columns = list(data.columns)       # the model's features carry their names
     if background is not None:
         background.amp = theta.bg_amp
     return FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,

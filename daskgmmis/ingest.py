@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from .catalog import (_COMPLETE, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
+from .catalog import (_COMPLETE, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog, check_ids,
                       default_row_chunk, install_store, open_catalog)
 from .errors import CatalogError, InputError, InputTypeError
+from .tables import table_format, write_row_arrays, write_table  # noqa: F401 (re-export)
 from .validation import check_data_block, check_noise_block
 
 __all__ = ["FORMATS", "TableSource", "open_table", "detect_format", "CatalogWriter",
@@ -134,18 +135,21 @@ class TableSource:
         raise InputError(f"{self.path}: no column named {name!r}; available columns: "
                          f"{', '.join(self.names[:30])}{' ...' if len(self.names) > 30 else ''}.")
 
-    def batches(self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS
-                ) -> Iterator[dict]:
-        """Yield ``{column: 1-D float ndarray}`` for consecutive batches of rows.
+    def batches(self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS,
+                raw: Sequence[str] = ()) -> Iterator[dict]:
+        """Yield ``{column: 1-D ndarray}`` for consecutive batches of rows.
 
         Parameters
         ----------
         columns : sequence of str
-            Names as in :attr:`names`.
+            Numeric columns (names as in :attr:`names`), read as numbers.
         batch_rows : int
             Rows per batch (a target for CSV, where batches follow byte blocks).
+        raw : sequence of str
+            Columns read as they are stored (identifiers: integers or strings;
+            CSV text stays text, so ``"007"`` keeps its zeros).
         """
-        return self._reader(list(columns), int(batch_rows))
+        return self._reader(list(columns), int(batch_rows), list(raw))
 
 
 def _numeric_1d(values, name: str, path: str) -> np.ndarray:
@@ -183,8 +187,8 @@ def _open_csv(path: str, engine: str | None) -> TableSource:
             raise InputError(f"{path}: empty file; expected a header line naming the columns.")
         names = [h.strip() for h in header]
 
-        def reader(columns, batch_rows):
-            return _csv_python_batches(path, names, columns, batch_rows, delimiter)
+        def reader(columns, batch_rows, raw):
+            return _csv_python_batches(path, names, columns, batch_rows, delimiter, raw)
     else:
         import pyarrow as pa
         import pyarrow.csv as pacsv
@@ -196,8 +200,8 @@ def _open_csv(path: str, engine: str | None) -> TableSource:
         except (pa.ArrowInvalid, OSError) as e:
             raise InputError(f"{path}: not a readable CSV file ({_first_line(e)}).") from None
 
-        def reader(columns, batch_rows):
-            return _csv_arrow_batches(path, columns, batch_rows, delimiter)
+        def reader(columns, batch_rows, raw):
+            return _csv_arrow_batches(path, columns, batch_rows, delimiter, raw)
     return TableSource(path, "csv", names, None, {}, reader)
 
 
@@ -213,21 +217,22 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _csv_arrow_batches(path, columns, batch_rows, delimiter):
+def _csv_arrow_batches(path, columns, batch_rows, delimiter, raw=()):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     # byte blocks of ~32 bytes a row: batches near batch_rows for typical tables
     block = int(min(max(batch_rows * 32, 1 << 20), 1 << 28))
-    convert = pacsv.ConvertOptions(include_columns=columns, null_values=list(_CSV_NULLS),
-                                   strings_can_be_null=True,
-                                   column_types={c: pa.float64() for c in columns})
+    read = list(dict.fromkeys(list(columns) + list(raw)))
+    types = {**{c: pa.float64() for c in columns}, **{c: pa.string() for c in raw}}
+    convert = pacsv.ConvertOptions(include_columns=read, null_values=list(_CSV_NULLS),
+                                   strings_can_be_null=True, column_types=types)
     try:
         with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
                             parse_options=pacsv.ParseOptions(delimiter=delimiter),
                             convert_options=convert) as r:
             for rb in r:
-                yield {c: rb.column(c).to_numpy(zero_copy_only=False) for c in columns}
+                yield {c: rb.column(c).to_numpy(zero_copy_only=False) for c in read}
     except pa.ArrowInvalid as e:
         raise InputError(f"{path}: {_first_line(e)}") from None
 
@@ -248,8 +253,17 @@ def _parse_floats(tokens: list, name: str, path: str, row0: int) -> np.ndarray:
     return out
 
 
-def _csv_python_batches(path, names, columns, batch_rows, delimiter):
+def _csv_python_batches(path, names, columns, batch_rows, delimiter, raw=()):
     index = [names.index(c) for c in columns]
+    raw_index = [names.index(c) for c in raw]
+
+    def parsed(buf, start):
+        out = {c: _parse_floats([r[j] for r in buf], c, path, start)
+               for c, j in zip(columns, index)}
+        out.update({c: np.array([r[j].strip() for r in buf], dtype=str)
+                    for c, j in zip(raw, raw_index)})
+        return out
+
     width = len(names)
     with _open_text(path) as f:
         rows = csv.reader(f, delimiter=delimiter)
@@ -263,13 +277,11 @@ def _csv_python_batches(path, names, columns, batch_rows, delimiter):
                                  f"names {width}.")
             buf.append(row)
             if len(buf) == batch_rows:
-                yield {c: _parse_floats([r[j] for r in buf], c, path, start)
-                       for c, j in zip(columns, index)}
+                yield parsed(buf, start)
                 start += len(buf)
                 buf = []
         if buf:
-            yield {c: _parse_floats([r[j] for r in buf], c, path, start)
-                   for c, j in zip(columns, index)}
+            yield parsed(buf, start)
 
 
 def _open_parquet(path: str) -> TableSource:
@@ -290,10 +302,13 @@ def _open_parquet(path: str) -> TableSource:
         except (NotImplementedError, TypeError):
             dtypes[f.name] = None
 
-    def reader(columns, batch_rows):
+    def reader(columns, batch_rows, raw):
+        read = list(dict.fromkeys(list(columns) + list(raw)))
         try:
-            for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            for rb in pf.iter_batches(batch_size=batch_rows, columns=read):
                 out = {}
+                for c in raw:
+                    out[c] = rb.column(c).to_numpy(zero_copy_only=False)
                 for c in columns:
                     col = rb.column(c)
                     if col.null_count and pa.types.is_integer(col.type):
@@ -341,12 +356,14 @@ def _open_fits(path: str, hdu) -> TableSource:
             except (TypeError, AttributeError):
                 dtypes[col.name] = None
 
-    def reader(columns, batch_rows):
+    def reader(columns, batch_rows, raw):
         with fits.open(path, memmap=True) as hl:
             data = hl[index].data
             for start in range(0, n, batch_rows):
                 rows = data[start:start + batch_rows]   # a view: only these rows are read
-                yield {c: _numeric_1d(rows.field(c), c, path) for c in columns}
+                out = {c: np.array(rows.field(c)) for c in raw}
+                out.update({c: _numeric_1d(rows.field(c), c, path) for c in columns})
+                yield out
 
     return TableSource(path, "fits", names, n, dtypes, reader)
 
@@ -374,11 +391,13 @@ def _open_npy(path: str) -> TableSource:
         def column(block, c):
             return block[:, names.index(c)]
 
-    def reader(columns, batch_rows):
+    def reader(columns, batch_rows, raw):
         a = np.load(path, mmap_mode="r", allow_pickle=False)
         for start in range(0, a.shape[0], batch_rows):
             block = np.asarray(a[start:start + batch_rows])
-            yield {c: _numeric_1d(column(block, c), c, path) for c in columns}
+            out = {c: np.asarray(column(block, c)) for c in raw}
+            out.update({c: _numeric_1d(column(block, c), c, path) for c in columns})
+            yield out
 
     return TableSource(path, "npy", names, int(arr.shape[0]), dtypes, reader)
 
@@ -524,6 +543,11 @@ class CatalogWriter:
         float32 or float64 for ``data`` (``covar`` is always float64).
     overwrite : bool
         Replace an existing store at :meth:`close`.
+    id_name : str, optional
+        Name of an identifier column carried with the rows (every :meth:`append`
+        then passes ``ids``).
+    id_dtype : {"int64", "str"}
+        Storage of the identifiers: integers, or variable-length strings.
 
     Examples
     --------
@@ -534,7 +558,8 @@ class CatalogWriter:
     """
 
     def __init__(self, path, columns: Sequence[str], covar_kind: str = "none", *,
-                 chunk_rows: int, dtype=np.float64, overwrite: bool = False):
+                 chunk_rows: int, dtype=np.float64, overwrite: bool = False,
+                 id_name: str | None = None, id_dtype: str = "int64"):
         self.path = os.fspath(path)
         self.columns = [str(c) for c in columns]
         self.D = len(self.columns)
@@ -552,11 +577,19 @@ class CatalogWriter:
             raise InputError(f"chunk_rows: expected a positive integer; found {chunk_rows!r}.")
         self.chunk_rows = int(chunk_rows)
         self.overwrite = bool(overwrite)
+        if id_name is not None and (not isinstance(id_name, str) or not id_name
+                                    or id_name in self.columns):
+            raise InputError(f"id_name: expected a name for the identifier column that is "
+                             f"not a feature name ({self.columns}); found {id_name!r}.")
+        if id_dtype not in ("int64", "str"):
+            raise InputError(f"id_dtype: expected 'int64' or 'str'; found {id_dtype!r}.")
+        self.id_name = id_name
         _check_target(self.path, self.overwrite)
         self.n_rows = 0                  # rows written or buffered
         self.catalog: Catalog | None = None
         self._buf_x: list = []
         self._buf_c: list = []
+        self._buf_i: list = []
         self._buffered = 0
         self._tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
         try:
@@ -565,6 +598,8 @@ class CatalogWriter:
                                 "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
                                 "columns": self.columns, "covar_kind": self.kind,
                                 "order": "input"})
+            if id_name is not None:
+                group.attrs["id_name"] = id_name
             D, rows = self.D, self.chunk_rows
             self._data = group.create_array("data", shape=(0, D), dtype=self.dtype,
                                             chunks=(rows, D), attributes=_COMPLETE,
@@ -576,6 +611,12 @@ class CatalogWriter:
                                                  dtype=np.float64, chunks=(rows,) + tail,
                                                  attributes=_COMPLETE,
                                                  config={"write_empty_chunks": True})
+            self._ids = None
+            if id_name is not None:
+                self._ids = group.create_array(
+                    "ids", shape=(0,), dtype=np.int64 if id_dtype == "int64" else str,
+                    chunks=(rows,), attributes=_COMPLETE,
+                    config={"write_empty_chunks": True})
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -591,7 +632,7 @@ class CatalogWriter:
         else:
             self.abort()
 
-    def append(self, x, covar=None) -> None:
+    def append(self, x, covar=None, ids=None) -> None:
         """Validate and append a batch of rows.
 
         Parameters
@@ -601,6 +642,8 @@ class CatalogWriter:
         covar : array_like, optional
             (n, D) diagonal variances or (n, D, D) covariances, as declared by
             ``covar_kind``.
+        ids : array_like, shape (n,), optional
+            The rows' identifiers; required with ``id_name``, refused without.
         """
         if not self._open:
             raise InputError("CatalogWriter: already closed.")
@@ -609,6 +652,17 @@ class CatalogWriter:
             raise InputError(f"x: expected shape (n, {self.D}); found {x.shape}.")
         x = x.astype(self.dtype, copy=False)
         check_data_block(x, self.n_rows)
+        if (ids is None) != (self._ids is None):
+            raise InputError(f"ids: {'expected' if ids is None else 'unexpected'} row "
+                             f"identifiers (id_name={self.id_name!r}).")
+        if ids is not None:
+            ids = check_ids(ids, x.shape[0], f"{self.id_name} (rows {self.n_rows}..)")
+            if (ids.dtype.kind == "i") != (self._ids.dtype == np.int64):
+                raise InputTypeError(f"{self.id_name}: rows {self.n_rows}.. hold "
+                                     f"{'integers' if ids.dtype.kind == 'i' else 'strings'}; "
+                                     f"this catalog stores "
+                                     f"{'integers' if self._ids.dtype == np.int64 else 'strings'}.")
+            self._buf_i.append(ids)
         if self.kind == "none":
             if covar is not None:
                 raise InputError("covar: this catalog stores no noise (covar_kind='none').")
@@ -634,6 +688,7 @@ class CatalogWriter:
             return
         x = np.concatenate(self._buf_x)
         c = np.concatenate(self._buf_c) if self._buf_c else None
+        i = np.concatenate(self._buf_i) if self._buf_i else None
         n = x.shape[0]
         # writing whole chunks only keeps every Zarr chunk written exactly once
         m = (n // self.chunk_rows) * self.chunk_rows if whole_chunks_only else n
@@ -641,8 +696,11 @@ class CatalogWriter:
             self._data.append(x[:m], axis=0)
             if c is not None:
                 self._covar.append(c[:m], axis=0)
+            if i is not None:
+                self._ids.append(i[:m], axis=0)
         self._buf_x = [x[m:]] if m < n else []
         self._buf_c = [c[m:]] if c is not None and m < n else []
+        self._buf_i = [i[m:]] if i is not None and m < n else []
         self._buffered = n - m
 
     def close(self) -> Catalog:
@@ -675,55 +733,6 @@ class CatalogWriter:
         """Delete the unfinished store."""
         self._open = False
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-
-def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False) -> None:
-    """Write row-aligned arrays (numpy or dask) to a new Zarr v3 group, atomically.
-
-    Used for per-row outputs (e.g. ``daskgmmis score``): each array is chunked
-    along rows like the first one's dask chunks and written lazily with
-    :func:`dask.array.store`; the group appears under ``path`` only once complete.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Local directory.
-    arrays : dict
-        Name -> array of shape (N, ...); all with the same N.
-    attrs : dict
-        Group attributes (plain JSON).
-    overwrite : bool
-        Replace an existing store.
-    """
-    import dask.array as da
-
-    path = os.fspath(path)
-    _check_target(path, overwrite)
-    arrays = {k: da.asarray(v) for k, v in arrays.items()}
-    if not arrays:
-        raise InputError("arrays: nothing to write.")
-    first = next(iter(arrays.values()))
-    N = first.shape[0]
-    if any(a.shape[0] != N for a in arrays.values()):
-        raise InputError(f"arrays: expected the same number of rows; found "
-                         f"{ {k: a.shape[0] for k, a in arrays.items()} }.")
-    rows = max(max(first.chunks[0], default=1), 1)
-    # regular chunks on both sides: no two tasks write into one Zarr chunk
-    arrays = {k: a.rechunk({0: rows}) for k, a in arrays.items()}
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        group = zarr.open_group(tmp, mode="w-", zarr_format=3)
-        group.attrs.update(attrs)
-        targets = [group.create_array(k, shape=a.shape, dtype=a.dtype,
-                                      chunks=(rows,) + tuple(a.shape[1:]),
-                                      attributes=_COMPLETE,
-                                      config={"write_empty_chunks": True})
-                   for k, a in arrays.items()]
-        da.store(list(arrays.values()), targets, lock=False)
-        install_store(tmp, path, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------------------ ingest
@@ -772,7 +781,8 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
            batch_rows: int = DEFAULT_BATCH_ROWS, chunks: int | None = None,
            dtype: str = "auto", drop_empty: bool = False, overwrite: bool = False,
            csv_engine: str | None = None,
-           progress: Callable[[int], None] | None = None) -> Catalog:
+           progress: Callable[[int], None] | None = None, id_column: str | None = None,
+           dropped_out=None) -> Catalog:
     """Read a table file in batches and write it as a Zarr catalog.
 
     Parameters
@@ -783,8 +793,9 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
         New catalog directory (refused if it exists unless ``overwrite``).
     columns : sequence of str or comma-separated str, optional
         Value columns, in the order of the catalog's features. Default: every
-        column of the source that is not named as an error or correlation
-        column. A plain 2-D ``.npy`` array has columns ``x0 .. x{D-1}``.
+        column of the source that is not named as an error, correlation or
+        identifier column (the choice is logged). A plain 2-D ``.npy`` array has
+        columns ``x0 .. x{D-1}``.
     errors : sequence of str or comma-separated str, optional
         One error column per value column: standard deviations, or variances
         with ``variances=True``. Without them the catalog has no noise.
@@ -809,13 +820,23 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
         stored as float64, exactly).
     drop_empty : bool
         Skip rows whose values are all missing (otherwise they are an error: a
-        fit cannot use them).
+        fit cannot use them). They are counted (logged) and can be listed with
+        ``dropped_out``.
     overwrite : bool
         Replace an existing catalog.
     csv_engine : {"pyarrow", "python"}, optional
         CSV reader; default pyarrow when installed.
     progress : callable, optional
         Called with the number of rows read so far after every batch.
+    id_column : str, optional
+        Identifier column (integers or strings, none missing) kept with its rows
+        in the catalog, under its own name, and written first in every per-row
+        output so that results join back to the source table. CSV identifiers
+        are kept as text.
+    dropped_out : str or os.PathLike, optional
+        With ``drop_empty``: a ``.csv``, ``.parquet`` or ``.zarr`` listing the rows
+        skipped (``source_row``, their position in the source, and the
+        identifier); written only when rows were skipped.
 
     Returns
     -------
@@ -843,10 +864,22 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
     error_names = _as_names(errors, "errors", unique=False)
     corr_items = [tuple(s.strip() for s in c.split(",")) if isinstance(c, str) else tuple(c)
                   for c in (correlations or ())]
+    id_col = None if id_column is None else src.resolve(str(id_column))
     if value_names is None:
-        taken = set(error_names or ()) | {c[2] for c in corr_items if len(c) == 3}
+        taken = ({src.resolve(c) for c in error_names or ()}
+                 | {src.resolve(c[2]) for c in corr_items if len(c) == 3} | {id_col})
         value_names = [n for n in src.names if n not in taken]
+        log.info("ingest: features %s (every column of %s not named by errors, correlations "
+                 "or id_column)", ", ".join(value_names), src.path)
     value_cols = [src.resolve(c) for c in value_names]
+    if id_col is not None and id_col in value_cols:
+        raise InputError(f"id_column: {id_col!r} is also named as a feature column; an "
+                         f"identifier is carried with the rows, not fitted.")
+    if dropped_out is not None:
+        if not drop_empty:
+            raise InputError("dropped_out: lists the rows that drop_empty skips; pass "
+                             "drop_empty=True (--drop-empty) too.")
+        table_format(dropped_out)
     D = len(value_cols)
     error_cols = None
     if error_names is not None:
@@ -874,10 +907,16 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
     else:
         chunk_rows = int(chunks)
 
+    id_dtype = "int64"
+    if id_col is not None:
+        known = src.dtypes.get(id_col)
+        # CSV identifiers stay text: "007" keeps its zeros
+        id_dtype = "int64" if known is not None and known.kind in "iu" else "str"
     n_read = n_dropped = 0
+    dropped_rows, dropped_ids = [], []
     with CatalogWriter(path, value_names, kind, chunk_rows=chunk_rows, dtype=np.dtype(dtype),
-                       overwrite=overwrite) as writer:
-        for batch in src.batches(read, batch_rows):
+                       overwrite=overwrite, id_name=id_col, id_dtype=id_dtype) as writer:
+        for batch in src.batches(read, batch_rows, raw=[id_col] if id_col else []):
             x = np.column_stack([batch[c] for c in value_cols]) if batch[read[0]].size \
                 else np.empty((0, D))
             n_batch = x.shape[0]
@@ -887,6 +926,9 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
                 rhos = [(j, k, batch[r]) for j, k, r in corr]
                 cov = errors_to_covar(err, variances=variances, correlations=rhos,
                                       values=x, row_offset=n_read)
+            ids = None
+            if id_col is not None:
+                ids = check_ids(batch[id_col], n_batch, f"{src.path}: id column {id_col!r}")
             empty = np.isnan(x).all(axis=1)
             if empty.any() and not drop_empty:
                 i = int(np.flatnonzero(empty)[0])
@@ -895,13 +937,26 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
                                  f"Pass drop_empty=True (--drop-empty) to skip them.")
             if empty.any():
                 n_dropped += int(empty.sum())
+                dropped_rows.append(n_read + np.flatnonzero(empty))
+                if ids is not None:
+                    dropped_ids.append(ids[empty])
+                    ids = ids[~empty]
                 x = x[~empty]
                 cov = None if cov is None else cov[~empty]
             if x.shape[0]:
-                writer.append(x, cov)
+                writer.append(x, cov, ids)
             n_read += n_batch
             if progress is not None:
                 progress(n_read)
     if n_dropped:
-        log.warning("ingest: dropped %d rows with every value missing", n_dropped)
+        listed = {"source_row": np.concatenate(dropped_rows)}
+        if dropped_ids:
+            listed[id_col] = np.concatenate(dropped_ids)
+        if dropped_out is not None:
+            write_table(dropped_out, listed, overwrite=overwrite,
+                        attrs={"source": os.path.abspath(src.path), "dropped": "every value "
+                               "missing"})
+        log.warning("ingest: dropped %d rows with every value missing%s", n_dropped,
+                    f" (listed in {os.fspath(dropped_out)})" if dropped_out is not None else
+                    " (list them with dropped_out / --dropped-out FILE)")
     return writer.catalog

@@ -46,6 +46,10 @@ class GMM:
         Component covariances, data units squared.
     background : Background or None
         Background saved with (and loaded from) a model file, if any.
+    columns : list of str or None
+        Feature names, D of them: set by :func:`daskgmmis.fit` from a catalog's
+        column names, saved with the model and used to label its outputs
+        (``sample``, ``posterior``, figures). None: unnamed (``x0 ..``).
     """
 
     def __init__(self, K: int = 1, D: int = 1):
@@ -58,6 +62,7 @@ class GMM:
         self.mean = np.zeros((K, D))
         self.covar = np.broadcast_to(np.eye(D), (K, D, D)).copy()
         self.background: Background | None = None
+        self.columns: list | None = None
 
     @property
     def K(self) -> int:
@@ -77,6 +82,7 @@ class GMM:
                                   (self.amp, self.mean, self.covar))
         if self.background is not None:
             g.background = Background.from_dict(self.background.to_dict())
+        g.columns = None if self.columns is None else list(self.columns)
         return g
 
     def _params(self):
@@ -331,9 +337,12 @@ class GMM:
             raise OutputError(f"path: directory {directory} does not exist; create it first "
                               f"or save elsewhere.")
         bg_dict = None if bg is None else bg.to_dict()
+        columns = check_columns(self.columns, self.D, "gmm.columns")
         meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION,
                 "K": self.K, "D": self.D, "background": bg_dict,
                 "sha256": _content_hash(amp, mean, cov, bg_dict)}
+        if columns is not None:
+            meta["columns"] = columns
         buf = io.BytesIO()
         np.savez(buf, amp=amp, mean=mean, covar=cov,
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
@@ -413,6 +422,10 @@ class GMM:
                                  f"but mean has shape {arrays['mean'].shape}.")
         g = cls(*arrays["mean"].shape)
         g.amp, g.mean, g.covar = arrays["amp"], arrays["mean"], arrays["covar"]
+        try:
+            g.columns = check_columns(meta.get("columns"), g.D, "columns")
+        except (InputError, InputTypeError) as e:
+            raise ModelFileError(f"{path}: invalid feature names in the header ({e}).") from None
         if meta.get("background") is not None:
             try:
                 g.background = Background.from_dict(meta["background"])
@@ -430,6 +443,25 @@ class GMM:
                                  f"with them (sha256); the file was modified after it was "
                                  f"saved. Use the original file or fit the model again.")
         return g
+
+
+def check_columns(columns, D: int, what: str = "columns") -> list | None:
+    """Feature names: None, or D distinct non-empty strings.
+
+    Returns
+    -------
+    list of str or None
+    """
+    if columns is None:
+        return None
+    if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+        raise InputTypeError(f"{what}: expected a list of {D} feature names (str); found "
+                             f"{columns!r}.")
+    columns = list(columns)
+    if len(columns) != D or any(not c for c in columns) or len(set(columns)) != D:
+        raise InputError(f"{what}: expected {D} distinct, non-empty feature names; found "
+                         f"{columns!r}.")
+    return columns
 
 
 def _as_path(path) -> str:

@@ -225,7 +225,8 @@ def corner(gmm: GMM, data=None, *, columns: Sequence[str] | None = None,
     data : array_like (N, D), dask array, Catalog, or catalog path, optional
         Rows to histogram: every row, counted on the workers.
     columns : sequence of str, optional
-        Axis labels (default: the catalog's column names, else ``x0 ..``).
+        Axis labels (default: the catalog's column names, else the model's, else
+        ``x0 ..``).
     sample_size : int
         Rows sampled from ``data`` to choose the axis ranges (0.5-99.5 %).
     bins : int
@@ -252,7 +253,8 @@ def corner(gmm: GMM, data=None, *, columns: Sequence[str] | None = None,
             raise InputError(f"data: has D={x.shape[1]} features; the model has D={D}.")
         columns = names if columns is None else columns
         sample = sample_rows(x, sample_size, rng)
-    columns = list(columns) if columns is not None else [f"x{j}" for j in range(D)]
+    columns = (list(columns) if columns is not None else
+               gmm.columns or [f"x{j}" for j in range(D)])
     if len(columns) != D:
         raise InputError(f"columns: expected {D} names; found {len(columns)}.")
     if fig is None:
@@ -435,7 +437,8 @@ def density(gmm: GMM, *, ax=None, dims: Sequence[int] = (0, 1), extent=None,
         Density scale of the arcsinh stretch, in data units^-2.
     title : str, optional
     columns : sequence of str, optional
-        Feature names for the axis labels (default: the catalog's, else ``x0 ..``).
+        Feature names for the axis labels (default: the catalog's, else the model's,
+        else ``x0 ..``).
     bins : int
         Histogram bins per axis.
     max_points : int
@@ -464,7 +467,7 @@ def density(gmm: GMM, *, ax=None, dims: Sequence[int] = (0, 1), extent=None,
         x, names = _as_rows(data)
         if x.shape[1] != gmm.D:
             raise InputError(f"data: has D={x.shape[1]} features; the model has D={gmm.D}.")
-    columns = list(columns) if columns is not None else names
+    columns = list(columns) if columns is not None else names or gmm.columns
     small = x is not None and x.shape[0] <= max_points
     observed = None if x is None else sample_rows(x, max_points, 0)[:, dims]
     if extent is None:

@@ -236,7 +236,8 @@ def test_write_posterior_roundtrip_and_overwrite(tmp_path):
     grp = zarr.open_group(str(path), mode="r")
     assert grp.attrs["daskgmmis_format"] == "daskgmmis-posterior"
     assert (grp.attrs["K"], grp.attrs["D"]) == (3, 3)
-    assert set(grp.array_keys()) == {"mean", "covar", "resp", "logL", "resp_bg"}
+    assert set(grp.array_keys()) == {"row", "mean", "covar", "resp", "logL", "resp_bg"}
+    np.testing.assert_array_equal(grp["row"][:], np.arange(len(x)))   # the join key
     for name in ("mean", "covar", "resp", "logL", "resp_bg"):
         np.testing.assert_array_equal(grp[name][:], getattr(ref, name))
     with pytest.raises(FileExistsError, match="overwrite=True"):
