@@ -397,6 +397,18 @@ def _load_model(path):
     return GMM.load(path)
 
 
+def _model_and_catalog(model: str, catalog: str):
+    """(GMM, Catalog) of a per-row command, refusing a catalog of another dimension."""
+    from .catalog import open_catalog
+
+    gmm = _load_model(model)
+    cat = open_catalog(catalog)
+    if cat.shape[1] != gmm.D:
+        raise click.BadParameter(f"{catalog} has D={cat.shape[1]}; the model has D={gmm.D}.",
+                                 param_hint="CATALOG")
+    return gmm, cat
+
+
 def _table_arg(out: str) -> str:
     """The format of a per-row output from its suffix, as a usage error if unknown."""
     from .tables import TABLE_FORMATS, table_format
@@ -718,17 +730,13 @@ def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_fi
     """
     import dask
 
-    from .catalog import CATALOG_FORMAT_VERSION, open_catalog
+    from .catalog import CATALOG_FORMAT_VERSION
     from .tables import read_column, write_table
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite)
     _table_arg(out)
-    gmm = _load_model(model)
-    cat = open_catalog(catalog)
-    if cat.shape[1] != gmm.D:
-        raise click.BadParameter(f"{catalog} has D={cat.shape[1]}; the model has D={gmm.D}.",
-                                 param_hint="CATALOG")
+    gmm, cat = _model_and_catalog(model, catalog)
     bg = None if no_background else gmm.background
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         logl = gmm.logL(cat.data, cat.covar, background=bg)
@@ -1105,7 +1113,6 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
     """
     import dask
 
-    from .catalog import open_catalog
     from .posterior import posterior as compute_posterior
     from .posterior import write_posterior
 
@@ -1114,11 +1121,7 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
     if _table_arg(out) != "zarr" and components:
         raise click.BadParameter("--components writes (N, K, D, D) arrays: use a .zarr "
                                  "output.", param_hint="--components")
-    gmm = _load_model(model)
-    cat = open_catalog(catalog)
-    if cat.shape[1] != gmm.D:
-        raise click.BadParameter(f"{catalog} has D={cat.shape[1]}; the model has D={gmm.D}.",
-                                 param_hint="CATALOG")
+    gmm, cat = _model_and_catalog(model, catalog)
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         post = compute_posterior(gmm, cat, background=None if no_background else gmm.background)
         with dask.config.set(scheduler=client if client is not None else "threads"):
@@ -1152,18 +1155,13 @@ def predict(model, catalog, out, overwrite, scheduler, scheduler_file, workers, 
     """
     import dask
 
-    from .catalog import open_catalog
     from .posterior import predict_missing
     from .tables import write_table
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite)
     _table_arg(out)
-    gmm = _load_model(model)
-    cat = open_catalog(catalog)
-    if cat.shape[1] != gmm.D:
-        raise click.BadParameter(f"{catalog} has D={cat.shape[1]}; the model has D={gmm.D}.",
-                                 param_hint="CATALOG")
+    gmm, cat = _model_and_catalog(model, catalog)
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         filled = predict_missing(gmm, cat)
         arrays = {**cat.row_keys(), **{c: filled[:, j] for j, c in enumerate(cat.columns)}}
