@@ -103,3 +103,74 @@ def test_claimed_shape_is_bounded_by_the_store(tmp_path):
     for (_, _, words), out, path in zip(SHAPES + [SHAPES[2]], outs, paths + [paths[2]]):
         refused(out, dg.CatalogError, f"{os.path.basename(path)}/data", *words)
         assert out["seconds"] < 5
+
+
+# ------------------------------------------------------- 2. model member sizes
+
+def _npy(shape, body=None, descr="<f8"):
+    """A .npy member whose header claims ``shape``; it holds ``body`` (default: the
+    claimed bytes when they are few, 64 bytes otherwise)."""
+    if body is None:
+        n = 8 * int(np.prod(shape))
+        body = b"\0" * (n if n < 2**20 else 64)
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
+                                               "shape": tuple(shape)})
+    return buf.getvalue() + body
+
+
+def _forged_model(path, K, D, shapes, compress=False, bodies={}):
+    """A model file whose header says K, D and whose members claim ``shapes``."""
+    import zipfile
+
+    meta = json.dumps({"format": "daskgmmis-model", "version": 1, "K": K, "D": D,
+                       "background": None}).encode()
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", mode) as z:
+        for name in ("amp", "mean", "covar"):
+            z.writestr(f"{name}.npy", _npy(shapes[name], bodies.get(name)))
+        z.writestr("meta.npy", _npy((len(meta),), meta, "|u1"))
+    return str(path)
+
+
+def test_model_member_sizes_are_read_before_the_contents(tmp_path):
+    """The issue's file: amp.npy claims 5e8 zeros (4 GB) in a small file."""
+    big = (500_000_000,)
+    files = [
+        # K, D say 2 x 2; a member claims 5e8 values
+        (_forged_model(tmp_path / "a.npz", 2, 2, {"amp": big, "mean": (2, 2),
+                                                 "covar": (2, 2, 2)}),
+         ["header says K=2", "amp has shape (500000000,)"]),
+        # K itself claims 5e8: refused before any member is read
+        (_forged_model(tmp_path / "b.npz", 500_000_000, 1, {"amp": big, "mean": big + (1,),
+                                                           "covar": big + (1, 1)}),
+         ["header says K=500000000, D=1", "more than the file can hold"]),
+        # compressed members may expand, but not beyond memory
+        (_forged_model(tmp_path / "c.npz", 500_000_000, 1, {"amp": big, "mean": big + (1,),
+                                                           "covar": big + (1, 1)},
+                       compress=True),
+         ["header says K=500000000", "more than the file can hold", "memory"]),
+        # consistent header and member headers, but the member holds 64 bytes
+        (_forged_model(tmp_path / "d.npz", 2, 2, {"amp": (2,), "mean": (2, 2),
+                                                 "covar": (2, 2, 2)}, bodies={"covar": b""}),
+         ["covar claims shape (2, 2, 2)", "member holds 0 bytes"]),
+    ]
+    outs = capped(f"""
+        from daskgmmis.cli import main
+        for p in {[f for f, _ in files]!r}:
+            report(lambda: dg.GMM.load(p))
+        from click.testing import CliRunner
+        def info():
+            r = CliRunner().invoke(main, ["info", {files[0][0]!r}])
+            return r.exit_code, r.stderr.strip().splitlines()[-1]
+        report(info)
+        """)
+    assert len(outs) == len(files) + 1
+    for (path, words), out in zip(files, outs):
+        refused(out, dg.ModelFileError, path, *words)
+        assert out["seconds"] < 5
+    # the CLI: exit 1, one error line, within the cap
+    code, line = eval(outs[-1]["result"])
+    assert code == 1 and "error:" in line and "amp has shape (500000000,)" in line, line
