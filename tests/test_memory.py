@@ -174,3 +174,76 @@ def test_model_member_sizes_are_read_before_the_contents(tmp_path):
     # the CLI: exit 1, one error line, within the cap
     code, line = eval(outs[-1]["result"])
     assert code == 1 and "error:" in line and "amp has shape (500000000,)" in line, line
+
+
+# ------------------------------------------------------------- 4. memory plan
+
+def test_plan_estimates_follow_the_options():
+    """Task memory grows with K D^2 (moments) and rows x noise; candidates with
+    oversampling; the driver with K D^2 (and n_init)."""
+    assert memory.task_bytes(0, 100_000, 50, "none") > 20 * 2**30      # the issue's fit
+    assert memory.task_bytes(1000, 2, 2, "full") > memory.task_bytes(1000, 2, 2, "none")
+    assert (memory.task_bytes(2000, 2, 2, "diag") - memory.task_bytes(1000, 2, 2, "diag")
+            == 1000 * memory.row_bytes(2, "diag"))
+    assert memory.candidate_bytes(10**9 * 16384, 2, False) > 2**40    # oversampling=1e9
+    assert memory.driver_bytes(100_000, 50) > 10 * 2**30
+
+
+def test_plan_shrinks_the_chunks_when_that_is_enough():
+    import dask.array as da
+
+    x = da.zeros((100_000, 4), chunks=(50_000, 4))
+    noise = da.ones((100_000, 4, 4), chunks=(50_000, 4, 4))
+    fixed = memory.task_bytes(0, 3, 4, "full")
+    limit = fixed + 10_000 * memory.row_bytes(4, "full")
+    x2, n2 = memory.plan_fit(x, noise, "full", 3, 4, limit=(limit, "a test limit"))
+    assert max(x2.chunks[0]) == 10_000 and n2.chunks[0] == x2.chunks[0]
+    # enough memory: unchanged
+    x3, n3 = memory.plan_fit(x, noise, "full", 3, 4, limit=(2**40, "plenty"))
+    assert x3 is x and n3 is noise
+
+
+@pytest.mark.parametrize("K, D, rows, oversampling, limit, words", [
+    # the moments of K components alone exceed a task's memory
+    (20_000, 50, 1000, None, int(4.5 * 2**30), ["gmm", "one block task", "K=20000",
+                                                "use fewer components (K)",
+                                                "workers with more memory"]),
+    # the driver's copies of the parameters exceed the machine
+    (100_000, 50, 1000, None, 2**30, ["gmm", "the driver needs", "K=100000",
+                                      "use fewer components (K)"]),
+    # not even a few hundred rows fit
+    (2, 2, 50_000, None, memory.task_bytes(100, 2, 2, "none"),
+     ["memory", "block task of 50000 rows", "chunk size"]),
+    # oversampling=1e9: 1e9 candidates per row
+    (2, 2, 1000, 1e9, 2**30, ["oversampling=1e+09", "lower oversampling"]),
+])
+def test_plan_refuses_naming_the_knob(K, D, rows, oversampling, limit, words):
+    import dask.array as da
+
+    x = da.zeros((rows, D), chunks=(rows, D))
+    with pytest.raises(dg.InputError) as info:
+        memory.plan_fit(x, None, "none", K, D, oversampling=oversampling,
+                        limit=(limit, "a test limit"))
+    missing = [w for w in words if w not in str(info.value)]
+    assert not missing, f"{info.value} lacks {missing}"
+
+
+def test_fit_refuses_what_cannot_fit_within_the_cap():
+    """The issue's fits, under a 4 GiB address space: a clean InputError each,
+    in seconds (before: 24 GB and killed; a bare MemoryError of 27.1 TiB; a
+    list of 10**9 seeds)."""
+    outs = capped("""
+        from daskgmmis.selection import Box
+        X = np.random.default_rng(0).normal(size=(200000, 50))
+        report(lambda: dg.fit(dg.GMM(100000, 50), X, maxiter=1))
+        x = X[:2000, :2]
+        inside = x[Box([-1, -1], [1, 1])(x) > 0]
+        report(lambda: dg.fit(dg.GMM(2, 2), inside, sel_callback=Box([-1, -1], [1, 1]),
+                              oversampling=1e9, maxiter=1))
+        report(lambda: dg.fit(dg.GMM(2, 2), x, n_init=10**9, maxiter=1))
+        """, cap=4 * 2**30)
+    assert len(outs) == 3
+    refused(outs[0], dg.InputError, "K=100000", "D=50", "GiB", "use fewer components (K)")
+    refused(outs[1], dg.InputError, "oversampling=1e+09", "lower oversampling")
+    refused(outs[2], dg.InputError, "n_init", "1000000000 starts", "at most 10000")
+    assert all(o["seconds"] < 20 for o in outs)
