@@ -32,7 +32,7 @@ from .kernels import noise_kind_of
 from .validation import check_shared_noise
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk", "as_dask_input",
-           "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
+           "check_not_input", "stores_read_by", "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
 CATALOG_FORMAT_VERSION = 1
@@ -130,6 +130,80 @@ def _as_source(arr, dtype, chunks):
     return np.asarray(arr, dtype=dtype)
 
 
+def _resolved(path) -> str:
+    """``path`` with symlinks, ``..`` and relative parts resolved (URLs: as written,
+    without a trailing slash)."""
+    path = os.fspath(path)
+    if _is_url(path):
+        return path.rstrip("/")
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _within(inner: str, outer: str) -> bool:
+    sep = "/" if _is_url(outer) else os.sep
+    return inner == outer or inner.startswith(outer.rstrip(sep) + sep)
+
+
+def check_not_input(out, inputs, what: str = "path") -> None:
+    """Refuse an output that is, is inside, or contains one of the inputs.
+
+    Paths are compared resolved (symlinks, ``..``, relative paths), and an
+    existing output that is the same file as an input (a hard link) is refused
+    too. ``overwrite`` does not change this: a command never writes into, over
+    or inside the catalog or model it reads.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The output about to be written.
+    inputs : iterable of str, os.PathLike or None
+        What the command reads (catalog stores, model files); None is skipped.
+    what : str
+        The output's argument name (``"path"``, ``"--out"``...).
+
+    Raises
+    ------
+    InputError
+        ``out`` would overwrite, write inside or replace a parent of an input.
+    """
+    o = _resolved(out)
+    for inp in inputs:
+        if inp is None:
+            continue
+        i = _resolved(inp)
+        same = o == i
+        if not same and not _is_url(o) and os.path.exists(o) and os.path.exists(i):
+            try:
+                same = os.path.samefile(o, i)
+            except OSError:
+                pass
+        if same or _within(o, i) or _within(i, o):
+            where = ("is" if same else "is inside" if _within(o, i) else "contains")
+            raise InputError(
+                f"{what}: {os.fspath(out)} {where} {os.fspath(inp)}, which this command "
+                f"reads{f' (resolved: {i})' if i != os.fspath(inp) else ''}; an input is never "
+                f"written into, over or inside, even with overwrite. Write the output "
+                f"elsewhere.")
+
+
+def stores_read_by(*objs) -> set:
+    """Catalog stores that dask collections ``objs`` read (via :func:`open_catalog`).
+
+    Lets a write function refuse to write over the store its lazy input comes
+    from; non-dask arguments are ignored.
+    """
+    stores = set()
+    for obj in objs:
+        graph = getattr(obj, "__dask_graph__", None)
+        if graph is None:
+            continue
+        for v in dict(graph()).values():
+            v = getattr(v, "value", v)       # dask's DataNode wraps literal values
+            if isinstance(v, _CheckedZarr):
+                stores.add(v.store)
+    return stores
+
+
 def install_store(tmp: str, path: str, overwrite: bool) -> None:
     """Move a completed local store from its temporary name to ``path``.
 
@@ -214,6 +288,7 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
     if rows < 1:
         raise InputError(f"chunks: expected a positive number of rows; found {chunks}.")
 
+    check_not_input(path, stores_read_by(x, covar), "path")
     exists = os.path.exists(path) if not _is_url(path) else False
     if exists and not overwrite:
         raise CatalogError(f"path: {path} exists; pass overwrite=True to replace it "
@@ -399,8 +474,8 @@ class _CheckedZarr:
     chunk, in the task) and raises a CatalogError naming the rows otherwise.
     """
 
-    def __init__(self, array, where: str):
-        self.array, self.where = array, where
+    def __init__(self, array, where: str, store: str | None = None):
+        self.array, self.where, self.store = array, where, store
         self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
 
     def _check_chunks_exist(self, rows: slice) -> None:
@@ -526,7 +601,7 @@ def _checked_dask(z, path: str, name: str) -> da.Array:
     from dask.base import tokenize
 
     _check_grid(z, path, name)
-    view = _CheckedZarr(z, f"{path}/{name}")
+    view = _CheckedZarr(z, f"{path}/{name}", path)
     return da.from_array(view, chunks=z.chunks, name="from-zarr-" + tokenize(z, z.chunks),
                          meta=np.empty((0,) * z.ndim, dtype=z.dtype), asarray=True,
                          fancy=False)

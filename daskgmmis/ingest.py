@@ -38,7 +38,8 @@ import numpy as np
 import zarr
 
 from .catalog import (_COMPLETE, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
-                      default_row_chunk, install_store, open_catalog)
+                      check_not_input, default_row_chunk, install_store, open_catalog,
+                      stores_read_by)
 from .errors import CatalogError, InputError, InputTypeError
 from .validation import check_data_block, check_noise_block
 
@@ -698,6 +699,7 @@ def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False
     import dask.array as da
 
     path = os.fspath(path)
+    check_not_input(path, stores_read_by(*arrays.values()), "path")
     _check_target(path, overwrite)
     arrays = {k: da.asarray(v) for k, v in arrays.items()}
     if not arrays:
@@ -831,6 +833,7 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
         ``path`` exists and ``overwrite`` is False.
     """
     path = os.fspath(path)
+    check_not_input(path, [source] if isinstance(source, (str, os.PathLike)) else [], "path")
     _check_target(path, overwrite)
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) \
             or batch_rows < 1:

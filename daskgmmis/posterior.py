@@ -571,12 +571,14 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
     import dask.array as da
     import zarr
 
-    from .catalog import _is_url, default_row_chunk, install_store
+    from .catalog import (_is_url, check_not_input, default_row_chunk, install_store,
+                          stores_read_by)
 
     if not isinstance(post, Posterior):
         raise InputTypeError(f"post: expected a daskgmmis Posterior; found "
                              f"{type(post).__name__}.")
     path = os.fspath(path)
+    check_not_input(path, stores_read_by(*vars(post).values()), "path")
     url = _is_url(path)
     exists = not url and os.path.exists(path)
     if exists and not overwrite:
