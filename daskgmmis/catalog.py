@@ -37,7 +37,7 @@ from .kernels import noise_kind_of
 from .validation import check_shared_noise
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk",
-           "as_dask_input", "check_ids",
+           "as_dask_input", "check_ids", "check_not_input", "stores_read_by",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
@@ -159,6 +159,80 @@ def _as_source(arr, dtype, chunks):
     if isinstance(arr, da.Array):
         return arr.astype(dtype).rechunk(chunks)
     return np.asarray(arr, dtype=dtype)
+
+
+def _resolved(path) -> str:
+    """``path`` with symlinks, ``..`` and relative parts resolved (URLs: as written,
+    without a trailing slash)."""
+    path = os.fspath(path)
+    if _is_url(path):
+        return path.rstrip("/")
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _within(inner: str, outer: str) -> bool:
+    sep = "/" if _is_url(outer) else os.sep
+    return inner == outer or inner.startswith(outer.rstrip(sep) + sep)
+
+
+def check_not_input(out, inputs, what: str = "path") -> None:
+    """Refuse an output that is, is inside, or contains one of the inputs.
+
+    Paths are compared resolved (symlinks, ``..``, relative paths), and an
+    existing output that is the same file as an input (a hard link) is refused
+    too. ``overwrite`` does not change this: a command never writes into, over
+    or inside the catalog or model it reads.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The output about to be written.
+    inputs : iterable of str, os.PathLike or None
+        What the command reads (catalog stores, model files); None is skipped.
+    what : str
+        The output's argument name (``"path"``, ``"--out"``...).
+
+    Raises
+    ------
+    InputError
+        ``out`` would overwrite, write inside or replace a parent of an input.
+    """
+    o = _resolved(out)
+    for inp in inputs:
+        if inp is None:
+            continue
+        i = _resolved(inp)
+        same = o == i
+        if not same and not _is_url(o) and os.path.exists(o) and os.path.exists(i):
+            try:
+                same = os.path.samefile(o, i)
+            except OSError:
+                pass
+        if same or _within(o, i) or _within(i, o):
+            where = ("is" if same else "is inside" if _within(o, i) else "contains")
+            raise InputError(
+                f"{what}: {os.fspath(out)} {where} {os.fspath(inp)}, which this command "
+                f"reads{f' (resolved: {i})' if i != os.fspath(inp) else ''}; an input is never "
+                f"written into, over or inside, even with overwrite. Write the output "
+                f"elsewhere.")
+
+
+def stores_read_by(*objs) -> set:
+    """Catalog stores that dask collections ``objs`` read (via :func:`open_catalog`).
+
+    Lets a write function refuse to write over the store its lazy input comes
+    from; non-dask arguments are ignored.
+    """
+    stores = set()
+    for obj in objs:
+        graph = getattr(obj, "__dask_graph__", None)
+        if graph is None:
+            continue
+        for v in dict(graph()).values():
+            v = getattr(v, "value", v)       # dask's DataNode wraps literal values
+            if isinstance(v, _CheckedZarr):
+                stores.add(v.store)
+    return stores
 
 
 def install_store(tmp: str, path: str, overwrite: bool) -> None:
@@ -319,6 +393,7 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
     if rows < 1:
         raise InputError(f"chunks: expected a positive number of rows; found {chunks}.")
 
+    check_not_input(path, stores_read_by(x, covar), "path")
     exists = os.path.exists(path) if not _is_url(path) else False
     if exists and not overwrite:
         raise CatalogError(f"path: {path} exists; pass overwrite=True to replace it "
@@ -431,7 +506,9 @@ def open_catalog(path) -> Catalog:
     if attrs.get("daskgmmis_format") != CATALOG_FORMAT:
         raise CatalogError(f"catalog: {path} is a Zarr group but not a daskgmmis catalog "
                            f"(attribute daskgmmis_format is {attrs.get('daskgmmis_format')!r}).")
-    if attrs.get("daskgmmis_format_version") != CATALOG_FORMAT_VERSION:
+    version = attrs.get("daskgmmis_format_version")
+    # JSON true and 1.0 compare equal to 1 in Python; a version is an integer
+    if type(version) is not int or version != CATALOG_FORMAT_VERSION:
         raise CatalogError(f"catalog: {path} has format version "
                            f"{attrs.get('daskgmmis_format_version')!r}; this daskgmmis reads "
                            f"version {CATALOG_FORMAT_VERSION}.")
@@ -446,6 +523,11 @@ def open_catalog(path) -> Catalog:
     if kind not in ("none", "diag", "full"):
         raise CatalogError(f"catalog: {path} has covar_kind={kind!r}; expected 'none', 'diag' "
                            f"or 'full'. The group attributes are corrupted.")
+    if kind == "none" and "covar" in names:
+        raise CatalogError(f"catalog: {path} declares covar_kind='none' but has a 'covar' "
+                           f"array; reading it as noise-free would silently drop the noise. "
+                           f"Set covar_kind to 'diag' or 'full' (as the array's shape says) "
+                           f"or write the catalog again.")
     zdata = _open_array(group, path, "data")
     if zdata.ndim != 2:
         raise CatalogError(f"catalog: {path}/data has shape {zdata.shape}; expected (N, D).")
@@ -464,9 +546,9 @@ def open_catalog(path) -> Catalog:
         if zc.shape != expected:
             raise CatalogError(f"catalog: {path}/covar has shape {zc.shape}; expected "
                                f"{expected} for covar_kind={kind!r}.")
-        if zc.dtype.kind != "f":
-            raise CatalogError(f"catalog: {path}/covar has dtype {zc.dtype}; expected a "
-                               f"floating-point type. Re-ingest the source with daskgmmis.")
+        if zc.dtype not in (np.float32, np.float64):
+            raise CatalogError(f"catalog: {path}/covar has dtype {zc.dtype}; expected float32 "
+                               f"or float64. Re-ingest the source with daskgmmis.")
         covar = _checked_dask(zc, path, "covar").rechunk(
             (data.chunks[0],) + tuple((s,) for s in expected[1:]))
     columns = attrs.get("columns", [f"x{j}" for j in range(D)])
@@ -477,7 +559,12 @@ def open_catalog(path) -> Catalog:
         raise CatalogError(f"catalog: {path} names {len(columns)} columns for D={D}.")
     row_index = None
     if "row_index" in names:
-        row_index = _checked_dask(_open_array(group, path, "row_index"), path, "row_index")
+        zi = _open_array(group, path, "row_index")
+        if zi.shape != (N,) or zi.dtype.kind not in "iu":
+            raise CatalogError(f"catalog: {path}/row_index has shape {zi.shape} and dtype "
+                               f"{zi.dtype}; expected ({N},) integers, one original index per "
+                               f"row of data. Write the catalog again.")
+        row_index = _checked_dask(zi, path, "row_index")
     ids, id_name = None, None
     if "ids" in names:
         zi = _open_array(group, path, "ids")
@@ -514,22 +601,48 @@ def _open_array(group, path: str, name: str):
 
 
 class _CheckedZarr:
-    """Read-only view of a Zarr array whose read failures name the store.
+    """Read-only view of a Zarr array whose reads name the store and never invent rows.
 
     Reads happen inside dask tasks (a fit's E-step, a posterior, a score); a
     truncated or garbled chunk file would otherwise surface as a bare codec
-    error (``RuntimeError: Zstd decompression error``) that names no file.
+    error (``RuntimeError: Zstd decompression error``) that names no file, and a
+    missing chunk file would read back as the fill value (zeros). Each read
+    first checks that the chunk files of its rows exist (one ``exists`` per
+    chunk, in the task) and raises a CatalogError naming the rows otherwise.
     """
 
-    def __init__(self, array, where: str):
-        self.array, self.where = array, where
+    def __init__(self, array, where: str, store: str | None = None):
+        self.array, self.where, self.store = array, where, store
         self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
 
+    def _check_chunks_exist(self, rows: slice) -> None:
+        from zarr.core.sync import sync
+
+        z = self.array
+        step = _stored_chunks(z)[0]
+        start = rows.start or 0
+        stop = self.shape[0] if rows.stop is None else min(rows.stop, self.shape[0])
+        if stop <= start:
+            return
+        store, prefix = z.store_path.store, z.store_path.path
+        zeros = (0,) * (z.ndim - 1)
+        for i in range(start // step, (stop - 1) // step + 1):
+            key = z.metadata.encode_chunk_key((i,) + zeros)
+            if not sync(store.exists(f"{prefix}/{key}" if prefix else key)):
+                lo, hi = i * step, min((i + 1) * step, self.shape[0]) - 1
+                raise CatalogError(
+                    f"catalog: {self.where} has no chunk file {key} (rows {lo}..{hi}); the "
+                    f"rows would read as the fill value, not as data. A chunk file was "
+                    f"deleted or never written: restore the store from a copy or write it "
+                    f"again.")
+
     def __getitem__(self, key):
+        rows = key[0] if isinstance(key, tuple) and key else key
+        if isinstance(rows, slice) and rows.step in (None, 1):
+            self._check_chunks_exist(rows)
         try:
             return self.array[key]
         except Exception as e:
-            rows = key[0] if isinstance(key, tuple) and key else key
             span = (f"rows {rows.start}..{rows.stop - 1}" if isinstance(rows, slice)
                     and rows.start is not None and rows.stop is not None else f"{key!r}")
             raise CatalogError(
@@ -538,29 +651,94 @@ class _CheckedZarr:
                 f"or could not be reached. Restore it from a copy or write it again.") from e
 
 
+def _stored_chunks(z) -> tuple:
+    """Shape of the objects stored per key (shards when the array is sharded)."""
+    return tuple(getattr(z, "shards", None) or z.chunks)
+
+
+def _stored_chunk_keys(z) -> set:
+    """Keys (relative to the array) of the chunk objects that exist in the store.
+
+    Lists the store: time and memory proportional to what exists, never to the
+    grid the metadata claims.
+    """
+    from zarr.core.sync import collect_aiterator
+
+    prefix = z.store_path.path
+    listed = collect_aiterator(z.store_path.store.list_prefix(f"{prefix}/" if prefix else ""))
+    cut = len(prefix) + 1 if prefix else 0
+    return {k[cut:] for k in listed} - {"zarr.json", ".zarray", ".zattrs", ".zmetadata"}
+
+
+def _check_grid(z, path: str, name: str) -> None:
+    """Refuse a shape or chunk grid the store cannot hold, before anything is listed
+    per chunk or allocated.
+
+    The catalog layout chunks along rows only, so the grid has ceil(N / rows)
+    chunks; every one of them must exist (missing data is never read as
+    zeros), which bounds N by the chunk files actually stored. One chunk must
+    also fit in memory, which bounds D.
+    """
+    from .memory import machine_memory_limit
+
+    shape, chunks = tuple(z.shape), _stored_chunks(z)
+    if any(s < 0 for s in shape) or any(c < 1 for c in chunks):
+        raise CatalogError(f"catalog: {path}/{name} has shape {shape} and chunks {chunks}; "
+                           f"the array metadata is corrupted.")
+    if chunks[1:] != shape[1:]:
+        raise CatalogError(f"catalog: {path}/{name} has shape {shape} in chunks of {chunks}; "
+                           f"expected chunks along rows only, (rows,) + {shape[1:]}. The "
+                           f"array metadata is corrupted or was written by another tool: "
+                           f"re-ingest the source with daskgmmis.")
+    chunk_bytes = int(np.prod(chunks, dtype=np.float64) * z.dtype.itemsize)
+    limit, what = machine_memory_limit()
+    if chunk_bytes > limit // 2:
+        raise CatalogError(f"catalog: {path}/{name} claims chunks of {chunks} "
+                           f"({chunk_bytes / 2**30:.3g} GiB each, uncompressed), more than "
+                           f"half of {what} ({limit / 2**30:.3g} GiB): one chunk could not "
+                           f"be read. The metadata is corrupted, or the catalog must be "
+                           f"written again with fewer rows per chunk (chunks=).")
+    nchunks = -(-shape[0] // chunks[0]) if shape[0] else 0
+    try:
+        stored = _stored_chunk_keys(z)
+    except Exception as e:
+        raise CatalogError(f"catalog: {path}/{name}: cannot list its chunk files "
+                           f"({type(e).__name__}: {e}).") from None
+    zeros = (0,) * (len(shape) - 1)
+    key = lambda i: z.metadata.encode_chunk_key((i,) + zeros)  # noqa: E731
+    # at most len(stored) + 5 keys are formed, whatever nchunks claims
+    missing, found, i = [], 0, 0
+    while i < nchunks and len(missing) < 5 and found + len(missing) <= len(stored) + 5:
+        if key(i) in stored:
+            found += 1
+        else:
+            missing.append(i)
+        i += 1
+    if not missing:
+        return
+    marked = z.attrs.get("complete_chunks") is True
+    present = min(len(stored), nchunks)
+    raise CatalogError(
+        f"catalog: {path}/{name} has {present} of its {nchunks} chunks (shape {shape}, "
+        f"{chunks[0]} rows per chunk; missing: "
+        + ", ".join(f"{name}/{key(j)} = rows {j * chunks[0]}..{min((j + 1) * chunks[0], shape[0]) - 1}"
+                    for j in missing)
+        + ("); chunk files were deleted or a copy was interrupted" if marked else
+           "); a missing chunk would read as the fill value (zeros), not as data")
+        + ", or the metadata claims more rows than were written. Restore the store from "
+          "a copy or write it again.")
+
+
 def _checked_dask(z, path: str, name: str) -> da.Array:
     """Dask array over Zarr array ``z`` (as da.from_zarr) with checked reads.
 
-    An array whose attributes carry ``complete_chunks`` was written with every
-    chunk stored, so a missing chunk file was deleted: refused here, at open.
+    The grid is bounded by what the store holds (:func:`_check_grid`): every
+    chunk file must exist at open, and each read checks its chunks again.
     """
     from dask.base import tokenize
 
-    if z.attrs.get("complete_chunks") is True and z.nchunks_initialized < z.nchunks:
-        missing = []
-        try:        # name the first missing chunk files (local stores; zarr internals)
-            if not _is_url(path):
-                missing = [k for k in (z.metadata.encode_chunk_key(c)
-                                       for c in z._iter_chunk_coords())
-                           if not os.path.exists(os.path.join(path, name, k))][:5]
-        except Exception:
-            missing = []
-        raise CatalogError(
-            f"catalog: {path}/{name} has {z.nchunks_initialized} of its {z.nchunks} chunks"
-            + (f" (missing: {', '.join(f'{name}/{k}' for k in missing)})" if missing else "")
-            + "; chunk files were deleted or a copy was interrupted. Restore the store "
-              "from a copy or write it again.")
-    view = _CheckedZarr(z, f"{path}/{name}")
+    _check_grid(z, path, name)
+    view = _CheckedZarr(z, f"{path}/{name}", path)
     return da.from_array(view, chunks=z.chunks, name="from-zarr-" + tokenize(z, z.chunks),
                          meta=np.empty((0,) * z.ndim, dtype=z.dtype), asarray=True,
                          fancy=False)

@@ -360,9 +360,14 @@ def _ints(text: str | None, what: str):
                                  param_hint=what) from None
 
 
-def _check_output(path: str, overwrite: bool, what: str = "--out") -> str:
-    """Refuse an existing output (without --overwrite) or a missing directory, early."""
+def _check_output(path: str, overwrite: bool, what: str = "--out", inputs=()) -> str:
+    """Refuse an output that is (inside) one of the command's ``inputs`` (even with
+    --overwrite), an existing output (without --overwrite) or a missing directory,
+    early."""
+    from .catalog import check_not_input
+
     path = os.fspath(path)
+    check_not_input(path, inputs, what)
     if os.path.exists(path) and not overwrite:
         raise click.BadParameter(f"{path} exists; pass --overwrite to replace it.",
                                  param_hint=what)
@@ -617,9 +622,9 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
     from .model import GMM
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(catalog, init_model))
     if report is not None:
-        _check_output(report, overwrite, "--report")
+        _check_output(report, overwrite, "--report", inputs=(catalog, init_model))
     cat = open_catalog(catalog)
     N, D = cat.shape
     if init_model is not None:
@@ -734,7 +739,7 @@ def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_fi
     from .tables import read_column, write_table
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(model, catalog))
     _table_arg(out)
     gmm, cat = _model_and_catalog(model, catalog)
     bg = None if no_background else gmm.background
@@ -802,7 +807,7 @@ def sample(model, n, out, seed, noise, selection, columns, chunks, batch_rows, n
     from .ingest import CatalogWriter
     from .simulate import draw
 
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(model,))
     fmt = _table_arg(out)
     gmm = _load_model(model)
     D = gmm.D
@@ -1052,7 +1057,7 @@ def plot(model, catalog, out, kind, report, dims, selection, sample_size, bins, 
     from . import plots
     from .catalog import open_catalog
 
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(model, catalog, report))
     if os.path.splitext(out)[1].lower().lstrip(".") not in plots.FIGURE_FORMATS:
         raise click.BadParameter(f"expected a file ending in .png, .pdf or .svg; found "
                                  f"{out}.", param_hint="--out")
@@ -1117,7 +1122,7 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
     from .posterior import write_posterior
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(model, catalog))
     if _table_arg(out) != "zarr" and components:
         raise click.BadParameter("--components writes (N, K, D, D) arrays: use a .zarr "
                                  "output.", param_hint="--components")
@@ -1159,7 +1164,7 @@ def predict(model, catalog, out, overwrite, scheduler, scheduler_file, workers, 
     from .tables import write_table
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(model, catalog))
     _table_arg(out)
     gmm, cat = _model_and_catalog(model, catalog)
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:

@@ -29,6 +29,7 @@ import numpy as np
 from . import kernels
 from .background import Background
 from .catalog import Catalog, as_dask_input, open_catalog
+from .memory import check_candidates, plan_fit
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
                      InputTypeError, NumericalError)
 from .imputation import candidate_count, impute_block
@@ -186,6 +187,8 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
     logl += float(_selection_log(params.sel_callback, x, row_offset)[finite].sum())
     observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, int(x.shape[0]), int(n_out))
     m = candidate_count(x.shape[0], params.oversampling, params.observed_fraction)
+    check_candidates(m, x.shape[1], params.covar_callback is not None, params.oversampling,
+                     int(x.shape[0]))
     imputed, tally = impute_block(m, params.amp, params.mean, params.covar, params.background,
                                   params.sel_callback, params.covar_callback, params.seed,
                                   block, params.cutoff)
@@ -543,6 +546,9 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
             if covar_callback is not None:
                 check_picklable(covar_callback, "covar_callback")
 
+    # 0. memory plan: refuse (or shrink the blocks) before the first pass
+    x, noise = plan_fit(x, noise, kind, K, D, client=client, n_init=n_init,
+                        oversampling=oversampling if sel_callback is not None else None)
     x, noise = _maybe_persist(x, noise, kind, persist, client)
     plan = _Plan(x, noise, kind)
 

@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 
 from .catalog import (_COMPLETE, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog, check_ids,
-                      default_row_chunk, install_store, open_catalog)
+                      check_not_input, default_row_chunk, install_store, open_catalog)
 from .errors import CatalogError, InputError, InputTypeError
 from .tables import table_format, write_row_arrays, write_table  # noqa: F401 (re-export)
 from .validation import check_data_block, check_noise_block
@@ -852,6 +852,7 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
         ``path`` exists and ``overwrite`` is False.
     """
     path = os.fspath(path)
+    check_not_input(path, [source] if isinstance(source, (str, os.PathLike)) else [], "path")
     _check_target(path, overwrite)
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) \
             or batch_rows < 1:

@@ -314,11 +314,8 @@ def _resolve(gmm, data, covar, background):
 
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
-    amp, mean, cov = gmm._params()
-    if not amp.sum() > 0:
-        raise InputError("gmm.amp: every amplitude is zero; the Gaussian population is "
-                         "empty and has no posterior.")
     check_background(background, gmm.D, "gmm")
+    amp, mean, cov = gmm._params(background)     # amplitudes > 0, summing to 1 with it
     lazy = _is_dask(data) or isinstance(data, (Catalog, str, os.PathLike))
     if isinstance(data, (str, os.PathLike)):
         from .catalog import open_catalog
@@ -643,12 +640,14 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
     import dask.array as da
     import zarr
 
-    from .catalog import _is_url, default_row_chunk, install_store
+    from .catalog import (_is_url, check_not_input, default_row_chunk, install_store,
+                          stores_read_by)
 
     if not isinstance(post, Posterior):
         raise InputTypeError(f"post: expected a daskgmmis Posterior; found "
                              f"{type(post).__name__}.")
     path = os.fspath(path)
+    check_not_input(path, stores_read_by(*vars(post).values()), "path")
     url = _is_url(path)
     fmt = table_format(path)
     attrs = {"daskgmmis_format": POSTERIOR_FORMAT,

@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 
 from .errors import InputError, OutputError, OutputExistsError
-from .catalog import _COMPLETE, install_store
+from .catalog import _COMPLETE, check_not_input, install_store, stores_read_by
 
 __all__ = ["TABLE_FORMATS", "table_format", "write_table", "write_row_arrays", "flat_columns",
            "read_column"]
@@ -190,6 +190,7 @@ def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False
     path = os.fspath(path)
     if "://" in path:
         raise InputError(f"out: {path}: per-row outputs are written to local paths only.")
+    check_not_input(path, stores_read_by(*arrays.values()), "path")
     _check_target(path, overwrite)
     arrays = {k: da.asarray(v) for k, v in arrays.items()}
     if not arrays:
@@ -262,6 +263,7 @@ def write_table(path, arrays: Mapping, *, attrs: Mapping | None = None,
     if fmt == "zarr":
         write_row_arrays(path, arrays, attrs, overwrite=overwrite)
         return fmt
+    check_not_input(path, stores_read_by(*arrays.values()), "out")
     _check_target(path, overwrite)
     columns = flat_columns(arrays, names)
     directory, base = os.path.split(os.path.abspath(path))

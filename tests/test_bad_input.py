@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import daskgmmis as dg
+from daskgmmis.model import _content_hash
 from daskgmmis.errors import OutputError, OutputExistsError
 from daskgmmis.selection import Box
 
@@ -448,10 +449,12 @@ def _run_on_catalog(entry, path):
     raise AssertionError(entry)
 
 
-def _model_file(d, **edit):
+def _model_file(d, rehash=False, **edit):
     """A saved model, rewritten with ``edit`` (arrays, or meta keys)."""
     path = d / "m.npz"
-    model().save(path, background=dg.Background(([-9, -9], [9, 9]), 0.1))
+    g = model()
+    g.amp = g.amp * 0.9                 # the background holds the rest
+    g.save(path, background=dg.Background(([-9, -9], [9, 9]), 0.1))
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     meta = json.loads(arrays["meta"].tobytes())
@@ -460,6 +463,9 @@ def _model_file(d, **edit):
             arrays[key] = value
         else:
             meta[key] = value
+    if rehash:      # a forger who recomputes the checksum
+        meta["sha256"] = _content_hash(arrays["amp"], arrays["mean"], arrays["covar"],
+                                       meta["background"])
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(path, **arrays)
     return path
@@ -498,6 +504,12 @@ MODEL_FILES = [
      ["corrupted model file", "covar[0]", "positive-definite"]),
     ("NaN amplitude", lambda d: _model_file(d, amp=np.array([np.nan, 0.5])),
      ["corrupted model file", "amp", "finite"]),
+    ("amplitudes summing to 1e300 (checksum recomputed)", lambda d: _model_file(d, True, amp=np.array([1e300, 0.5])),
+     ["corrupted model file", "amp", "sum to 1e+300", "background's to 0.1", "expected a total of 1"]),
+    ("all-zero amplitudes (checksum recomputed)", lambda d: _model_file(d, True, amp=np.zeros(2)),
+     ["corrupted model file", "amp", "every amplitude is zero"]),
+    ("amplitudes and background not summing to 1 (checksum recomputed)", lambda d: _model_file(d, True, amp=np.array([0.5, 0.5])),
+     ["corrupted model file", "sum to 1 and the background's to 0.1", "expected a total of 1"]),
     ("integer amplitudes", lambda d: _model_file(d, amp=np.array([1, 0])),
      ["array amp has dtype int64", "expected float64"]),
     ("header K disagrees", lambda d: _model_file(d, K=3),
@@ -634,6 +646,12 @@ SCIENCE = [
      dg.InputError, ["background", "footprint has D=1", "D=2"]),
     ("model covariance not PD", lambda: (with_params(covar=np.array([NOT_PD, np.eye(2)])), X),
      dg.InputError, ["gmm.covar[0]", "positive-definite"]),
+    ("amplitudes summing to 1e300", lambda: (with_params(amp=np.array([1e300, 0.5])), X),
+     dg.InputError, ["gmm.amp", "sum to 1e+300", "expected a sum of 1", "amp / amp.sum()"]),
+    ("all-zero amplitudes", lambda: (with_params(amp=np.zeros(2)), X),
+     dg.InputError, ["gmm.amp", "every amplitude is zero"]),
+    ("amplitudes + background share != 1", lambda: (model(), X, None, dg.Background(([-9, -9], [9, 9]), 0.1)),
+     dg.InputError, ["gmm.amp", "sum to 1 and the background's to 0.1", "expected a total of 1"]),
 ]
 
 

@@ -227,6 +227,7 @@ def test_predict_missing_noise_free_equals_condition():
 
 def test_write_posterior_roundtrip_and_overwrite(tmp_path):
     g, x, S = make_case("diag", True, N=45, seed=9)
+    g.amp = g.amp * 0.9                 # the background holds the rest
     bg = dg.Background((np.full(3, -20.0), np.full(3, 20.0)), amp=0.1)
     post = posterior(g, da.from_array(x, chunks=(10, 3)), da.from_array(S, chunks=(10, 3)),
                      background=bg)
