@@ -326,6 +326,11 @@ def check_ids(ids, N: int, what: str = "ids") -> np.ndarray:
     raise InputTypeError(f"{what}: expected integers or strings; found dtype {a.dtype}.")
 
 
+def _checked_ids_block(block: np.ndarray) -> np.ndarray:
+    out = check_ids(block, len(block))
+    return out if out.dtype.kind == "i" else out.astype(object)
+
+
 def _id_array_dtype(ids: np.ndarray):
     """The Zarr dtype of an identifier array: int64, or variable-length strings."""
     return np.int64 if ids.dtype.kind in "iu" else str
@@ -385,7 +390,15 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
     if order not in ("input", "spatial"):
         raise InputError(f"order: expected 'input' or 'spatial'; found {order!r}.")
     if ids is not None:
-        ids = check_ids(ids.compute() if isinstance(ids, da.Array) else ids, N)
+        if isinstance(ids, da.Array) and order == "input":
+            # checked block by block as it is written: identifiers may not fit in memory
+            if ids.shape != (N,):
+                raise InputError(f"ids: expected one identifier per row, shape ({N},); "
+                                 f"found shape {ids.shape}.")
+            ids = ids.map_blocks(_checked_ids_block, dtype=np.int64 if ids.dtype.kind in "iu"
+                                 else object)
+        else:
+            ids = check_ids(ids.compute() if isinstance(ids, da.Array) else ids, N)
         if not (isinstance(id_name, str) and id_name and id_name not in columns):
             raise InputError(f"id_name: expected a name for the identifier column that is "
                              f"not a feature name ({columns}); found {id_name!r}.")
@@ -448,8 +461,11 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
             z = group.create_array("ids", shape=ids.shape, dtype=_id_array_dtype(ids),
                                    chunks=(rows,), attributes=_COMPLETE,
                                    config={"write_empty_chunks": True})
-            for start in range(0, N, rows):
-                z[start:start + rows] = ids[start:start + rows]
+            if isinstance(ids, da.Array):
+                da.store(ids.rechunk(rows), z, lock=False)
+            else:
+                for start in range(0, N, rows):
+                    z[start:start + rows] = ids[start:start + rows]
     except BaseException as e:
         if not _is_url(path):
             shutil.rmtree(target, ignore_errors=True)

@@ -454,7 +454,7 @@ def main():
 
 
 @main.command(context_settings=_CONTEXT)
-@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("source", type=click.Path())
 @click.argument("catalog", type=click.Path())
 @click.option("--columns", "-c", default=None, metavar="A,B,...",
               help="Value columns, in feature order (default: every column that is not an "
@@ -487,15 +487,21 @@ def main():
               help="With --drop-empty: list the skipped rows (source row, identifier) in "
                    "FILE (.csv, .parquet or .zarr).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalog.")
+@_cluster_options
 @_global_options
 def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, batch_rows,
-           chunks, dtype, id_column, drop_empty, dropped_out, overwrite):
+           chunks, dtype, id_column, drop_empty, dropped_out, overwrite, scheduler,
+           scheduler_file, workers, memory_limit):
     """Convert a CSV, Parquet, FITS or .npy table into a Zarr catalog, streaming.
 
     The file is read in batches (never whole), validated as it goes (no Inf, no
     row without any value, valid errors), and written under a temporary name
     that becomes CATALOG only when complete. Missing values (empty fields, NaN,
     nulls) become NaN: missing features, marginalized by every fit.
+
+    SOURCE may also be a directory or a quoted glob ('parts/*.parquet') of parts
+    of one table: they are converted in parallel on the cluster's workers (one
+    task per part) into one catalog, rows in part-name order.
 
     \b
     Examples:
@@ -504,8 +510,11 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
       daskgmmis ingest t.fits t.zarr -c x,y -e sx,sy --corr x,y,rho_xy --hdu 1
       daskgmmis ingest points.npy points.zarr
       daskgmmis ingest gaia.parquet gaia.zarr -c bp_rp,g -e bp_rp_err,g_err --id source_id
+      daskgmmis ingest 'gaia/part-*.parquet' gaia.zarr --id source_id --workers 8
     """
-    from .ingest import ingest as run_ingest
+    import dask
+
+    from .ingest import ingest as run_ingest, table_parts
 
     last = [time.monotonic()]
     n_read = [0]
@@ -516,10 +525,19 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
             last[0] = time.monotonic()
             log.info("  read %d rows", n)
 
-    cat = run_ingest(source, catalog, columns, errors, variances=variances,
-                     correlations=list(correlations), fmt=fmt, hdu=hdu, batch_rows=batch_rows,
-                     chunks=chunks, dtype=dtype, drop_empty=drop_empty, overwrite=overwrite,
-                     progress=progress, id_column=id_column, dropped_out=dropped_out)
+    _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
+    parts = table_parts(source)
+    options = dict(correlations=list(correlations), fmt=fmt, hdu=hdu, batch_rows=batch_rows,
+                   chunks=chunks, dtype=dtype, drop_empty=drop_empty, overwrite=overwrite,
+                   progress=progress, id_column=id_column, dropped_out=dropped_out,
+                   variances=variances)
+    if parts is None:
+        cat = run_ingest(source, catalog, columns, errors, **options)
+    else:
+        log.info("ingest: %d parts of %s", len(parts), source)
+        with _client(scheduler, scheduler_file, workers, memory_limit) as client, \
+                dask.config.set(scheduler=client if client is not None else "threads"):
+            cat = run_ingest(parts, catalog, columns, errors, **options)
     N, D = cat.shape
     chosen = "" if columns else " (every column not named by --errors, --corr or --id)"
     click.echo(f"wrote {catalog}: {N} rows, {D} features: {', '.join(cat.columns)}{chosen}; "

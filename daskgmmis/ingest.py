@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +45,7 @@ from .tables import table_format, write_row_arrays, write_table  # noqa: F401 (r
 from .validation import check_data_block, check_noise_block
 
 __all__ = ["FORMATS", "TableSource", "open_table", "detect_format", "CatalogWriter",
-           "ingest", "errors_to_covar", "write_row_arrays"]
+           "ingest", "errors_to_covar", "write_row_arrays", "table_parts"]
 
 log = logging.getLogger("daskgmmis")
 
@@ -548,6 +549,9 @@ class CatalogWriter:
         then passes ``ids``).
     id_dtype : {"int64", "str"}
         Storage of the identifiers: integers, or variable-length strings.
+    allow_empty : bool
+        Write a catalog of no rows instead of refusing one (a part of a
+        many-file table whose rows were all dropped).
 
     Examples
     --------
@@ -559,7 +563,8 @@ class CatalogWriter:
 
     def __init__(self, path, columns: Sequence[str], covar_kind: str = "none", *,
                  chunk_rows: int, dtype=np.float64, overwrite: bool = False,
-                 id_name: str | None = None, id_dtype: str = "int64"):
+                 id_name: str | None = None, id_dtype: str = "int64",
+                 allow_empty: bool = False):
         self.path = os.fspath(path)
         self.columns = [str(c) for c in columns]
         self.D = len(self.columns)
@@ -584,6 +589,7 @@ class CatalogWriter:
         if id_dtype not in ("int64", "str"):
             raise InputError(f"id_dtype: expected 'int64' or 'str'; found {id_dtype!r}.")
         self.id_name = id_name
+        self.allow_empty = bool(allow_empty)
         _check_target(self.path, self.overwrite)
         self.n_rows = 0                  # rows written or buffered
         self.catalog: Catalog | None = None
@@ -718,7 +724,7 @@ class CatalogWriter:
         if not self._open:
             raise InputError("CatalogWriter: already closed.")
         try:
-            if self.n_rows == 0:
+            if self.n_rows == 0 and not self.allow_empty:
                 raise InputError(f"{self.path}: no rows to write; the source is empty.")
             self._flush(whole_chunks_only=False)
             install_store(self._tmp, self.path, self.overwrite)
@@ -776,6 +782,251 @@ def _as_names(value, what: str, unique: bool = True) -> list | None:
     return names
 
 
+@dataclass
+class _Plan:
+    """What to read from a table and how to turn it into catalog rows."""
+
+    value_names: list
+    value_cols: list
+    error_cols: list | None
+    corr: list
+    id_col: str | None
+    kind: str
+    variances: bool
+    drop_empty: bool
+
+    @property
+    def D(self) -> int:
+        return len(self.value_cols)
+
+    @property
+    def read(self) -> list:
+        return list(dict.fromkeys(self.value_cols + (self.error_cols or [])
+                                  + [r for _, _, r in self.corr]))
+
+
+def _plan(src: TableSource, columns, errors, variances: bool, correlations, id_column,
+          drop_empty: bool) -> _Plan:
+    """Resolve the column arguments of :func:`ingest` against a table's columns."""
+    value_names = _as_names(columns, "columns")
+    # one error column may serve several values (e.g. a shared positional error)
+    error_names = _as_names(errors, "errors", unique=False)
+    corr_items = [tuple(s.strip() for s in c.split(",")) if isinstance(c, str) else tuple(c)
+                  for c in (correlations or ())]
+    id_col = None if id_column is None else src.resolve(str(id_column))
+    if value_names is None:
+        taken = ({src.resolve(c) for c in error_names or ()}
+                 | {src.resolve(c[2]) for c in corr_items if len(c) == 3} | {id_col})
+        value_names = [n for n in src.names if n not in taken]
+        log.info("ingest: features %s (every column of %s not named by errors, correlations "
+                 "or id_column)", ", ".join(value_names), src.path)
+    value_cols = [src.resolve(c) for c in value_names]
+    if id_col is not None and id_col in value_cols:
+        raise InputError(f"id_column: {id_col!r} is also named as a feature column; an "
+                         f"identifier is carried with the rows, not fitted.")
+    D = len(value_cols)
+    error_cols = None
+    if error_names is not None:
+        if len(error_names) != D:
+            raise InputError(f"errors: expected one error column per value column ({D}); "
+                             f"found {len(error_names)}.")
+        error_cols = [src.resolve(c) for c in error_names]
+    elif variances:
+        raise InputError("variances: given without error columns (errors).")
+    corr = _parse_correlations(corr_items, value_names)
+    if corr and error_cols is None:
+        raise InputError("correlations: need error columns (errors) to scale them.")
+    corr = [(j, k, src.resolve(rho)) for j, k, rho in corr]
+    kind = "none" if error_cols is None else ("full" if corr else "diag")
+    return _Plan(value_names, value_cols, error_cols, corr, id_col, kind, variances,
+                 drop_empty)
+
+
+def _id_dtype(src: TableSource, plan: _Plan) -> str:
+    known = src.dtypes.get(plan.id_col) if plan.id_col is not None else None
+    # CSV identifiers stay text: "007" keeps its zeros
+    return "int64" if known is not None and known.kind in "iu" else "str"
+
+
+def _rows(src: TableSource, plan: _Plan, batch_rows: int, progress=None):
+    """Yield ``(x, covar, ids, dropped_rows, dropped_ids)`` per batch of ``src``.
+
+    Rows are validated as they are read; ``dropped_rows`` are the positions in
+    ``src`` of rows with every value missing (skipped with ``drop_empty``, else an
+    error naming the first).
+    """
+    n_read = 0
+    for batch in src.batches(plan.read, batch_rows,
+                             raw=[plan.id_col] if plan.id_col else []):
+        x = np.column_stack([batch[c] for c in plan.value_cols]) \
+            if batch[plan.read[0]].size else np.empty((0, plan.D))
+        n_batch = x.shape[0]
+        cov = None
+        if plan.kind != "none":
+            err = np.column_stack([batch[c] for c in plan.error_cols])
+            rhos = [(j, k, batch[r]) for j, k, r in plan.corr]
+            cov = errors_to_covar(err, variances=plan.variances, correlations=rhos,
+                                  values=x, row_offset=n_read)
+        ids = None
+        if plan.id_col is not None:
+            ids = check_ids(batch[plan.id_col], n_batch,
+                            f"{src.path}: id column {plan.id_col!r}")
+        empty = np.isnan(x).all(axis=1)
+        if empty.any() and not plan.drop_empty:
+            i = int(np.flatnonzero(empty)[0])
+            raise InputError(f"{src.path}: row {n_read + i} has every value missing "
+                             f"(columns {plan.value_names}); a fit cannot use such rows. "
+                             f"Pass drop_empty=True (--drop-empty) to skip them.")
+        dropped_rows = n_read + np.flatnonzero(empty)
+        dropped_ids = None
+        if empty.any():
+            if ids is not None:
+                dropped_ids, ids = ids[empty], ids[~empty]
+            x = x[~empty]
+            cov = None if cov is None else cov[~empty]
+        yield x, cov, ids, dropped_rows, dropped_ids
+        n_read += n_batch
+        if progress is not None:
+            progress(n_read)
+
+
+def _copy_rows(src: TableSource, plan: _Plan, writer: "CatalogWriter", batch_rows: int,
+               progress=None) -> tuple[int, list, list]:
+    """Stream ``src`` into ``writer``; (rows read, dropped positions, dropped ids)."""
+    n_read, dropped_rows, dropped_ids = 0, [], []
+    for x, cov, ids, d_rows, d_ids in _rows(src, plan, batch_rows, progress):
+        if x.shape[0]:
+            writer.append(x, cov, ids)
+        dropped_rows.append(d_rows)
+        if d_ids is not None:
+            dropped_ids.append(d_ids)
+    n_read = writer.n_rows + sum(len(d) for d in dropped_rows)
+    return n_read, dropped_rows, dropped_ids
+
+
+def table_parts(source) -> list | None:
+    """The part files of a many-file table, in name order; None for one file.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or sequence of them
+        A directory (its files with a table suffix), a glob pattern
+        (``"parts/*.parquet"``), a list of files, or one file.
+
+    Returns
+    -------
+    list of str or None
+    """
+    import glob
+
+    if isinstance(source, (list, tuple)):
+        parts = [os.fspath(p) for p in source]
+    else:
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            parts = [os.path.join(path, n) for n in os.listdir(path)
+                     if not n.startswith(".") and any(n.lower().endswith(s) for s in _SUFFIXES)]
+        elif any(c in path for c in "*?[") and not os.path.exists(path):
+            parts = glob.glob(path)
+        else:
+            return None
+        if not parts:
+            raise InputError(f"source: {path} names no table files (expected files ending in "
+                             f"{sorted(_SUFFIXES)}).")
+    # natural order: part-2 before part-10
+    key = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)]  # noqa: E731
+    return sorted(parts, key=key)
+
+
+def _ingest_part(part: str, store: str, plan: _Plan, fmt, hdu, csv_engine, batch_rows: int,
+                 dtype: str, id_dtype: str, chunk_rows: int):
+    """One part of a many-file table into its own (temporary) catalog; runs on a worker.
+
+    Returns
+    -------
+    (rows read, rows kept, dropped positions in the part, dropped ids or None)
+    """
+    try:
+        src = open_table(part, fmt, hdu=hdu, csv_engine=csv_engine)
+        part_plan = _plan(src, plan.value_names, _names_of(plan.error_cols), plan.variances,
+                          [(plan.value_names[j], plan.value_names[k], r)
+                           for j, k, r in plan.corr], plan.id_col, plan.drop_empty)
+        with CatalogWriter(store, plan.value_names, plan.kind, chunk_rows=chunk_rows,
+                           dtype=np.dtype(dtype), id_name=plan.id_col, id_dtype=id_dtype,
+                           allow_empty=True) as writer:
+            n_read, d_rows, d_ids = _copy_rows(src, part_plan, writer, batch_rows)
+    except (InputError, InputTypeError) as e:
+        # rows are counted within the part: name it
+        message = str(e) if str(e).startswith(part) else f"{part}: {e}"
+        raise type(e)(message) from None
+    rows = np.concatenate(d_rows) if d_rows else np.empty(0, np.int64)
+    ids = np.concatenate(d_ids) if d_ids else None
+    return n_read, writer.n_rows, rows, ids
+
+
+def _settled(*args):
+    """:func:`_ingest_part`, with its error returned rather than raised, so that every
+    part task has finished (none still writing) when the scratch space is removed."""
+    try:
+        return _ingest_part(*args)
+    except Exception as e:   # noqa: BLE001 - re-raised by the caller, whole
+        return e
+
+
+def _names_of(cols):
+    return None if cols is None else list(cols)
+
+
+def _ingest_parts(parts: list, path: str, plan: _Plan, *, fmt, hdu, csv_engine,
+                  batch_rows: int, chunks, dtype: str, id_dtype: str, overwrite: bool):
+    """Convert many parts in parallel (one task per part), then join them into one catalog.
+
+    Each part becomes a temporary catalog beside the destination (validated and
+    written by a worker); the parts' rows are then written, chunk-aligned, into
+    the catalog under a temporary name that is renamed into place only when
+    complete. A killed ingest leaves temporaries (``<path>.parts-*``,
+    ``<path>.tmp-*``), never a partial catalog, and can be rerun.
+
+    Returns
+    -------
+    (Catalog, rows read, dropped positions, dropped ids)
+    """
+    import dask
+    import dask.array as da
+
+    from .catalog import write_catalog
+
+    scratch = f"{path}.parts-{uuid.uuid4().hex[:8]}"
+    os.makedirs(scratch)
+    try:
+        stores = [os.path.join(scratch, f"part-{i:06d}.zarr") for i in range(len(parts))]
+        tasks = [dask.delayed(_settled, pure=False)(
+            p, st, plan, fmt, hdu, csv_engine, batch_rows, dtype, id_dtype, batch_rows)
+            for p, st in zip(parts, stores)]
+        outcomes = dask.compute(*tasks)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
+        results = outcomes
+        offsets = np.cumsum([0] + [r[0] for r in results])
+        # chunked as one file of all the parts' rows would be
+        chunk_rows = int(chunks) if chunks is not None else default_row_chunk(
+            max(int(offsets[-1]), 1), plan.D, plan.kind)
+        dropped_rows = [off + r[2] for off, r in zip(offsets, results)]
+        dropped_ids = [r[3] for r in results if r[3] is not None]
+        kept = [open_catalog(st) for st, r in zip(stores, results) if r[1] > 0]
+        if not kept:
+            raise InputError(f"{path}: no rows to write; every part is empty.")
+        data = da.concatenate([c.data for c in kept])
+        covar = None if plan.kind == "none" else da.concatenate([c.covar for c in kept])
+        ids = None if plan.id_col is None else da.concatenate([c.ids for c in kept])
+        cat = write_catalog(path, data, covar, chunks=chunk_rows, columns=plan.value_names,
+                            overwrite=overwrite, ids=ids, id_name=plan.id_col or "id")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cat, int(offsets[-1]), dropped_rows, dropped_ids
+
+
 def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
            correlations=None, fmt: str | None = None, hdu=None,
            batch_rows: int = DEFAULT_BATCH_ROWS, chunks: int | None = None,
@@ -787,8 +1038,12 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
 
     Parameters
     ----------
-    source : str or os.PathLike
-        CSV (``.csv``, ``.tsv``, ``.csv.gz``), Parquet, FITS table or ``.npy`` file.
+    source : str, os.PathLike, or sequence of them
+        CSV (``.csv``, ``.tsv``, ``.csv.gz``), Parquet, FITS table or ``.npy`` file;
+        or the parts of one table: a directory, a glob pattern (``"parts/*.parquet"``)
+        or a list of files (:func:`table_parts`), converted in parallel, one task
+        per part on the active dask scheduler (a distributed client's workers),
+        into one catalog whose rows are the parts' rows in name order.
     path : str or os.PathLike
         New catalog directory (refused if it exists unless ``overwrite``).
     columns : sequence of str or comma-separated str, optional
@@ -852,112 +1107,58 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
         ``path`` exists and ``overwrite`` is False.
     """
     path = os.fspath(path)
-    check_not_input(path, [source] if isinstance(source, (str, os.PathLike)) else [], "path")
+    parts = table_parts(source)
+    check_not_input(path, parts or [source], "path")
     _check_target(path, overwrite)
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) \
             or batch_rows < 1:
         raise InputError(f"batch_rows: expected a positive integer; found {batch_rows!r}.")
     if dtype not in ("auto", "float32", "float64"):
         raise InputError(f"dtype: expected 'auto', 'float32' or 'float64'; found {dtype!r}.")
-    src = open_table(source, fmt, hdu=hdu, csv_engine=csv_engine)
-    value_names = _as_names(columns, "columns")
-    # one error column may serve several values (e.g. a shared positional error)
-    error_names = _as_names(errors, "errors", unique=False)
-    corr_items = [tuple(s.strip() for s in c.split(",")) if isinstance(c, str) else tuple(c)
-                  for c in (correlations or ())]
-    id_col = None if id_column is None else src.resolve(str(id_column))
-    if value_names is None:
-        taken = ({src.resolve(c) for c in error_names or ()}
-                 | {src.resolve(c[2]) for c in corr_items if len(c) == 3} | {id_col})
-        value_names = [n for n in src.names if n not in taken]
-        log.info("ingest: features %s (every column of %s not named by errors, correlations "
-                 "or id_column)", ", ".join(value_names), src.path)
-    value_cols = [src.resolve(c) for c in value_names]
-    if id_col is not None and id_col in value_cols:
-        raise InputError(f"id_column: {id_col!r} is also named as a feature column; an "
-                         f"identifier is carried with the rows, not fitted.")
+    src = open_table(parts[0] if parts else source, fmt, hdu=hdu, csv_engine=csv_engine)
+    plan = _plan(src, columns, errors, variances, correlations, id_column, drop_empty)
     if dropped_out is not None:
         if not drop_empty:
             raise InputError("dropped_out: lists the rows that drop_empty skips; pass "
                              "drop_empty=True (--drop-empty) too.")
         table_format(dropped_out)
-    D = len(value_cols)
-    error_cols = None
-    if error_names is not None:
-        if len(error_names) != D:
-            raise InputError(f"errors: expected one error column per value column ({D}); "
-                             f"found {len(error_names)}.")
-        error_cols = [src.resolve(c) for c in error_names]
-    elif variances:
-        raise InputError("variances: given without error columns (errors).")
-    corr = _parse_correlations(corr_items, value_names)
-    if corr and error_cols is None:
-        raise InputError("correlations: need error columns (errors) to scale them.")
-    corr = [(j, k, src.resolve(rho)) for j, k, rho in corr]
-    kind = "none" if error_cols is None else ("full" if corr else "diag")
-    read = list(dict.fromkeys(value_cols + (error_cols or []) + [r for _, _, r in corr]))
-
     if dtype == "auto":
-        known = [src.dtypes.get(c) for c in value_cols]
+        known = [src.dtypes.get(c) for c in plan.value_cols]
         dtype = "float32" if all(d is not None and d == np.float32 for d in known) else "float64"
-    if chunks is None:
-        n = src.num_rows
-        if n is None:    # CSV: count rows in one pass over a single column
-            n = sum(len(b[read[0]]) for b in src.batches(read[:1], batch_rows))
-        chunk_rows = default_row_chunk(max(n, 1), D, kind)
-    else:
-        chunk_rows = int(chunks)
+    id_dtype = _id_dtype(src, plan)
 
-    id_dtype = "int64"
-    if id_col is not None:
-        known = src.dtypes.get(id_col)
-        # CSV identifiers stay text: "007" keeps its zeros
-        id_dtype = "int64" if known is not None and known.kind in "iu" else "str"
-    n_read = n_dropped = 0
-    dropped_rows, dropped_ids = [], []
-    with CatalogWriter(path, value_names, kind, chunk_rows=chunk_rows, dtype=np.dtype(dtype),
-                       overwrite=overwrite, id_name=id_col, id_dtype=id_dtype) as writer:
-        for batch in src.batches(read, batch_rows, raw=[id_col] if id_col else []):
-            x = np.column_stack([batch[c] for c in value_cols]) if batch[read[0]].size \
-                else np.empty((0, D))
-            n_batch = x.shape[0]
-            cov = None
-            if kind != "none":
-                err = np.column_stack([batch[c] for c in error_cols])
-                rhos = [(j, k, batch[r]) for j, k, r in corr]
-                cov = errors_to_covar(err, variances=variances, correlations=rhos,
-                                      values=x, row_offset=n_read)
-            ids = None
-            if id_col is not None:
-                ids = check_ids(batch[id_col], n_batch, f"{src.path}: id column {id_col!r}")
-            empty = np.isnan(x).all(axis=1)
-            if empty.any() and not drop_empty:
-                i = int(np.flatnonzero(empty)[0])
-                raise InputError(f"{src.path}: row {n_read + i} has every value missing "
-                                 f"(columns {value_names}); a fit cannot use such rows. "
-                                 f"Pass drop_empty=True (--drop-empty) to skip them.")
-            if empty.any():
-                n_dropped += int(empty.sum())
-                dropped_rows.append(n_read + np.flatnonzero(empty))
-                if ids is not None:
-                    dropped_ids.append(ids[empty])
-                    ids = ids[~empty]
-                x = x[~empty]
-                cov = None if cov is None else cov[~empty]
-            if x.shape[0]:
-                writer.append(x, cov, ids)
-            n_read += n_batch
-            if progress is not None:
-                progress(n_read)
+    if parts:
+        writer_catalog, n_read, dropped_rows, dropped_ids = _ingest_parts(
+            parts, path, plan, fmt=fmt, hdu=hdu, csv_engine=csv_engine,
+            batch_rows=batch_rows, chunks=chunks, dtype=dtype, id_dtype=id_dtype,
+            overwrite=overwrite)
+        if progress is not None:
+            progress(n_read)
+    else:
+        if chunks is None:
+            n = src.num_rows
+            if n is None:    # CSV: count rows in one pass over a single column
+                n = sum(len(b[plan.read[0]]) for b in src.batches(plan.read[:1], batch_rows))
+            chunk_rows = default_row_chunk(max(n, 1), plan.D, plan.kind)
+        else:
+            chunk_rows = int(chunks)
+        with CatalogWriter(path, plan.value_names, plan.kind, chunk_rows=chunk_rows,
+                           dtype=np.dtype(dtype), overwrite=overwrite, id_name=plan.id_col,
+                           id_dtype=id_dtype) as writer:
+            n_read, dropped_rows, dropped_ids = _copy_rows(src, plan, writer, batch_rows,
+                                                           progress)
+        writer_catalog = writer.catalog
+    n_dropped = sum(len(d) for d in dropped_rows)
     if n_dropped:
         listed = {"source_row": np.concatenate(dropped_rows)}
         if dropped_ids:
-            listed[id_col] = np.concatenate(dropped_ids)
+            listed[plan.id_col] = np.concatenate(dropped_ids)
         if dropped_out is not None:
             write_table(dropped_out, listed, overwrite=overwrite,
-                        attrs={"source": os.path.abspath(src.path), "dropped": "every value "
-                               "missing"})
+                        attrs={"source": os.path.abspath(os.fspath(source)) if not parts else
+                               [os.path.abspath(p) for p in parts],
+                               "dropped": "every value missing"})
         log.warning("ingest: dropped %d rows with every value missing%s", n_dropped,
                     f" (listed in {os.fspath(dropped_out)})" if dropped_out is not None else
                     " (list them with dropped_out / --dropped-out FILE)")
-    return writer.catalog
+    return writer_catalog
