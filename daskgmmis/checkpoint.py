@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import CheckpointError
+from .model import new_file_mode
 
 __all__ = ["Theta", "EMState", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -125,6 +126,7 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-ckpt-", suffix=".tmp", dir=directory)
+    os.fchmod(fd, new_file_mode())          # mkstemp's 0600 ignores the umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf.getvalue())

@@ -30,6 +30,7 @@ from . import kernels
 from .background import Background
 from .catalog import Catalog, as_dask_input, open_catalog
 from .memory import check_candidates, plan_fit
+from .timelimit import check_timeout, time_limited
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
                      InputTypeError, NumericalError)
 from .imputation import candidate_count, impute_block
@@ -42,7 +43,7 @@ from .checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
 from .mstep import mstep, parse_frozen
 from .stats import SuffStats, sum_stats
 from .validation import (check_background, check_data_block, check_model_params,
-                         check_noise_block)
+                         check_noise_block, check_regularization)
 
 __all__ = ["fit", "FitResult"]
 
@@ -410,7 +411,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         background: Background | None = None, tol: float = 1e-3, maxiter: int = 1000,
         frozen=None, rng=None, client=None, checkpoint=None, split_n_merge: int = 0,
         oversampling: float = 4.0, persist: bool | None = None, accelerate: bool = True,
-        n_init: int = 1) -> FitResult:
+        n_init: int = 1, callback_timeout: float | None = None) -> FitResult:
     """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 
     Parameters
@@ -475,7 +476,12 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         drop. ``False`` gives textbook EM, step for step.
     n_init : int
         Number of starts (each from its own random stream); the fit with the
-        highest final likelihood is kept.
+        highest final likelihood is kept. At most
+        :data:`daskgmmis.memory.MAX_N_INIT`.
+    callback_timeout : float, optional
+        Seconds one call of ``sel_callback`` or ``covar_callback`` may take;
+        past that the fit stops with a ``CallbackError`` naming the callback
+        (default: no limit).
     checkpoint : str or os.PathLike, optional
         File for the EM state, written atomically after every iteration. If it
         holds a checkpoint of the same problem the fit resumes from it and ends
@@ -517,7 +523,9 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     if not (isinstance(oversampling, (int, float, np.floating)) and oversampling > 0
             and math.isfinite(oversampling)):
         raise InputError(f"oversampling: expected a finite number > 0; found {oversampling!r}.")
+    check_timeout(callback_timeout)
     K, D = gmm.K, gmm.D
+    check_regularization(w)
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
     x, noise, kind = as_dask_input(data, covar)
@@ -580,8 +588,10 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     impute_seed = child(0)
     init_seeds = [child(1 + i) for i in range(n_init)]
     bg_amp0 = None if background is None else float(background.amp)
-    evaluate = _Evaluator(plan, client, cutoff, sel_callback, covar_callback, impute_seed,
-                          oversampling, background, boxes)
+    evaluate = _Evaluator(plan, client, cutoff,
+                          time_limited(sel_callback, callback_timeout, "sel_callback"),
+                          time_limited(covar_callback, callback_timeout, "covar_callback"),
+                          impute_seed, oversampling, background, boxes)
     run = dict(evaluate=evaluate, tol=tol, maxiter=maxiter, w=w, frozen=frozen_idx,
                background=background, accelerate=accelerate, checkpoint=checkpoint,
                fingerprint=fingerprint)
@@ -599,6 +609,10 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
             if best is None or outcome[0].history[-1] > best[0].history[-1]:
                 best = outcome
     state, converged, last = best
+    if cutoff is not None and last.n_outside >= summary.n:
+        raise InputError(f"cutoff: with cutoff={cutoff:g} sigmas every row is outside every "
+                         f"neighborhood ({last.n_outside} of {summary.n} rows), so nothing "
+                         f"was fitted; expected a cutoff of a few sigmas (3 to 6).")
     if split_n_merge:
         state, converged, last = _split_and_merge(state, converged, last, split_n_merge, run)
     if not converged and maxiter > 0:

@@ -349,6 +349,7 @@ class GMM:
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-", suffix=".tmp", dir=directory)
+            os.fchmod(fd, new_file_mode())      # mkstemp's 0600 ignores the umask
             with os.fdopen(fd, "wb") as f:
                 f.write(buf.getvalue())
                 f.flush()
@@ -555,6 +556,15 @@ def _read_member(z, info, path: str, name: str, dtype, shape, max_bytes: int) ->
     a = np.frombuffer(raw, dtype=dt)
     a = a.reshape(shp, order="F" if fortran else "C")
     return np.array(a, dtype=dtype.newbyteorder("=") if dtype.kind == "f" else dtype)
+
+
+def new_file_mode() -> int:
+    """Permissions of a new file under the current umask (``0o666 & ~umask``), as
+    ``open()`` would give; files written through ``tempfile.mkstemp`` (0600)
+    get them before they are renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _as_path(path) -> str:

@@ -19,7 +19,13 @@ __all__ = [
     "check_numeric",
     "as_index_array",
     "check_background",
+    "check_regularization",
 ]
+
+# w is a length: w**2 is added to every covariance. Above this its square is
+# within a few orders of magnitude of float64's largest number, and the M-step's
+# sums and determinants overflow.
+MAX_W = 1e150
 
 
 def check_numeric(arr, name: str) -> np.ndarray:
@@ -316,3 +322,17 @@ def check_background(background, D: int, against: str = "data") -> None:
                              f"{type(background).__name__}.")
     if background.D != D:
         raise InputError(f"background: footprint has D={background.D}; {against} has D={D}.")
+
+
+def check_regularization(w) -> None:
+    """``w`` (a length; ``w**2`` is added to each covariance) squares to a finite number.
+
+    Parameters
+    ----------
+    w : float
+        Already checked to be a finite number >= 0.
+    """
+    if w > MAX_W:
+        raise InputError(f"w: {w!r} squared (the variance added to every covariance) "
+                         f"overflows float64; expected w <= {MAX_W:g} in data units (a "
+                         f"regularization is a small fraction of the data's spread).")
