@@ -102,8 +102,17 @@ def _check_target(path: str, overwrite: bool) -> None:
         raise OutputError(f"out: directory {parent} does not exist.")
 
 
+# Row blocks computed together when streaming a table out: enough to keep a cluster's
+# workers busy, few enough that the driver holds a bounded number of blocks.
+BLOCKS_PER_COMPUTE = 8
+
+
 def _row_blocks(columns: dict):
-    """Yield ``{name: numpy (n,)}`` for consecutive row blocks (one compute each)."""
+    """Yield ``{name: numpy (n,)}`` for consecutive row blocks, in order.
+
+    Blocks are computed :data:`BLOCKS_PER_COMPUTE` at a time (in parallel on the
+    scheduler) and handed out one by one, so the driver holds at most that many.
+    """
     import dask
     import dask.array as da
 
@@ -113,10 +122,12 @@ def _row_blocks(columns: dict):
         return
     chunks = next(iter(lazy.values())).chunks[0]
     arrays = {k: da.asarray(v).rechunk({0: chunks}) for k, v in columns.items()}
-    for i in range(len(chunks)):
-        names = list(arrays)
-        values = dask.compute(*(arrays[n].blocks[i] for n in names))
-        yield dict(zip(names, (np.asarray(v) for v in values)))
+    names = list(arrays)
+    for first in range(0, len(chunks), BLOCKS_PER_COMPUTE):
+        group = range(first, min(first + BLOCKS_PER_COMPUTE, len(chunks)))
+        values = dask.compute(*([arrays[n].blocks[i] for n in names] for i in group))
+        for block in values:
+            yield dict(zip(names, (np.asarray(v) for v in block)))
 
 
 def _plain(values: np.ndarray) -> np.ndarray:

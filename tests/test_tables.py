@@ -191,6 +191,10 @@ def test_write_table_formats_by_suffix_and_is_atomic(tmp_path):
         assert read_column(tmp_path / name, "v_q").tolist() == list(np.arange(10) * 3 + 1.0)
     assert pq.read_table(tmp_path / "o.parquet").column_names == ["sid", "v_p", "v_q", "v_r"]
     assert table_format("A.PQ") == "parquet"
+    # many blocks, computed several at a time, come out in row order
+    many = da.arange(100, chunks=3).astype(float)
+    write_table(tmp_path / "many.csv", {"v": many})
+    assert read_column(tmp_path / "many.csv", "v").tolist() == list(np.arange(100.0))
     with pytest.raises(dg.InputError, match="suffix"):
         write_table(tmp_path / "o.txt", {"v": x})
     with pytest.raises(dg.OutputExistsError):
