@@ -26,14 +26,14 @@ import dask
 import numpy as np
 
 from . import kernels
-from .background import Background
+from .background import Background, log_background
 from .catalog import as_dask_input
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
                      InputTypeError, NumericalError)
 from .imputation import candidate_count, impute_block
 from .selection import check_picklable, evaluate_selection
 from .init import INIT_METHODS, DataSummary, init_minmax, init_random
-from .model import GMM, _log_background
+from .model import GMM
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .acceleration import extrapolate
 from .checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
@@ -168,7 +168,7 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
     """
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
-    log_bg = _log_background(params.background, x, noise, params.kind)
+    log_bg = log_background(params.background, x, noise, params.kind)
     if params.cutoff is None:
         row_logl, n_out, mom = kernels.estep_block(
             x, noise, params.kind, params.amp, params.mean, params.covar, log_bg=log_bg,
@@ -197,7 +197,7 @@ def _overlap_task(x, noise, params: _IterParams):
 
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
-    log_bg = _log_background(params.background, x, noise, params.kind)
+    log_bg = log_background(params.background, x, noise, params.kind)
     post = posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
                            log_bg, covariances=False)
     q = post.resp if post.resp_bg is None else post.resp * (1 - post.resp_bg)[:, None]
@@ -570,7 +570,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
                                              spawn_key=tuple(seed.spawn_key) + (i,))
     impute_seed = child(0)
     init_seeds = [child(1 + i) for i in range(n_init)]
-    bg_amp0 = None if background is None else float(background.amp)
+    bg_amp0, bg_seeded = _background_start(background)
     evaluate = _Evaluator(plan, client, cutoff, sel_callback, covar_callback, impute_seed,
                           oversampling, background, boxes)
     run = dict(evaluate=evaluate, tol=tol, maxiter=maxiter, w=w, frozen=frozen_idx,
@@ -584,7 +584,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         best = None
         for init_seed in init_seeds:
             theta = _initial_theta(gmm, init_method, K, plan, summary, x, client,
-                                   np.random.default_rng(init_seed), bg_amp0)
+                                   np.random.default_rng(init_seed), bg_amp0, bg_seeded)
             seed_list = [str(seed.entropy), *map(int, seed.spawn_key)]
             outcome = _run_em(EMState(theta=theta, seed=seed_list), **run)
             if best is None or outcome[0].history[-1] > best[0].history[-1]:
@@ -706,8 +706,32 @@ def _split_and_merge(state, converged, last, attempts, run):
     return state, converged, last
 
 
-def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_amp):
-    """Starting parameters (the model's own for init_method='none')."""
+# Start of a fitted background amplitude given as 0: amp = 0 is a fixed point of EM
+# (no row is ever given to the background), so a fit from 0 would never move. 5%
+# is small enough not to distort a clean catalog's start and large enough that EM
+# reaches a contamination of tens of percent in a few iterations.
+_BG_START_AMP = 0.05
+
+
+def _background_start(background):
+    """(starting background amplitude or None, whether it was seeded away from 0)."""
+    if background is None:
+        return None, False
+    amp = float(background.amp)
+    if amp == 0.0 and background.adjust_amp and background.amp_max > 0:
+        start = min(background.amp_max, max(background.amp_min, _BG_START_AMP))
+        log.info("background amp=0 is a fixed point of EM; the fit starts it at %g", start)
+        return start, True
+    return amp, False
+
+
+def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_amp,
+                   bg_seeded=False):
+    """Starting parameters (the model's own for init_method='none').
+
+    The components share ``1 - bg_amp``; the model's own amplitudes (``'none'``) are
+    kept as given unless the background start was seeded away from 0 here.
+    """
     if init_method == "none":
         amp, mean, cov = gmm.amp, gmm.mean, gmm.covar
     elif init_method == "minmax":
@@ -723,7 +747,7 @@ def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_a
         from .init import init_kmeans
         amp, mean, cov = init_kmeans(K, plan, summary, init_rng, client)
     amp = np.array(amp, dtype=np.float64)
-    if bg_amp is not None and init_method != "none":
+    if bg_amp is not None and (init_method != "none" or bg_seeded):
         amp = amp * (1.0 - bg_amp)
     return Theta(amp, np.array(mean, dtype=np.float64), np.array(cov, dtype=np.float64), bg_amp)
 

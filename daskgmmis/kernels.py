@@ -595,7 +595,7 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
 def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
                 covar: np.ndarray, *, log_bg: np.ndarray | None = None,
                 weight: np.ndarray | None = None, cutoff: float | None = None,
-                row_offset: int = 0):
+                row_offset: int = 0, exact_outside: bool = True):
     """E-step of one block: per-row log-likelihoods and centred moments.
 
     Parameters
@@ -621,19 +621,55 @@ def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarr
         quantile of :func:`chi2_cut_for` gets zero responsibility for it.
     row_offset : int
         Global index of the block's first row, for error messages.
+    exact_outside : bool
+        With ``cutoff``: give rows outside every neighborhood their exact
+        log-density over all components (see :func:`fill_outside`); ``False``
+        leaves ``-inf`` there (for a caller that fills them itself).
 
     Returns
     -------
     row_logl : ndarray, shape (n,)
-        ``log sum_k amp_k N(x_i | mu_k, T_ik)`` (+ background); ``-inf`` for rows
-        outside every neighborhood, NaN for rows with no observed feature.
+        ``log sum_k amp_k N(x_i | mu_k, T_ik)`` (+ background), over the components
+        whose neighborhood holds the row, or over all of them for a row outside
+        every neighborhood; NaN for rows with no observed feature.
     n_outside : int
-        Number of rows with zero density (outside every neighborhood).
+        Number of rows outside every neighborhood (zero responsibilities).
     moments : BlockMoments
         Float64 moments centred on ``mean``.
     """
-    return _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
-                         True, row_offset)
+    row_logl, n_out, mom = _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight,
+                                         cutoff, True, row_offset)
+    if cutoff is not None and exact_outside:
+        fill_outside(row_logl, x, noise, kind, amp, mean, covar, log_bg=log_bg,
+                     row_offset=row_offset)
+    return row_logl, n_out, mom
+
+
+def fill_outside(row_logl: np.ndarray, x: np.ndarray, noise, kind: str, amp: np.ndarray,
+                 mean: np.ndarray, covar: np.ndarray, *, log_bg: np.ndarray | None = None,
+                 row_offset: int = 0) -> np.ndarray:
+    """Replace the ``-inf`` of rows outside every neighborhood by their log-density.
+
+    The neighborhoods decide which components *update* from a row; the row still
+    belongs to the data. Dropping its (very negative) log-density from the sum
+    while N counts it would make the mean logL jump up whenever a row leaves the
+    last neighborhood, which the stopping rule and SQUAREM's acceptance would
+    read as progress. So those rows are evaluated exactly, over all components.
+
+    Parameters
+    ----------
+    row_logl : ndarray, shape (n,)
+        Updated in place (and returned).
+    x, noise, kind, amp, mean, covar, log_bg, row_offset
+        As in :func:`estep_block` (all K components).
+    """
+    out = np.flatnonzero(np.isneginf(row_logl))
+    if out.size:
+        rows_noise = noise if kind in ("none", "shared") else noise[out]
+        row_logl[out] = log_density_block(
+            x[out], rows_noise, kind, amp, mean, covar,
+            log_bg=None if log_bg is None else np.asarray(log_bg)[out], row_offset=row_offset)
+    return row_logl
 
 
 def log_density_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,

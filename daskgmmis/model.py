@@ -12,6 +12,7 @@ import numpy as np
 
 from . import kernels
 from .background import Background
+from .background import log_background as _log_background
 from .errors import InputError, InputTypeError, ModelFileError, OutputError, OutputExistsError
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block, check_numeric, check_shared_noise)
@@ -456,24 +457,3 @@ def _check_noise(noise, kind: str, x, row_offset: int) -> None:
         check_shared_noise(noise)
     elif kind in ("diag", "full"):
         check_noise_block(noise, kind, x, row_offset)
-
-
-def _log_background(background, x, noise, kind):
-    """log(amp_bg * U(x)) per row, or None."""
-    if background is not None and not isinstance(background, Background):
-        raise InputTypeError(f"background: expected a daskgmmis.Background or None; found "
-                             f"{type(background).__name__}.")
-    if background is None or background.amp <= 0:
-        return None
-    if background.D != x.shape[1]:
-        raise InputError(f"background: footprint has D={background.D}; data has "
-                         f"D={x.shape[1]}.")
-    if kind == "none":
-        var = None
-    elif kind == "shared":
-        var = np.diag(noise)
-    elif kind == "diag":
-        var = noise
-    else:
-        var = np.diagonal(noise, axis1=1, axis2=2)
-    return np.log(background.amp) + background.log_density(x, var)

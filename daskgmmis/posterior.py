@@ -56,9 +56,9 @@ import numpy as np
 from scipy.special import logsumexp
 
 from . import kernels
-from .background import Background
+from .background import Background, log_background
 from .errors import InputError, InputTypeError, NumericalError
-from .model import GMM, _log_background
+from .model import GMM
 from .validation import check_background, check_noise_block
 
 if TYPE_CHECKING:  # dask is imported lazily: the block math must not need it
@@ -298,7 +298,7 @@ def _block_task(x, idx, noise, params: _Params, covariances: bool) -> PosteriorB
         check_noise_block(noise, params.kind, x, offset)
     elif params.kind == "shared":
         noise = params.shared
-    log_bg = _log_background(params.background, x, noise, params.kind)
+    log_bg = log_background(params.background, x, noise, params.kind)
     return posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
                            log_bg, covariances=covariances, row_offset=offset)
 
