@@ -4,6 +4,8 @@ import collections
 
 import dask
 import dask.array as da
+import os
+import sys
 import numpy as np
 import pytest
 import zarr
@@ -258,8 +260,27 @@ def test_write_posterior_roundtrip_and_overwrite(tmp_path):
         write_posterior({"mean": ref.mean}, tmp_path / "other.zarr")
 
 
+def dask_calls(fn):
+    """Files of the dask package whose Python functions run while ``fn()`` runs."""
+    dask_dir = os.path.dirname(dask.__file__)
+    seen = set()
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(dask_dir):
+            seen.add(frame.f_code.co_filename)
+
+    sys.setprofile(tracer)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
 def test_posterior_block_is_pure_numpy():
     g, x, S = make_case("diag", True, N=10, seed=1)
+    assert dask_calls(lambda: da.zeros(3).sum().compute())      # the tracer sees dask
+    assert not dask_calls(lambda: posterior_block(x, S, "diag", g.amp, g.mean, g.covar))
     blk = posterior_block(x, S, "diag", g.amp, g.mean, g.covar)
     assert blk.covars.shape == (10, 3, 3, 3) and blk.resp_bg is None
     lean = posterior_block(x, S, "diag", g.amp, g.mean, g.covar, covariances=False)
