@@ -30,6 +30,7 @@ import zarr
 from .errors import CatalogError, CatalogNotFoundError, InputError, InputTypeError
 from .kernels import noise_kind_of
 from .validation import check_shared_noise
+from .neighborhoods import spatial_order
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk", "as_dask_input",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
@@ -225,7 +226,6 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
                                                (rows,) + tuple(covar.shape[1:]))
     row_index = None
     if order == "spatial":
-        from .neighborhoods import spatial_order
         perm = spatial_order(np.asarray(xd))
         xd = np.asarray(xd)[perm]
         if cd is not None:

@@ -21,30 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import CheckpointError
+from .model import Theta
 
 __all__ = ["Theta", "EMState", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "daskgmmis-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class Theta:
-    """One parameter set of the EM iteration.
-
-    Attributes
-    ----------
-    amp : ndarray, shape (K,)
-    mean : ndarray, shape (K, D)
-    covar : ndarray, shape (K, D, D)
-    bg_amp : float or None
-        Background amplitude (None without a background).
-    """
-
-    amp: np.ndarray
-    mean: np.ndarray
-    covar: np.ndarray
-    bg_amp: float | None = None
 
 
 @dataclass

@@ -35,7 +35,17 @@ import click
 import numpy as np
 
 from . import __version__
-from .errors import InputError
+from .errors import CatalogError, DaskGMMisError, InputError
+from .background import Background
+from .catalog import CATALOG_FORMAT, CATALOG_FORMAT_VERSION, default_row_chunk, open_catalog
+from .cluster import client_context
+from .estimator import fit_best
+from .ingest import CatalogWriter, ingest as run_ingest, write_row_arrays
+from .model import GMM
+from .posterior import posterior as compute_posterior, write_posterior
+from .selection import evaluate_covar_callback, selection_from_dict
+from .simulate import draw
+from . import demo as example
 
 log = logging.getLogger("daskgmmis")
 
@@ -145,7 +155,6 @@ class _Group(click.Group):
         except Exception as e:
             if debug:
                 raise
-            from .errors import DaskGMMisError
             msg = _one_line(str(e)) or type(e).__name__
             if isinstance(e, (FileNotFoundError, FileExistsError)) and e.filename \
                     and str(e.filename) not in msg:
@@ -221,7 +230,6 @@ def _client(scheduler, scheduler_file, workers, memory_limit):
     if scheduler == "threads":
         yield None
         return
-    from .cluster import client_context
 
     with client_context(scheduler, scheduler_file, n_workers=workers,
                         memory_limit=memory_limit) as client:
@@ -294,7 +302,6 @@ def _selection_arg(spec: str | None, what: str = "--selection"):
     """A selection function from JSON (built-ins), @file.json, or module:function."""
     if spec is None:
         return None
-    from .selection import selection_from_dict
 
     spec = spec.strip()
     if spec.startswith(("{", "@")):
@@ -393,7 +400,6 @@ def _write_json(path: str, obj) -> None:
 
 
 def _load_model(path):
-    from .model import GMM
     return GMM.load(path)
 
 
@@ -466,7 +472,6 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
       daskgmmis ingest t.fits t.zarr -c x,y -e sx,sy --corr x,y,rho_xy --hdu 1
       daskgmmis ingest points.npy points.zarr
     """
-    from .ingest import ingest as run_ingest
 
     last = [time.monotonic()]
 
@@ -570,10 +575,6 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
       daskgmmis fit sky.zarr -K 4 --out model.npz --bg-lower 0,0 --bg-upper 10,10 \\
           --bg-amp 0.1
     """
-    from .catalog import open_catalog
-    from .background import Background
-    from .estimator import fit_best
-    from .model import GMM
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite)
@@ -687,9 +688,6 @@ def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_fi
     import dask
     import dask.array as da
 
-    from .catalog import CATALOG_FORMAT_VERSION, open_catalog
-    from .ingest import write_row_arrays
-
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite)
     gmm = _load_model(model)
@@ -756,9 +754,6 @@ def sample(model, n, out, seed, noise, selection, columns, chunks, batch_rows, n
       daskgmmis sample model.npz -n 5000 --out obs.zarr --noise '[0.25, 0.25]' \\
           --selection '{"type": "sphere", "center": [5, 5], "radius": 4}'
     """
-    from .catalog import default_row_chunk
-    from .ingest import CatalogWriter
-    from .simulate import draw
 
     _check_output(out, overwrite)
     gmm = _load_model(model)
@@ -789,7 +784,6 @@ def _noise_layout(noise_cb, gmm) -> tuple[str, str]:
     The catalog stores per-row noise: a shared matrix becomes per-row variances
     when it is diagonal, per-row matrices otherwise.
     """
-    from .selection import evaluate_covar_callback
 
     if noise_cb is None:
         return "none", "none"
@@ -860,9 +854,6 @@ def info(path, stats, as_json):
 
 def _zarr_summary(path: str, stats: bool) -> dict:
     import zarr
-
-    from .catalog import CATALOG_FORMAT, open_catalog
-    from .errors import CatalogError
 
     try:
         group = zarr.open_group(path, mode="r")
@@ -961,7 +952,6 @@ def plot(model, catalog, out, kind, report, dims, selection, sample_size, bins, 
       daskgmmis plot model.npz --kind convergence --report fit.json --out conv.png
     """
     from . import plots
-    from .catalog import open_catalog
 
     _check_output(out, overwrite)
     if os.path.splitext(out)[1].lower().lstrip(".") not in plots.FIGURE_FORMATS:
@@ -1023,10 +1013,6 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
     """
     import dask
 
-    from .catalog import open_catalog
-    from .posterior import posterior as compute_posterior
-    from .posterior import write_posterior
-
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite)
     gmm = _load_model(model)
@@ -1077,7 +1063,6 @@ def demo(out, seed, seeds, restarts, samples, maxiter, as_json, scheduler, sched
       daskgmmis demo --out /tmp/demo --restarts 3
       daskgmmis demo --seeds 10 --json bench.json      # the benchmark over 10 seeds
     """
-    from . import demo as example
     seed = example.DEFAULT_SEED if seed is None else seed
     _show_n_orig(True)        # two of the four fits are truncated
     if workers is None and scheduler is None and scheduler_file is None:

@@ -27,27 +27,27 @@ import numpy as np
 
 from . import kernels
 from .background import Background, log_background
+from .blocks import compute as _compute
+from .blocks import tree_reduce
 from .catalog import as_dask_input
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
                      InputTypeError, NumericalError)
 from .imputation import candidate_count, impute_block
 from .selection import check_picklable, evaluate_selection
-from .init import INIT_METHODS, DataSummary, init_minmax, init_random
-from .model import GMM
+from .init import INIT_METHODS, init_kmeans, init_minmax, init_random
+from .model import GMM, Theta
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .acceleration import extrapolate
-from .checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
+from .checkpoint import EMState, load_checkpoint, save_checkpoint
+from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
-from .stats import SuffStats, sum_stats
+from .stats import DataSummary, SuffStats, sum_stats
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block)
 
 __all__ = ["fit", "FitResult"]
 
 log = logging.getLogger("daskgmmis")
-
-SPLIT_EVERY = 8
-
 
 @dataclass
 class FitResult:
@@ -193,25 +193,14 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
 
 def _overlap_task(x, noise, params: _IterParams):
     """Responsibility overlap of a block: sum_i q_ik q_il, shape (K, K)."""
-    from .posterior import posterior_block
-
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
     log_bg = log_background(params.background, x, noise, params.kind)
-    post = posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
+    post = kernels.posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
                            log_bg, covariances=False)
     q = post.resp if post.resp_bg is None else post.resp * (1 - post.resp_bg)[:, None]
     q = q[np.isfinite(q).all(axis=1)]
     return q.T @ q
-
-
-def _tree_sum(parts, split_every=SPLIT_EVERY):
-    """Fixed-shape tree reduction of delayed records (deterministic order)."""
-    parts = list(parts)
-    while len(parts) > 1:
-        parts = [dask.delayed(sum_stats, pure=True)(*parts[i:i + split_every])
-                 for i in range(0, len(parts), split_every)]
-    return parts[0]
 
 
 # ---------------------------------------------------------------------- plan
@@ -235,17 +224,14 @@ class _Plan:
     def summary_graph(self):
         parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off)
                  for xb, nb, off in zip(self.x_blocks, self.noise_blocks, self.offsets)]
-        return _tree_sum(parts)
+        return tree_reduce(parts, sum_stats)
 
     def overlap_graph(self, params: _IterParams):
         """Summed responsibility overlaps (K, K) for split-and-merge (one pass)."""
         p = dask.delayed(params, pure=True)
         parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p)
                  for xb, nb in zip(self.x_blocks, self.noise_blocks)]
-        while len(parts) > 1:
-            parts = [dask.delayed(sum, pure=True)(parts[i:i + SPLIT_EVERY])
-                     for i in range(0, len(parts), SPLIT_EVERY)]
-        return parts[0]
+        return tree_reduce(parts, sum_stats)
 
     def box_graph(self):
         """Per-block summaries for the neighborhood reach test (first pass)."""
@@ -263,7 +249,7 @@ class _Plan:
         parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b, c)
                  for b, (xb, nb, off, c) in enumerate(zip(self.x_blocks, self.noise_blocks,
                                                           self.offsets, comps))]
-        return _tree_sum(parts)
+        return tree_reduce(parts, sum_stats)
 
 
 def _resolve_client(client):
@@ -280,16 +266,9 @@ def _resolve_client(client):
         return None
 
 
-def _compute(obj, client):
-    if client is not None:
-        return client.compute(obj, sync=True)
-    return dask.compute(obj, scheduler="threads")[0]
-
-
 def _memory_budget(client) -> float:
     """Bytes of memory the data may occupy if persisted."""
     if client is not None:
-        from .cluster import cluster_memory
         return 0.5 * cluster_memory(client)
     import psutil
     return 0.25 * psutil.virtual_memory().available
@@ -744,7 +723,6 @@ def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_a
         rows[order] = picked
         amp, mean, cov = init_random(K, summary, rows, init_rng)
     else:
-        from .init import init_kmeans
         amp, mean, cov = init_kmeans(K, plan, summary, init_rng, client)
     amp = np.array(amp, dtype=np.float64)
     if bg_amp is not None and (init_method != "none" or bg_seeded):

@@ -26,6 +26,10 @@ from .background import Background
 from .em import FitResult, _root_seed, fit
 from .errors import DaskGMMisError, InputError, InputTypeError
 from .model import GMM
+from .validation import is_dask
+from .catalog import as_dask_input, Catalog, open_catalog
+from .scoring import aic, bic, score
+from .posterior import posterior
 
 __all__ = ["GaussianMixture", "NotFittedError", "fit_best"]
 
@@ -143,10 +147,7 @@ def _not_fitted(est) -> NotFittedError:
 
 def _is_lazy(X) -> bool:
     """Dask arrays, catalogs and catalog paths are passed to the library untouched."""
-    from .catalog import Catalog
-
-    return (hasattr(X, "dask") and hasattr(X, "chunks")) or isinstance(
-        X, (Catalog, str, os.PathLike))
+    return is_dask(X) or isinstance(X, (Catalog, str, os.PathLike))
 
 
 def _seed_of(random_state):
@@ -372,7 +373,6 @@ class GaussianMixture:
         if _is_lazy(X):
             D = X.shape[1] if hasattr(X, "shape") else None
             if D is None:
-                from .catalog import open_catalog
                 D = open_catalog(X).data.shape[1]
         else:
             if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
@@ -475,7 +475,6 @@ class GaussianMixture:
         self.n_iter_ = int(result.n_iter)
         self.lower_bound_ = float(result.logL)
         self.N_orig_ = float(result.N_orig)
-        from .catalog import Catalog, open_catalog
         cat = open_catalog(X) if isinstance(X, (str, os.PathLike)) else X
         if isinstance(cat, Catalog):
             self.feature_names_in_ = np.asarray(cat.columns, dtype=object)
@@ -504,7 +503,6 @@ class GaussianMixture:
         self._check_is_fitted()
         X = self._validate_X(X, reset=False)
         if _is_lazy(X):
-            from .catalog import as_dask_input
             X, covar, _ = as_dask_input(X, covar)
         return self.gmm_.logL(X, covar, background=self.background_)
 
@@ -521,16 +519,12 @@ class GaussianMixture:
         -------
         float
         """
-        from .scoring import score
-
         self._check_is_fitted()
         X = self._validate_X(X, reset=False)
         return float(score(self.gmm_, X, covar, background=self.background_))
 
     def _posterior_resp(self, X, covar):
         import dask.array as da
-
-        from .posterior import posterior
 
         self._check_is_fitted()
         X = self._validate_X(X, reset=False)
@@ -615,8 +609,6 @@ class GaussianMixture:
 
         See :func:`daskgmmis.bic`.
         """
-        from .scoring import bic
-
         self._check_is_fitted()
         return bic(self.gmm_, self._validate_X(X, reset=False), covar,
                    background=self.background_)
@@ -626,8 +618,6 @@ class GaussianMixture:
 
         See :func:`daskgmmis.aic`.
         """
-        from .scoring import aic
-
         self._check_is_fitted()
         return aic(self.gmm_, self._validate_X(X, reset=False), covar,
                    background=self.background_)

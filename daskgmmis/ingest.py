@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from .catalog import (_COMPLETE, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
+from .catalog import (_COMPLETE, _is_url, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
                       default_row_chunk, install_store, open_catalog)
 from .errors import CatalogError, InputError, InputTypeError
 from .validation import check_data_block, check_noise_block
@@ -483,10 +483,6 @@ def errors_to_covar(errors: np.ndarray, *, variances: bool = False,
 
 
 # --------------------------------------------------------------------- writers
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def _check_target(path: str, overwrite: bool) -> None:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from . import kernels
 from .background import Background
 from .background import log_background as _log_background
 from .errors import InputError, InputTypeError, ModelFileError, OutputError, OutputExistsError
+from .validation import is_dask as _is_dask
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block, check_numeric, check_shared_noise)
 
@@ -23,8 +25,23 @@ MODEL_FORMAT = "daskgmmis-model"
 MODEL_FORMAT_VERSION = 1
 
 
-def _is_dask(a) -> bool:
-    return hasattr(a, "dask") and hasattr(a, "chunks")
+@dataclass
+class Theta:
+    """One parameter set of the EM iteration.
+
+    Attributes
+    ----------
+    amp : ndarray, shape (K,)
+    mean : ndarray, shape (K, D)
+    covar : ndarray, shape (K, D, D)
+    bg_amp : float or None
+        Background amplitude (None without a background).
+    """
+
+    amp: np.ndarray
+    mean: np.ndarray
+    covar: np.ndarray
+    bg_amp: float | None = None
 
 
 class GMM:
@@ -191,7 +208,7 @@ class GMM:
         covariances ``covar_k[a,a] - covar_k[a,b] covar_k[b,b]^-1 covar_k[b,a]``
         (Cholesky solves). This is the noise-free posterior of a row whose ``a``
         features are missing, and is computed by the same code
-        (:func:`daskgmmis.posterior.posterior_block`).
+        (:func:`daskgmmis.kernels.posterior_block`).
 
         Parameters
         ----------
@@ -220,7 +237,6 @@ class GMM:
             ``dims`` repeated, out of range, empty or covering every dimension;
             ``values`` of the wrong shape or not finite.
         """
-        from .posterior import posterior_block   # posterior.py imports this module
 
         amp, mean, cov = self._params()
         D = self.D
@@ -251,7 +267,7 @@ class GMM:
         x = np.full((1, D), np.nan)
         x[0, d] = v
         log_bg = _log_background(background, x, None, "none")
-        post = posterior_block(x, None, "none", amp, mean, cov, log_bg)
+        post = kernels.posterior_block(x, None, "none", amp, mean, cov, log_bg)
         a = np.setdiff1d(np.arange(D), d)
         g = GMM(self.K, a.size)
         p_bg = 0.0 if post.resp_bg is None else float(post.resp_bg[0])

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from .background import Background
-from .checkpoint import Theta
+from .model import Theta
 from .errors import DeadComponentWarning, InputError
 from .stats import SuffStats
 from .validation import as_index_array

@@ -25,6 +25,8 @@ import numpy as np
 from .background import Background
 from .errors import InputError, InputTypeError
 from .model import GMM
+from .catalog import Catalog, as_dask_input, open_catalog
+from .selection import evaluate_selection
 
 __all__ = ["corner", "convergence", "density", "figure", "marginal", "sample_rows", "save_figure",
            "selection_boundary", "FIGURE_FORMATS"]
@@ -97,7 +99,6 @@ def sample_rows(data, n: int = 20_000, rng=0, covar=None) -> np.ndarray:
     ndarray, shape (min(n, N), D)
         Rows in catalog order.
     """
-    from .catalog import as_dask_input
 
     x, _, _ = as_dask_input(data, None)
     N = int(x.shape[0])
@@ -169,7 +170,6 @@ def corner(gmm: GMM, data=None, *, columns: Sequence[str] | None = None,
     D = gmm.D
     sample = None
     if data is not None:
-        from .catalog import Catalog, open_catalog
         if isinstance(data, (str, os.PathLike)):
             data = open_catalog(data)
         if columns is None and isinstance(data, Catalog):
@@ -296,7 +296,6 @@ def selection_boundary(ax, sel_callback, extent, *, resolution: int = 300, **sty
     **style
         Passed to ``contour`` (default: dashed black).
     """
-    from .selection import evaluate_selection
 
     xs = np.linspace(extent[0], extent[1], resolution)
     ys = np.linspace(extent[2], extent[3], resolution)

@@ -25,6 +25,7 @@ from .catalog import as_dask_input
 from .errors import InputError, InputTypeError
 from .validation import check_background
 from .model import GMM
+from .em import _root_seed, fit
 
 __all__ = ["n_parameters", "loglike", "bic", "aic", "score", "cv_fit", "CVResult", "stack"]
 
@@ -279,7 +280,6 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
     CVResult
         Per-fold held-out mean log-likelihood per row, fitted models and results.
     """
-    from .em import _root_seed, fit
 
     _check_model(gmm)
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
