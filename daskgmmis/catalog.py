@@ -18,6 +18,7 @@ garbled chunk files) raise :class:`~daskgmmis.errors.CatalogError` naming the st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -27,7 +28,9 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .errors import CatalogError, CatalogNotFoundError, InputError, InputTypeError
+from .errors import (CatalogError, CatalogNotFoundError, DaskGMMisError, InputError,
+                     InputTypeError, OutputError, StoreExistsError)
+from .files import check_new_output
 from .kernels import noise_kind_of
 from .validation import check_shared_noise
 from .neighborhoods import spatial_order
@@ -131,6 +134,68 @@ def _as_source(arr, dtype, chunks):
     return np.asarray(arr, dtype=dtype)
 
 
+@contextlib.contextmanager
+def new_store(path, overwrite: bool):
+    """A new Zarr v3 group for ``path``, in place only once the ``with`` block completes.
+
+    The one writer of stores: a local store is written under a temporary name and
+    installed by :func:`install_store` (an existing one is replaced only with
+    ``overwrite``, and never lost); an fsspec URL is written in place. On an
+    exception the partial store is deleted.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or fsspec URL.
+    overwrite : bool
+
+    Yields
+    ------
+    zarr.Group
+        The new, empty group; create its arrays with :func:`complete_array`.
+
+    Raises
+    ------
+    StoreExistsError
+        ``path`` exists and ``overwrite`` is False (an :class:`OutputExistsError`).
+    """
+    path = os.fspath(path)
+    url = _is_url(path)
+    if not url:
+        check_new_output(path, overwrite, exists_error=StoreExistsError)
+    target = path if url else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        # "w-" refuses an existing store (a URL has no temporary name to rename)
+        yield zarr.open_group(target, mode="w" if url and overwrite else "w-", zarr_format=3)
+    except BaseException:
+        if not url:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    if not url:
+        try:
+            install_store(target, path, overwrite)
+        except OSError as e:
+            if isinstance(e, DaskGMMisError):
+                raise
+            shutil.rmtree(target, ignore_errors=True)
+            raise OutputError(f"path: cannot move the completed store into place at {path} "
+                              f"({type(e).__name__}: {e}); an existing store there is "
+                              f"unchanged.") from e
+
+
+def complete_array(group, name: str, shape, dtype, chunks, **kwargs):
+    """An array of ``group`` whose every chunk is written and marked so.
+
+    Zarr skips chunks equal to the fill value by default, and then a deleted chunk
+    file reads back as zeros without an error. Writing every chunk (and saying so
+    in the ``complete_chunks`` attribute) lets a reader tell a missing chunk from
+    an empty one (:func:`open_catalog` does).
+    """
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
+                              attributes=_COMPLETE, config={"write_empty_chunks": True},
+                              **kwargs)
+
+
 def install_store(tmp: str, path: str, overwrite: bool) -> None:
     """Move a completed local store from its temporary name to ``path``.
 
@@ -151,8 +216,8 @@ def install_store(tmp: str, path: str, overwrite: bool) -> None:
         return
     if not overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CatalogError(f"path: {path} appeared while writing; pass overwrite=True to "
-                           f"replace it.")
+        raise StoreExistsError(f"path: {path} appeared while writing; pass overwrite=True "
+                               f"to replace it.")
     backup = f"{path}.old-{uuid.uuid4().hex[:8]}"
     os.rename(path, backup)
     try:
@@ -215,12 +280,9 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
     if rows < 1:
         raise InputError(f"chunks: expected a positive number of rows; found {chunks}.")
 
-    exists = os.path.exists(path) if not _is_url(path) else False
-    if exists and not overwrite:
-        raise CatalogError(f"path: {path} exists; pass overwrite=True to replace it "
-                           f"(a catalog is never overwritten by default).")
-    target = path if _is_url(path) else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-
+    if not _is_url(path):
+        # before any work; a catalog is never overwritten by default
+        check_new_output(path, overwrite, exists_error=StoreExistsError)
     xd = _as_source(x, dtype, (rows, D))
     cd = None if covar is None else _as_source(covar, np.float64,
                                                (rows,) + tuple(covar.shape[1:]))
@@ -232,45 +294,33 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
             cd = np.asarray(cd)[perm]
         row_index = perm.astype(np.int64)
     try:
-        group = zarr.open_group(target, mode="w-" if not _is_url(path) or not overwrite else "w",
-                                zarr_format=3)
-        group.attrs.update({"daskgmmis_format": CATALOG_FORMAT,
-                            "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
-                            "columns": columns, "covar_kind": kind,
-                            "order": order})
-        arrays = [("data", xd)] + ([("covar", cd)] if cd is not None else [])
-        targets = []
-        for name, arr in arrays:
-            # Zarr skips chunks equal to the fill value by default, and then a
-            # deleted chunk file reads back as zeros without an error. Writing
-            # every chunk (and saying so) lets open_catalog tell a missing chunk
-            # from an empty one.
-            z = group.create_array(name, shape=arr.shape, dtype=arr.dtype,
-                                   chunks=(rows,) + tuple(arr.shape[1:]),
-                                   attributes=_COMPLETE, config={"write_empty_chunks": True})
-            targets.append(z)
-        for (_, arr), z in zip(arrays, targets):
-            if isinstance(arr, da.Array):
-                da.store(arr, z, lock=False)
-            else:
-                # in-memory input: write slabs directly rather than shipping the
-                # array through a (possibly distributed) graph
-                for start in range(0, arr.shape[0], rows):
-                    z[start:start + rows] = arr[start:start + rows]
-        if row_index is not None:
-            group.create_array("row_index", data=row_index, chunks=(rows,),
-                               attributes=_COMPLETE, config={"write_empty_chunks": True})
-    except BaseException as e:
-        if not _is_url(path):
-            shutil.rmtree(target, ignore_errors=True)
-        if isinstance(e, OSError):
-            # disk full, permissions...: the old catalog (if any) was never touched
-            raise CatalogError(f"path: cannot write the catalog {path} ({type(e).__name__}: "
-                               f"{e}); nothing was written and an existing catalog there is "
-                               f"unchanged.") from e
-        raise
-    if not _is_url(path):
-        install_store(target, path, overwrite)
+        with new_store(path, overwrite) as group:
+            group.attrs.update({"daskgmmis_format": CATALOG_FORMAT,
+                                "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
+                                "columns": columns, "covar_kind": kind,
+                                "order": order})
+            arrays = [("data", xd)] + ([("covar", cd)] if cd is not None else [])
+            targets = [complete_array(group, name, arr.shape, arr.dtype,
+                                      (rows,) + tuple(arr.shape[1:]))
+                       for name, arr in arrays]
+            for (_, arr), z in zip(arrays, targets):
+                if isinstance(arr, da.Array):
+                    da.store(arr, z, lock=False)
+                else:
+                    # in-memory input: write slabs directly rather than shipping the
+                    # array through a (possibly distributed) graph
+                    for start in range(0, arr.shape[0], rows):
+                        z[start:start + rows] = arr[start:start + rows]
+            if row_index is not None:
+                complete_array(group, "row_index", row_index.shape, row_index.dtype,
+                               (rows,))[:] = row_index
+    except OSError as e:
+        if isinstance(e, DaskGMMisError):
+            raise
+        # disk full, permissions...: the old catalog (if any) was never touched
+        raise CatalogError(f"path: cannot write the catalog {path} ({type(e).__name__}: "
+                           f"{e}); nothing was written and an existing catalog there is "
+                           f"unchanged.") from e
     return open_catalog(path)
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import CheckpointError
+from .files import write_bytes_atomic
 from .model import Theta
 
 __all__ = ["Theta", "EMState", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
@@ -106,17 +106,7 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
     np.savez(buf, **arrays)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-ckpt-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def load_checkpoint(path, fingerprint: dict) -> EMState | None:

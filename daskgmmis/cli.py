@@ -36,6 +36,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CatalogError, DaskGMMisError, InputError
+from .files import write_atomic
 from .background import Background
 from .catalog import CATALOG_FORMAT, CATALOG_FORMAT_VERSION, default_row_chunk, open_catalog
 from .cluster import client_context
@@ -388,15 +389,11 @@ def _write_json(path: str, obj) -> None:
             return o.tolist()
         return repr(o)
 
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w") as f:
+    def write(tmp):
+        with open(tmp, "x") as f:
             json.dump(obj, f, indent=1, default=default, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomic(path, write)
 
 
 def _load_model(path):

@@ -20,7 +20,8 @@ from .errors import OutputError, OutputExistsError
 __all__ = ["check_new_output", "write_atomic", "write_bytes_atomic"]
 
 
-def check_new_output(path, overwrite: bool, *, hint: str = "overwrite=True") -> str:
+def check_new_output(path, overwrite: bool, *, hint: str = "overwrite=True",
+                     exists_error: type = OutputExistsError) -> str:
     """Refuse an existing output unless ``overwrite``; the directory must exist.
 
     Parameters
@@ -31,6 +32,9 @@ def check_new_output(path, overwrite: bool, *, hint: str = "overwrite=True") -> 
     hint : str
         How the caller allows overwriting, for the message (``"--overwrite"`` in
         the CLI).
+    exists_error : type
+        :class:`OutputExistsError` or a subclass (stores raise
+        :class:`~daskgmmis.errors.StoreExistsError`).
 
     Returns
     -------
@@ -46,7 +50,7 @@ def check_new_output(path, overwrite: bool, *, hint: str = "overwrite=True") -> 
     """
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
-        raise OutputExistsError(f"path: {path} exists; pass {hint} to replace it.")
+        raise exists_error(f"path: {path} exists; pass {hint} to replace it.")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise OutputError(f"path: directory {directory} does not exist; create it first "
@@ -75,8 +79,9 @@ def write_atomic(path, write, *, suffix: str = "") -> None:
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    # hidden, unique, and recognizable as temporary (".tmp", before a format suffix)
     tmp = os.path.join(directory,
-                       f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+                       f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         write(tmp)
         # the data on disk before the name: a crash cannot leave an empty file

@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from .catalog import (_COMPLETE, _is_url, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
-                      default_row_chunk, install_store, open_catalog)
-from .errors import CatalogError, InputError, InputTypeError
+from .catalog import (_is_url, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
+                      complete_array, default_row_chunk, install_store, new_store,
+                      open_catalog)
+from .errors import InputError, InputTypeError, StoreExistsError
+from .files import check_new_output
 from .validation import check_data_block, check_noise_block
 
 __all__ = ["FORMATS", "TableSource", "open_table", "detect_format", "CatalogWriter",
@@ -488,12 +490,8 @@ def errors_to_covar(errors: np.ndarray, *, variances: bool = False,
 def _check_target(path: str, overwrite: bool) -> None:
     if _is_url(path):
         raise InputError(f"path: {path}: streaming writers write local directories only.")
-    if os.path.exists(path) and not overwrite:
-        raise CatalogError(f"path: {path} exists; pass overwrite=True (--overwrite) to "
-                           f"replace it.")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InputError(f"path: directory {parent} does not exist.")
+    check_new_output(path, overwrite, hint="overwrite=True (--overwrite)",
+                     exists_error=StoreExistsError)
 
 
 class CatalogWriter:
@@ -562,16 +560,12 @@ class CatalogWriter:
                                 "columns": self.columns, "covar_kind": self.kind,
                                 "order": "input"})
             D, rows = self.D, self.chunk_rows
-            self._data = group.create_array("data", shape=(0, D), dtype=self.dtype,
-                                            chunks=(rows, D), attributes=_COMPLETE,
-                                            config={"write_empty_chunks": True})
+            self._data = complete_array(group, "data", (0, D), self.dtype, (rows, D))
             self._covar = None
             if self.kind != "none":
                 tail = (D,) if self.kind == "diag" else (D, D)
-                self._covar = group.create_array("covar", shape=(0,) + tail,
-                                                 dtype=np.float64, chunks=(rows,) + tail,
-                                                 attributes=_COMPLETE,
-                                                 config={"write_empty_chunks": True})
+                self._covar = complete_array(group, "covar", (0,) + tail, np.float64,
+                                             (rows,) + tail)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -706,20 +700,11 @@ def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False
     rows = max(max(first.chunks[0], default=1), 1)
     # regular chunks on both sides: no two tasks write into one Zarr chunk
     arrays = {k: a.rechunk({0: rows}) for k, a in arrays.items()}
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        group = zarr.open_group(tmp, mode="w-", zarr_format=3)
+    with new_store(path, overwrite) as group:
         group.attrs.update(attrs)
-        targets = [group.create_array(k, shape=a.shape, dtype=a.dtype,
-                                      chunks=(rows,) + tuple(a.shape[1:]),
-                                      attributes=_COMPLETE,
-                                      config={"write_empty_chunks": True})
+        targets = [complete_array(group, k, a.shape, a.dtype, (rows,) + tuple(a.shape[1:]))
                    for k, a in arrays.items()]
         da.store(list(arrays.values()), targets, lock=False)
-        install_store(tmp, path, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------------------ ingest

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +13,8 @@ import numpy as np
 from . import kernels
 from .background import Background
 from .background import log_background as _log_background
-from .errors import InputError, InputTypeError, ModelFileError, OutputError, OutputExistsError
+from .errors import InputError, InputTypeError, ModelFileError
+from .files import check_new_output, write_bytes_atomic
 from .validation import is_dask as _is_dask
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block, check_numeric, check_shared_noise)
@@ -340,13 +340,7 @@ class GMM:
         amp, mean, cov = self._params()
         bg = background if background is not None else self.background
         check_background(bg, self.D, "the model")
-        path = _as_path(path)
-        if os.path.exists(path) and not overwrite:
-            raise OutputExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise OutputError(f"path: directory {directory} does not exist; create it first "
-                              f"or save elsewhere.")
+        path = check_new_output(_as_path(path), overwrite)
         bg_dict = None if bg is None else bg.to_dict()
         meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION,
                 "K": self.K, "D": self.D, "background": bg_dict,
@@ -354,25 +348,7 @@ class GMM:
         buf = io.BytesIO()
         np.savez(buf, amp=amp, mean=mean, covar=cov,
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-", suffix=".tmp", dir=directory)
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            # the old file, if any, is untouched: only the temporary file was written
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise OutputError(f"path: cannot write the model to {path} "
-                              f"({type(e).__name__}: {e}); the previous file, if any, is "
-                              f"unchanged.") from e
-        except BaseException:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_bytes_atomic(path, buf.getvalue())
 
     @classmethod
     def load(cls, path) -> "GMM":

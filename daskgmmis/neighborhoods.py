@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
 from .kernels import BlockMoments, chi2_cut_for, estep_block, fill_outside
 
 __all__ = ["BlockBox", "block_box", "chi2_cuts", "ReachTest", "components_reaching",
@@ -210,7 +211,7 @@ def block_box(x: np.ndarray, noise=None, kind: str = "none") -> BlockBox:
         per_row = np.minimum(diag.sum(axis=1), np.abs(S).sum(axis=2).max(axis=1, initial=0.0))
         s_max = float(per_row.max(initial=0.0))
     else:
-        raise ValueError(f"kind: expected 'none', 'shared', 'diag' or 'full'; found {kind!r}.")
+        raise InputError(f"kind: expected 'none', 'shared', 'diag' or 'full'; found {kind!r}.")
     return BlockBox(lo, hi, max_var, s_max, ~observed.all(axis=0), _observed_patterns(observed),
                     n)
 
@@ -477,7 +478,7 @@ def spatial_order(x: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x)
     if x.ndim != 2:
-        raise ValueError(f"x: expected shape (N, D); found {x.shape}.")
+        raise InputError(f"x: expected shape (N, D); found {x.shape}.")
     N, D = x.shape
     if N == 0:
         return np.zeros(0, dtype=np.int64)

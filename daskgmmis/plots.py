@@ -17,13 +17,13 @@ writes PNG, PDF or SVG atomically.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 
 import numpy as np
 
 from .background import Background
 from .errors import InputError, InputTypeError
+from .files import check_new_output, write_atomic
 from .model import GMM
 from .catalog import Catalog, as_dask_input, open_catalog
 from .selection import evaluate_selection
@@ -416,17 +416,5 @@ def save_figure(fig, path, *, dpi: int = 120, overwrite: bool = True) -> None:
     if fmt not in FIGURE_FORMATS:
         raise InputError(f"{path}: expected a figure file ending in one of "
                          f"{['.' + f for f in FIGURE_FORMATS]}.")
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path}: exists; pass overwrite to replace it.")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise InputError(f"{path}: directory {directory} does not exist.")
-    # a fresh name rather than mkstemp: the file gets the usual (umask) permissions
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}.{fmt}")
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    check_new_output(path, overwrite, hint="overwrite")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi), suffix=f".{fmt}")

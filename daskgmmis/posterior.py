@@ -46,8 +46,6 @@ where observed) run inside the same block tasks: no extra read.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -59,7 +57,7 @@ from .errors import InputError, InputTypeError
 from .model import GMM
 from .validation import check_background, check_noise_block
 from .validation import is_dask as _is_dask
-from .catalog import (_is_url, as_dask_input, Catalog, default_row_chunk, install_store,
+from .catalog import (as_dask_input, Catalog, complete_array, default_row_chunk, new_store,
                       open_catalog)
 
 if TYPE_CHECKING:  # dask is imported lazily: the block math must not need it
@@ -375,20 +373,15 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
 
     Raises
     ------
-    FileExistsError
-        ``path`` exists and ``overwrite`` is False.
+    StoreExistsError
+        ``path`` exists and ``overwrite`` is False (an :class:`OutputExistsError`).
     """
     import dask.array as da
-    import zarr
 
     if not isinstance(post, Posterior):
         raise InputTypeError(f"post: expected a daskgmmis Posterior; found "
                              f"{type(post).__name__}.")
     path = os.fspath(path)
-    url = _is_url(path)
-    exists = not url and os.path.exists(path)
-    if exists and not overwrite:
-        raise FileExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
     names = ["mean", "covar", "resp", "logL", "resp_bg", "row_index"]
     if components:
         names += ["means", "covars"]
@@ -400,21 +393,10 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
     # zarr chunks are regular: make the dask chunks match them, so that no two
     # tasks write into the same zarr chunk
     arrays = {n: da.asarray(a).rechunk({0: rows}) for n, a in arrays.items()}
-    target = path if url else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        # "w-" refuses an existing store (URLs have no temporary name to rename)
-        group = zarr.open_group(target, mode="w" if url and overwrite else "w-",
-                                zarr_format=3)
+    with new_store(path, overwrite) as group:
         group.attrs.update({"daskgmmis_format": POSTERIOR_FORMAT,
                             "daskgmmis_format_version": POSTERIOR_FORMAT_VERSION,
                             "K": post.K, "D": post.D})
-        targets = [group.create_array(n, shape=a.shape, dtype=a.dtype,
-                                      chunks=(rows,) + tuple(a.shape[1:]))
+        targets = [complete_array(group, n, a.shape, a.dtype, (rows,) + tuple(a.shape[1:]))
                    for n, a in arrays.items()]
         da.store(list(arrays.values()), targets, lock=False)
-    except BaseException:
-        if not url:
-            shutil.rmtree(target, ignore_errors=True)
-        raise
-    if not url:
-        install_store(target, path, overwrite)

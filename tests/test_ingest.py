@@ -224,7 +224,7 @@ def test_bad_correlation_and_drop_empty(tmp_path):
 def test_existing_output_needs_overwrite(tmp_path, csv_file, table):
     out = tmp_path / "c.zarr"
     ingest(csv_file, out, "b")
-    with pytest.raises(CatalogError, match="exists"):
+    with pytest.raises(dg.OutputExistsError, match="exists"):
         ingest(csv_file, out, "ea")
     assert dg.open_catalog(out).columns == ["b"]
     cat = ingest(csv_file, out, "ea", overwrite=True)
@@ -293,7 +293,7 @@ def test_write_row_arrays_is_lazy_and_atomic(tmp_path):
     write_row_arrays(tmp_path / "o.zarr", {"v": x, "w": x[:, None] * [1, 2]}, {"k": 1})
     g = zarr.open_group(tmp_path / "o.zarr", mode="r")
     assert g.attrs["k"] == 1 and np.array_equal(g["w"][:, 1], np.arange(100) * 2)
-    with pytest.raises(CatalogError, match="exists"):
+    with pytest.raises(dg.OutputExistsError, match="exists"):
         write_row_arrays(tmp_path / "o.zarr", {"v": x}, {})
     def fail_late(block):
         if block[0] > 50:
