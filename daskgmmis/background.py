@@ -177,6 +177,10 @@ class Background:
                 out[i] = (np.log(p) + log_frac[i][~near[i]].sum()
                           - log_width[observed[i]].sum())
 
+    def copy(self) -> "Background":
+        """An independent copy (a fit updates ``amp`` in place)."""
+        return Background.from_dict(self.to_dict())
+
     def to_dict(self) -> dict:
         """Plain-JSON description (for model files and checkpoints)."""
         return {"lower": self.lower.tolist(), "upper": self.upper.tolist(),

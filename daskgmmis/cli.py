@@ -40,7 +40,7 @@ from .files import write_atomic
 from .background import Background
 from .catalog import CATALOG_FORMAT, CATALOG_FORMAT_VERSION, default_row_chunk, open_catalog
 from .cluster import client_context
-from .estimator import fit_best
+from .em import fit_best
 from .ingest import CatalogWriter, ingest as run_ingest, write_row_arrays
 from .model import GMM
 from .posterior import posterior as compute_posterior, write_posterior

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 import daskgmmis as dg
-from daskgmmis.estimator import fit_best
+from daskgmmis.em import fit_best
 from daskgmmis.selection import And, Box, Complement, Sphere
 
 NOISE_SD = 0.5

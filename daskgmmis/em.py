@@ -45,7 +45,7 @@ from .stats import DataSummary, SuffStats, sum_stats
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block)
 
-__all__ = ["fit", "FitResult"]
+__all__ = ["fit", "fit_best", "FitResult", "child_seed"]
 
 log = logging.getLogger("daskgmmis")
 
@@ -310,6 +310,16 @@ def _root_seed(rng) -> np.random.SeedSequence:
                          f"SeedSequence; found {type(rng).__name__}.")
 
 
+def child_seed(root: np.random.SeedSequence, i: int) -> np.random.SeedSequence:
+    """Child ``i`` of a root seed: the one seed derivation of the package.
+
+    ``SeedSequence(root.entropy, spawn_key=root.spawn_key + (i,))``, keyed
+    explicitly: ``SeedSequence.spawn`` would mutate a caller's object, so that the
+    same ``rng`` passed twice would give other streams.
+    """
+    return np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + (int(i),))
+
+
 # ----------------------------------------------------------------- evaluation
 
 
@@ -545,10 +555,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     else:
         seed = _root_seed(rng)
     # children keyed explicitly (SeedSequence.spawn would mutate a caller's object)
-    child = lambda i: np.random.SeedSequence(seed.entropy,  # noqa: E731
-                                             spawn_key=tuple(seed.spawn_key) + (i,))
-    impute_seed = child(0)
-    init_seeds = [child(1 + i) for i in range(n_init)]
+    impute_seed = child_seed(seed, 0)
+    init_seeds = [child_seed(seed, 1 + i) for i in range(n_init)]
     bg_amp0, bg_seeded = _background_start(background)
     evaluate = _Evaluator(plan, client, cutoff, sel_callback, covar_callback, impute_seed,
                           oversampling, background, boxes)
@@ -587,6 +595,80 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
                      N=summary.n, n_outside=last.n_outside, bg_amp=theta.bg_amp,
                      seconds=time.perf_counter() - t_start,
                      seconds_per_iter=list(state.seconds))
+
+
+def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
+             background: Background | None = None, prefit: bool = False,
+             **fit_kwargs) -> FitResult:
+    """:func:`daskgmmis.fit` from ``n_init`` starts, optionally prefitted without selection.
+
+    Without ``prefit`` this is ``fit(..., n_init=n_init)``. With ``prefit`` and a
+    ``sel_callback``, every start is two fits: one *without* the selection (and
+    its imputation), then the truncation-aware fit starting from its result
+    (``init_method="none"``) - pyGMMis's recipe: the plain fit puts the
+    components where the observed rows are and the imputation then extends them
+    into the unobserved region, where from a random start the weakly
+    constrained unobserved volume can attract runaway components. The start
+    with the highest final likelihood is kept.
+
+    Parameters
+    ----------
+    gmm : GMM
+        Model to fit; updated in place with the best start.
+    data, covar
+        As for :func:`daskgmmis.fit`.
+    n_init : int
+        Number of starts (>= 1).
+    rng : None, int, Generator or SeedSequence
+        Root seed. With ``prefit`` and several starts, start ``i`` uses
+        :func:`child_seed` ``(root, i)``; one start uses ``rng`` itself, as
+        :func:`fit` would.
+    background : Background, optional
+        Fitted jointly; its ``amp`` is updated in place with the winner's.
+    prefit : bool
+        Prefit every start without the selection (only with ``sel_callback``).
+    **fit_kwargs
+        Passed to :func:`daskgmmis.fit` (``init_method``, ``w``, ``cutoff``,
+        ``sel_callback``, ``covar_callback``, ``tol``, ``maxiter``, ``frozen``,
+        ``client``, ``oversampling``, ``persist``, ``checkpoint``, ...).
+
+    Returns
+    -------
+    FitResult
+        The winning start's result.
+    """
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
+    if not isinstance(gmm, GMM):
+        raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
+    if not (prefit and fit_kwargs.get("sel_callback") is not None):
+        return fit(gmm, data, covar, n_init=n_init, rng=rng, background=background,
+                   **fit_kwargs)
+    if n_init > 1 and fit_kwargs.get("checkpoint") is not None:
+        raise InputError("checkpoint: one checkpoint file cannot hold several starts; use "
+                         "n_init=1 with a checkpoint.")
+    if n_init == 1:
+        seeds = [rng]
+    else:
+        root = _root_seed(rng)
+        seeds = [child_seed(root, i) for i in range(n_init)]
+    # the imputation's options (and the checkpoint) belong to the truncated fit only
+    plain = {k: v for k, v in fit_kwargs.items()
+             if k not in ("sel_callback", "covar_callback", "oversampling", "checkpoint")}
+    truncated = dict(fit_kwargs, init_method="none")
+    best = None
+    for seed in seeds:
+        g = gmm.copy()
+        bg = None if background is None else background.copy()
+        fit(g, data, covar, background=bg, rng=seed, **plain)
+        result = fit(g, data, covar, background=bg, rng=seed, **truncated)
+        if best is None or result.logL > best[0].logL:
+            best = (result, g, bg)
+    result, g, bg = best
+    gmm.amp, gmm.mean, gmm.covar = g.amp, g.mean, g.covar
+    if background is not None:
+        background.amp = bg.amp
+    return result
 
 
 # A covariance whose extent along some direction is below 1e-7 of the data's range

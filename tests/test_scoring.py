@@ -151,11 +151,11 @@ def test_cv_fit_is_reproducible_and_keeps_template():
 def heldout_folds(data, noise, n_folds, rng):
     """The held-out (rows, noise) of every fold of cv_fit(data, noise, n_folds, rng)."""
     from daskgmmis.catalog import as_dask_input
-    from daskgmmis.em import _root_seed
+    from daskgmmis.em import _root_seed, child_seed
 
     x, nz, _ = as_dask_input(data, noise)
     offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int).tolist()
-    base_seed = _root_seed(rng).spawn(2)[0].generate_state(4).tolist()
+    base_seed = child_seed(_root_seed(rng), 0).generate_state(4).tolist()
     return [(_fold_split(x, n_folds, f, False, base_seed, offsets).compute(),
              _fold_split(nz, n_folds, f, False, base_seed, offsets).compute())
             for f in range(n_folds)]
