@@ -5,6 +5,11 @@ Layout of a catalog (a Zarr v3 group):
 * ``data`` - (N, D) float32 or float64, NaN = missing feature, chunked along rows only;
 * ``covar`` - optional noise: (N, D) diagonal variances or (N, D, D) full covariances,
   chunked like ``data``;
+* ``ids`` - optional (N,) row identifiers, int64 or strings, carried with the rows
+  (in any row order) so that every per-row output can be joined back to the
+  user's table; group attribute ``id_name`` is the identifier column's name;
+* ``row_index`` - (N,) int64, the row's position in the input, when the rows were
+  reordered (``order="spatial"``);
 * group attributes ``daskgmmis_format`` (``"daskgmmis-catalog"``),
   ``daskgmmis_format_version``, ``columns`` (D names), ``covar_kind``
   (``"none" | "diag" | "full"``);
@@ -34,8 +39,10 @@ from .files import check_new_output
 from .kernels import noise_kind_of
 from .validation import check_shared_noise
 from .neighborhoods import spatial_order
+from .memory import machine_memory_limit
 
-__all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk", "as_dask_input",
+__all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk",
+           "as_dask_input", "check_ids", "check_not_input", "stores_read_by",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
@@ -89,6 +96,10 @@ class Catalog:
         Where the catalog lives.
     row_index : dask array or None, shape (N,)
         Original row index when the rows were reordered (``order="spatial"``).
+    ids : dask array or None, shape (N,)
+        Row identifiers (int64 or strings) carried with the rows.
+    id_name : str or None
+        Name of the identifier column (e.g. ``"source_id"``).
     """
 
     data: da.Array
@@ -96,6 +107,26 @@ class Catalog:
     columns: list
     path: str | None = None
     row_index: da.Array | None = None
+    ids: da.Array | None = None
+    id_name: str | None = None
+
+    def row_keys(self) -> dict:
+        """The column that joins a per-row output back to the user's table.
+
+        Returns
+        -------
+        dict
+            ``{id_name: ids}`` when the catalog carries identifiers, else
+            ``{"row": position of each row in the input table}`` (its
+            ``row_index`` for a catalog in spatial order); one lazy (N,) array,
+            chunked like :attr:`data`.
+        """
+        if self.ids is not None:
+            return {self.id_name or "id": self.ids.rechunk({0: self.data.chunks[0]})}
+        if self.row_index is not None:
+            return {"row": self.row_index.rechunk({0: self.data.chunks[0]})}
+        return {"row": da.arange(self.data.shape[0], chunks=self.data.chunks[0],
+                                 dtype=np.int64)}
 
     @property
     def covar_kind(self) -> str:
@@ -108,8 +139,9 @@ class Catalog:
         return tuple(self.data.shape)
 
     def __repr__(self) -> str:
+        ids = f", ids={self.id_name!r}" if self.ids is not None else ""
         return (f"Catalog(path={self.path!r}, N={self.data.shape[0]}, D={self.data.shape[1]}, "
-                f"covar_kind={self.covar_kind!r}, chunks={self.data.chunksize[0]} rows)")
+                f"covar_kind={self.covar_kind!r}, chunks={self.data.chunksize[0]} rows{ids})")
 
 
 def _is_url(path: str) -> bool:
@@ -194,6 +226,78 @@ def complete_array(group, name: str, shape, dtype, chunks, **kwargs):
     return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
                               attributes=_COMPLETE, config={"write_empty_chunks": True},
                               **kwargs)
+def _resolved(path) -> str:
+    """``path`` with symlinks, ``..`` and relative parts resolved (URLs: as written,
+    without a trailing slash)."""
+    path = os.fspath(path)
+    if _is_url(path):
+        return path.rstrip("/")
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _within(inner: str, outer: str) -> bool:
+    sep = "/" if _is_url(outer) else os.sep
+    return inner == outer or inner.startswith(outer.rstrip(sep) + sep)
+
+
+def check_not_input(out, inputs, what: str = "path") -> None:
+    """Refuse an output that is, is inside, or contains one of the inputs.
+
+    Paths are compared resolved (symlinks, ``..``, relative paths), and an
+    existing output that is the same file as an input (a hard link) is refused
+    too. ``overwrite`` does not change this: a command never writes into, over
+    or inside the catalog or model it reads.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The output about to be written.
+    inputs : iterable of str, os.PathLike or None
+        What the command reads (catalog stores, model files); None is skipped.
+    what : str
+        The output's argument name (``"path"``, ``"--out"``...).
+
+    Raises
+    ------
+    InputError
+        ``out`` would overwrite, write inside or replace a parent of an input.
+    """
+    o = _resolved(out)
+    for inp in inputs:
+        if inp is None:
+            continue
+        i = _resolved(inp)
+        same = o == i
+        if not same and not _is_url(o) and os.path.exists(o) and os.path.exists(i):
+            try:
+                same = os.path.samefile(o, i)
+            except OSError:
+                pass
+        if same or _within(o, i) or _within(i, o):
+            where = ("is" if same else "is inside" if _within(o, i) else "contains")
+            raise InputError(
+                f"{what}: {os.fspath(out)} {where} {os.fspath(inp)}, which this command "
+                f"reads{f' (resolved: {i})' if i != os.fspath(inp) else ''}; an input is never "
+                f"written into, over or inside, even with overwrite. Write the output "
+                f"elsewhere.")
+
+
+def stores_read_by(*objs) -> set:
+    """Catalog stores that dask collections ``objs`` read (via :func:`open_catalog`).
+
+    Lets a write function refuse to write over the store its lazy input comes
+    from; non-dask arguments are ignored.
+    """
+    stores = set()
+    for obj in objs:
+        graph = getattr(obj, "__dask_graph__", None)
+        if graph is None:
+            continue
+        for v in dict(graph()).values():
+            v = getattr(v, "value", v)       # dask's DataNode wraps literal values
+            if isinstance(v, _CheckedZarr):
+                stores.add(v.store)
+    return stores
 
 
 def install_store(tmp: str, path: str, overwrite: bool) -> None:
@@ -229,8 +333,77 @@ def install_store(tmp: str, path: str, overwrite: bool) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def check_ids(ids, N: int, what: str = "ids") -> np.ndarray:
+    """Row identifiers as int64 or strings, one per row, none missing.
+
+    Parameters
+    ----------
+    ids : array_like, shape (N,)
+        Integers (any integer type; floats holding whole numbers are accepted) or
+        strings (str, bytes as UTF-8).
+    N : int
+        Rows expected.
+    what : str
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+        int64, or numpy strings.
+
+    Raises
+    ------
+    InputError, InputTypeError
+        Wrong length or shape, a missing identifier, non-integral numbers, other types.
+    """
+    a = np.asarray(ids)
+    if a.ndim != 1 or a.shape[0] != N:
+        raise InputError(f"{what}: expected one identifier per row, shape ({N},); found "
+                         f"shape {a.shape}.")
+    if a.dtype.kind == "O":
+        bad = [i for i, v in enumerate(a[:N]) if not isinstance(v, (str, bytes))]
+        if bad:
+            raise InputTypeError(f"{what}: row {bad[0]} holds {a[bad[0]]!r}; expected every "
+                                 f"identifier to be an integer or every one a string.")
+        a = np.array([v.decode() if isinstance(v, bytes) else v for v in a], dtype=str)
+    if a.dtype.kind == "S":
+        a = np.char.decode(a, "utf-8")
+    if a.dtype.kind in "UT":
+        empty = np.flatnonzero(a == "")
+        if empty.size:
+            raise InputError(f"{what}: row {int(empty[0])} has an empty identifier; every "
+                             f"row needs one to be joined back.")
+        return a.astype(str)
+    if a.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))
+        if bad.size:
+            raise InputError(f"{what}: row {int(bad[0])} has identifier {a[bad[0]]!r}; "
+                             f"expected whole numbers (or strings), none missing.")
+        if np.abs(a).max(initial=0) >= 2.0**53:
+            raise InputError(f"{what}: identifiers stored as floats above 2**53 have lost "
+                             f"digits; read the column as integers.")
+        return a.astype(np.int64)
+    if a.dtype.kind in "iu":
+        if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
+            raise InputError(f"{what}: identifiers above 2**63 - 1 do not fit int64; pass "
+                             f"them as strings.")
+        return a.astype(np.int64)
+    raise InputTypeError(f"{what}: expected integers or strings; found dtype {a.dtype}.")
+
+
+def _checked_ids_block(block: np.ndarray) -> np.ndarray:
+    out = check_ids(block, len(block))
+    return out if out.dtype.kind == "i" else out.astype(object)
+
+
+def _id_array_dtype(ids: np.ndarray):
+    """The Zarr dtype of an identifier array: int64, or variable-length strings."""
+    return np.int64 if ids.dtype.kind in "iu" else str
+
+
 def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=None,
-                  order: str = "input", overwrite: bool = False) -> Catalog:
+                  order: str = "input", overwrite: bool = False, ids=None,
+                  id_name: str = "id") -> Catalog:
     """Write a catalog to a Zarr v3 store.
 
     Parameters
@@ -250,6 +423,11 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         keeps the original index in array ``row_index``.
     overwrite : bool
         Replace an existing store; otherwise an existing path is an error.
+    ids : array_like, shape (N,), optional
+        Row identifiers, integers or strings, kept with their rows in any order
+        and written first in every per-row output (:meth:`Catalog.row_keys`).
+    id_name : str
+        Name of the identifier column in those outputs.
 
     Returns
     -------
@@ -276,10 +454,24 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         raise InputError(f"columns: expected {D} names; found {len(columns)}.")
     if order not in ("input", "spatial"):
         raise InputError(f"order: expected 'input' or 'spatial'; found {order!r}.")
+    if ids is not None:
+        if isinstance(ids, da.Array) and order == "input":
+            # checked block by block as it is written: identifiers may not fit in memory
+            if ids.shape != (N,):
+                raise InputError(f"ids: expected one identifier per row, shape ({N},); "
+                                 f"found shape {ids.shape}.")
+            ids = ids.map_blocks(_checked_ids_block, dtype=np.int64 if ids.dtype.kind in "iu"
+                                 else object)
+        else:
+            ids = check_ids(ids.compute() if isinstance(ids, da.Array) else ids, N)
+        if not (isinstance(id_name, str) and id_name and id_name not in columns):
+            raise InputError(f"id_name: expected a name for the identifier column that is "
+                             f"not a feature name ({columns}); found {id_name!r}.")
     rows = int(chunks) if chunks is not None else default_row_chunk(N, D, kind)
     if rows < 1:
         raise InputError(f"chunks: expected a positive number of rows; found {chunks}.")
 
+    check_not_input(path, stores_read_by(x, covar), "path")
     if not _is_url(path):
         # before any work; a catalog is never overwritten by default
         check_new_output(path, overwrite, exists_error=StoreExistsError)
@@ -293,12 +485,16 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         if cd is not None:
             cd = np.asarray(cd)[perm]
         row_index = perm.astype(np.int64)
+        if ids is not None:
+            ids = ids[perm]
     try:
         with new_store(path, overwrite) as group:
             group.attrs.update({"daskgmmis_format": CATALOG_FORMAT,
                                 "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
                                 "columns": columns, "covar_kind": kind,
                                 "order": order})
+            if ids is not None:
+                group.attrs["id_name"] = id_name
             arrays = [("data", xd)] + ([("covar", cd)] if cd is not None else [])
             targets = [complete_array(group, name, arr.shape, arr.dtype,
                                       (rows,) + tuple(arr.shape[1:]))
@@ -314,6 +510,13 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
             if row_index is not None:
                 complete_array(group, "row_index", row_index.shape, row_index.dtype,
                                (rows,))[:] = row_index
+            if ids is not None:
+                z = complete_array(group, "ids", ids.shape, _id_array_dtype(ids), (rows,))
+                if isinstance(ids, da.Array):
+                    da.store(ids.rechunk(rows), z, lock=False)
+                else:
+                    for start in range(0, N, rows):
+                        z[start:start + rows] = ids[start:start + rows]
     except OSError as e:
         if isinstance(e, DaskGMMisError):
             raise
@@ -366,7 +569,9 @@ def open_catalog(path) -> Catalog:
     if attrs.get("daskgmmis_format") != CATALOG_FORMAT:
         raise CatalogError(f"catalog: {path} is a Zarr group but not a daskgmmis catalog "
                            f"(attribute daskgmmis_format is {attrs.get('daskgmmis_format')!r}).")
-    if attrs.get("daskgmmis_format_version") != CATALOG_FORMAT_VERSION:
+    version = attrs.get("daskgmmis_format_version")
+    # JSON true and 1.0 compare equal to 1 in Python; a version is an integer
+    if type(version) is not int or version != CATALOG_FORMAT_VERSION:
         raise CatalogError(f"catalog: {path} has format version "
                            f"{attrs.get('daskgmmis_format_version')!r}; this daskgmmis reads "
                            f"version {CATALOG_FORMAT_VERSION}.")
@@ -381,6 +586,11 @@ def open_catalog(path) -> Catalog:
     if kind not in ("none", "diag", "full"):
         raise CatalogError(f"catalog: {path} has covar_kind={kind!r}; expected 'none', 'diag' "
                            f"or 'full'. The group attributes are corrupted.")
+    if kind == "none" and "covar" in names:
+        raise CatalogError(f"catalog: {path} declares covar_kind='none' but has a 'covar' "
+                           f"array; reading it as noise-free would silently drop the noise. "
+                           f"Set covar_kind to 'diag' or 'full' (as the array's shape says) "
+                           f"or write the catalog again.")
     zdata = _open_array(group, path, "data")
     if zdata.ndim != 2:
         raise CatalogError(f"catalog: {path}/data has shape {zdata.shape}; expected (N, D).")
@@ -399,9 +609,9 @@ def open_catalog(path) -> Catalog:
         if zc.shape != expected:
             raise CatalogError(f"catalog: {path}/covar has shape {zc.shape}; expected "
                                f"{expected} for covar_kind={kind!r}.")
-        if zc.dtype.kind != "f":
-            raise CatalogError(f"catalog: {path}/covar has dtype {zc.dtype}; expected a "
-                               f"floating-point type. Re-ingest the source with daskgmmis.")
+        if zc.dtype not in (np.float32, np.float64):
+            raise CatalogError(f"catalog: {path}/covar has dtype {zc.dtype}; expected float32 "
+                               f"or float64. Re-ingest the source with daskgmmis.")
         covar = _checked_dask(zc, path, "covar").rechunk(
             (data.chunks[0],) + tuple((s,) for s in expected[1:]))
     columns = attrs.get("columns", [f"x{j}" for j in range(D)])
@@ -412,8 +622,35 @@ def open_catalog(path) -> Catalog:
         raise CatalogError(f"catalog: {path} names {len(columns)} columns for D={D}.")
     row_index = None
     if "row_index" in names:
-        row_index = _checked_dask(_open_array(group, path, "row_index"), path, "row_index")
-    return Catalog(data, covar, list(columns), path, row_index)
+        zi = _open_array(group, path, "row_index")
+        if zi.shape != (N,) or zi.dtype.kind not in "iu":
+            raise CatalogError(f"catalog: {path}/row_index has shape {zi.shape} and dtype "
+                               f"{zi.dtype}; expected ({N},) integers, one original index per "
+                               f"row of data. Write the catalog again.")
+        row_index = _checked_dask(zi, path, "row_index")
+    ids, id_name = None, None
+    if "ids" in names:
+        zi = _open_array(group, path, "ids")
+        if zi.shape != (N,):
+            raise CatalogError(f"catalog: {path}/ids has shape {zi.shape}; expected ({N},), "
+                               f"one identifier per row.")
+        if zi.dtype.kind not in "iuTUO":
+            raise CatalogError(f"catalog: {path}/ids has dtype {zi.dtype}; expected integers "
+                               f"or strings.")
+        id_name = attrs.get("id_name", "id")
+        if not (isinstance(id_name, str) and id_name):
+            raise CatalogError(f"catalog: {path} has id_name={id_name!r}; expected the "
+                               f"identifier column's name. The group attributes are "
+                               f"corrupted.")
+        ids = _checked_dask(zi, path, "ids")
+        if ids.dtype.kind in "TU":
+            # Python strings (object dtype): what pandas, pyarrow and numpy's str all take
+            ids = ids.map_blocks(_as_objects, dtype=object, meta=np.empty((0,), object))
+    return Catalog(data, covar, list(columns), path, row_index, ids, id_name)
+
+
+def _as_objects(block: np.ndarray) -> np.ndarray:
+    return block.astype(object)
 
 
 def _open_array(group, path: str, name: str):
@@ -427,22 +664,48 @@ def _open_array(group, path: str, name: str):
 
 
 class _CheckedZarr:
-    """Read-only view of a Zarr array whose read failures name the store.
+    """Read-only view of a Zarr array whose reads name the store and never invent rows.
 
     Reads happen inside dask tasks (a fit's E-step, a posterior, a score); a
     truncated or garbled chunk file would otherwise surface as a bare codec
-    error (``RuntimeError: Zstd decompression error``) that names no file.
+    error (``RuntimeError: Zstd decompression error``) that names no file, and a
+    missing chunk file would read back as the fill value (zeros). Each read
+    first checks that the chunk files of its rows exist (one ``exists`` per
+    chunk, in the task) and raises a CatalogError naming the rows otherwise.
     """
 
-    def __init__(self, array, where: str):
-        self.array, self.where = array, where
+    def __init__(self, array, where: str, store: str | None = None):
+        self.array, self.where, self.store = array, where, store
         self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
 
+    def _check_chunks_exist(self, rows: slice) -> None:
+        from zarr.core.sync import sync
+
+        z = self.array
+        step = _stored_chunks(z)[0]
+        start = rows.start or 0
+        stop = self.shape[0] if rows.stop is None else min(rows.stop, self.shape[0])
+        if stop <= start:
+            return
+        store, prefix = z.store_path.store, z.store_path.path
+        zeros = (0,) * (z.ndim - 1)
+        for i in range(start // step, (stop - 1) // step + 1):
+            key = z.metadata.encode_chunk_key((i,) + zeros)
+            if not sync(store.exists(f"{prefix}/{key}" if prefix else key)):
+                lo, hi = i * step, min((i + 1) * step, self.shape[0]) - 1
+                raise CatalogError(
+                    f"catalog: {self.where} has no chunk file {key} (rows {lo}..{hi}); the "
+                    f"rows would read as the fill value, not as data. A chunk file was "
+                    f"deleted or never written: restore the store from a copy or write it "
+                    f"again.")
+
     def __getitem__(self, key):
+        rows = key[0] if isinstance(key, tuple) and key else key
+        if isinstance(rows, slice) and rows.step in (None, 1):
+            self._check_chunks_exist(rows)
         try:
             return self.array[key]
         except Exception as e:
-            rows = key[0] if isinstance(key, tuple) and key else key
             span = (f"rows {rows.start}..{rows.stop - 1}" if isinstance(rows, slice)
                     and rows.start is not None and rows.stop is not None else f"{key!r}")
             raise CatalogError(
@@ -451,29 +714,93 @@ class _CheckedZarr:
                 f"or could not be reached. Restore it from a copy or write it again.") from e
 
 
+def _stored_chunks(z) -> tuple:
+    """Shape of the objects stored per key (shards when the array is sharded)."""
+    return tuple(getattr(z, "shards", None) or z.chunks)
+
+
+def _stored_chunk_keys(z) -> set:
+    """Keys (relative to the array) of the chunk objects that exist in the store.
+
+    Lists the store: time and memory proportional to what exists, never to the
+    grid the metadata claims.
+    """
+    from zarr.core.sync import collect_aiterator
+
+    prefix = z.store_path.path
+    listed = collect_aiterator(z.store_path.store.list_prefix(f"{prefix}/" if prefix else ""))
+    cut = len(prefix) + 1 if prefix else 0
+    return {k[cut:] for k in listed} - {"zarr.json", ".zarray", ".zattrs", ".zmetadata"}
+
+
+def _check_grid(z, path: str, name: str) -> None:
+    """Refuse a shape or chunk grid the store cannot hold, before anything is listed
+    per chunk or allocated.
+
+    The catalog layout chunks along rows only, so the grid has ceil(N / rows)
+    chunks; every one of them must exist (missing data is never read as
+    zeros), which bounds N by the chunk files actually stored. One chunk must
+    also fit in memory, which bounds D.
+    """
+
+    shape, chunks = tuple(z.shape), _stored_chunks(z)
+    if any(s < 0 for s in shape) or any(c < 1 for c in chunks):
+        raise CatalogError(f"catalog: {path}/{name} has shape {shape} and chunks {chunks}; "
+                           f"the array metadata is corrupted.")
+    if chunks[1:] != shape[1:]:
+        raise CatalogError(f"catalog: {path}/{name} has shape {shape} in chunks of {chunks}; "
+                           f"expected chunks along rows only, (rows,) + {shape[1:]}. The "
+                           f"array metadata is corrupted or was written by another tool: "
+                           f"re-ingest the source with daskgmmis.")
+    chunk_bytes = int(np.prod(chunks, dtype=np.float64) * z.dtype.itemsize)
+    limit, what = machine_memory_limit()
+    if chunk_bytes > limit // 2:
+        raise CatalogError(f"catalog: {path}/{name} claims chunks of {chunks} "
+                           f"({chunk_bytes / 2**30:.3g} GiB each, uncompressed), more than "
+                           f"half of {what} ({limit / 2**30:.3g} GiB): one chunk could not "
+                           f"be read. The metadata is corrupted, or the catalog must be "
+                           f"written again with fewer rows per chunk (chunks=).")
+    nchunks = -(-shape[0] // chunks[0]) if shape[0] else 0
+    try:
+        stored = _stored_chunk_keys(z)
+    except Exception as e:
+        raise CatalogError(f"catalog: {path}/{name}: cannot list its chunk files "
+                           f"({type(e).__name__}: {e}).") from None
+    zeros = (0,) * (len(shape) - 1)
+    key = lambda i: z.metadata.encode_chunk_key((i,) + zeros)  # noqa: E731
+    # at most len(stored) + 5 keys are formed, whatever nchunks claims
+    missing, found, i = [], 0, 0
+    while i < nchunks and len(missing) < 5 and found + len(missing) <= len(stored) + 5:
+        if key(i) in stored:
+            found += 1
+        else:
+            missing.append(i)
+        i += 1
+    if not missing:
+        return
+    marked = z.attrs.get("complete_chunks") is True
+    present = min(len(stored), nchunks)
+    raise CatalogError(
+        f"catalog: {path}/{name} has {present} of its {nchunks} chunks (shape {shape}, "
+        f"{chunks[0]} rows per chunk; missing: "
+        + ", ".join(f"{name}/{key(j)} = rows {j * chunks[0]}..{min((j + 1) * chunks[0], shape[0]) - 1}"
+                    for j in missing)
+        + ("); chunk files were deleted or a copy was interrupted" if marked else
+           "); a missing chunk would read as the fill value (zeros), not as data")
+        + ", or the metadata claims more rows than were written. Restore the store from "
+          "a copy or write it again.")
+
+
 def _checked_dask(z, path: str, name: str) -> da.Array:
     """Dask array over Zarr array ``z`` (as da.from_zarr) with checked reads.
 
-    An array whose attributes carry ``complete_chunks`` was written with every
-    chunk stored, so a missing chunk file was deleted: refused here, at open.
+    The grid is bounded by what the store holds (:func:`_check_grid`): every
+    chunk file must exist at open, and each read checks its chunks again.
     """
     from dask.base import tokenize
 
-    if z.attrs.get("complete_chunks") is True and z.nchunks_initialized < z.nchunks:
-        missing = []
-        try:        # name the first missing chunk files (local stores; zarr internals)
-            if not _is_url(path):
-                missing = [k for k in (z.metadata.encode_chunk_key(c)
-                                       for c in z._iter_chunk_coords())
-                           if not os.path.exists(os.path.join(path, name, k))][:5]
-        except Exception:
-            missing = []
-        raise CatalogError(
-            f"catalog: {path}/{name} has {z.nchunks_initialized} of its {z.nchunks} chunks"
-            + (f" (missing: {', '.join(f'{name}/{k}' for k in missing)})" if missing else "")
-            + "; chunk files were deleted or a copy was interrupted. Restore the store "
-              "from a copy or write it again.")
-    view = _CheckedZarr(z, f"{path}/{name}")
+    _check_grid(z, path, name)
+    view = _CheckedZarr(z, f"{path}/{name}", path)
     return da.from_array(view, chunks=z.chunks, name="from-zarr-" + tokenize(z, z.chunks),
                          meta=np.empty((0,) * z.ndim, dtype=z.dtype), asarray=True,
                          fancy=False)

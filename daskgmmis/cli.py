@@ -38,15 +38,17 @@ from . import __version__
 from .errors import CatalogError, DaskGMMisError, InputError
 from .files import write_atomic
 from .background import Background
-from .catalog import CATALOG_FORMAT, CATALOG_FORMAT_VERSION, default_row_chunk, open_catalog
+from .catalog import (CATALOG_FORMAT, CATALOG_FORMAT_VERSION, check_not_input,
+                      default_row_chunk, open_catalog)
 from .cluster import client_context
 from .em import fit_best
-from .ingest import CatalogWriter, ingest as run_ingest, write_row_arrays
+from .ingest import CatalogWriter, ingest as run_ingest, table_parts
 from .model import GMM
-from .posterior import posterior as compute_posterior, write_posterior
+from .posterior import posterior as compute_posterior, predict_missing, write_posterior
 from .selection import evaluate_covar_callback, selection_from_dict
 from .simulate import draw
 from . import demo as example
+from .tables import read_column, table_format, TABLE_FORMATS, write_table
 
 log = logging.getLogger("daskgmmis")
 
@@ -368,9 +370,13 @@ def _ints(text: str | None, what: str):
                                  param_hint=what) from None
 
 
-def _check_output(path: str, overwrite: bool, what: str = "--out") -> str:
-    """Refuse an existing output (without --overwrite) or a missing directory, early."""
+def _check_output(path: str, overwrite: bool, what: str = "--out", inputs=()) -> str:
+    """Refuse an output that is (inside) one of the command's ``inputs`` (even with
+    --overwrite), an existing output (without --overwrite) or a missing directory,
+    early."""
+
     path = os.fspath(path)
+    check_not_input(path, inputs, what)
     if os.path.exists(path) and not overwrite:
         raise click.BadParameter(f"{path} exists; pass --overwrite to replace it.",
                                  param_hint=what)
@@ -400,6 +406,28 @@ def _load_model(path):
     return GMM.load(path)
 
 
+def _model_and_catalog(model: str, catalog: str):
+    """(GMM, Catalog) of a per-row command, refusing a catalog of another dimension."""
+
+    gmm = _load_model(model)
+    cat = open_catalog(catalog)
+    if cat.shape[1] != gmm.D:
+        raise click.BadParameter(f"{catalog} has D={cat.shape[1]}; the model has D={gmm.D}.",
+                                 param_hint="CATALOG")
+    return gmm, cat
+
+
+def _table_arg(out: str) -> str:
+    """The format of a per-row output from its suffix, as a usage error if unknown."""
+
+    try:
+        return table_format(out)
+    except InputError:
+        raise click.BadParameter(f"{out}: expected a path ending in one of "
+                                 f"{', '.join(sorted(TABLE_FORMATS))}; the suffix picks "
+                                 f"the format.", param_hint="--out") from None
+
+
 # --------------------------------------------------------------------- group
 
 
@@ -411,10 +439,12 @@ def main():
 
     \b
     A typical session:
-      daskgmmis ingest stars.parquet stars.zarr --columns g,r,i --errors g_err,r_err,i_err
+      daskgmmis ingest stars.parquet stars.zarr --columns g,r,i --errors g_err,r_err,i_err \
+          --id source_id
       daskgmmis fit stars.zarr -K 8 --out model.npz --report fit.json
       daskgmmis info model.npz
-      daskgmmis score model.npz stars.zarr --out logl.zarr
+      daskgmmis score model.npz stars.zarr --out logl.parquet
+      daskgmmis posterior model.npz stars.zarr --out post.parquet   # join on source_id
       daskgmmis plot model.npz stars.zarr --out corner.png
       daskgmmis demo --out demo-out
 
@@ -426,7 +456,7 @@ def main():
 
 
 @main.command(context_settings=_CONTEXT)
-@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("source", type=click.Path())
 @click.argument("catalog", type=click.Path())
 @click.option("--columns", "-c", default=None, metavar="A,B,...",
               help="Value columns, in feature order (default: every column that is not an "
@@ -449,12 +479,21 @@ def main():
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto",
               show_default=True, help="Storage type of the values (auto: float32 when every "
                                       "value column is float32).")
+@click.option("--id", "id_column", default=None, metavar="COLUMN",
+              help="Identifier column (integers or strings) kept with its rows and written "
+                   "first in every per-row output (score, posterior, predict), so results "
+                   "join back to the source table; never taken as a feature.")
 @click.option("--drop-empty", is_flag=True,
               help="Skip rows whose values are all missing (default: an error).")
+@click.option("--dropped-out", type=click.Path(), default=None, metavar="FILE",
+              help="With --drop-empty: list the skipped rows (source row, identifier) in "
+                   "FILE (.csv, .parquet or .zarr).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing catalog.")
+@_cluster_options
 @_global_options
 def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, batch_rows,
-           chunks, dtype, drop_empty, overwrite):
+           chunks, dtype, id_column, drop_empty, dropped_out, overwrite, scheduler,
+           scheduler_file, workers, memory_limit):
     """Convert a CSV, Parquet, FITS or .npy table into a Zarr catalog, streaming.
 
     The file is read in batches (never whole), validated as it goes (no Inf, no
@@ -462,29 +501,53 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
     that becomes CATALOG only when complete. Missing values (empty fields, NaN,
     nulls) become NaN: missing features, marginalized by every fit.
 
+    SOURCE may also be a directory or a quoted glob ('parts/*.parquet') of parts
+    of one table: they are converted in parallel on the cluster's workers (one
+    task per part) into one catalog, rows in part-name order.
+
     \b
     Examples:
       daskgmmis ingest gaia.csv gaia.zarr --columns bp_rp,g --errors bp_rp_err,g_err
       daskgmmis ingest t.parquet t.zarr -c x,y -e var_x,var_y --variances
       daskgmmis ingest t.fits t.zarr -c x,y -e sx,sy --corr x,y,rho_xy --hdu 1
       daskgmmis ingest points.npy points.zarr
+      daskgmmis ingest gaia.parquet gaia.zarr -c bp_rp,g -e bp_rp_err,g_err --id source_id
+      daskgmmis ingest 'gaia/part-*.parquet' gaia.zarr --id source_id --workers 8
     """
+    import dask
+
 
     last = [time.monotonic()]
+    n_read = [0]
 
     def progress(n):
+        n_read[0] = n
         if time.monotonic() - last[0] > 2.0:
             last[0] = time.monotonic()
             log.info("  read %d rows", n)
 
-    cat = run_ingest(source, catalog, columns, errors, variances=variances,
-                     correlations=list(correlations), fmt=fmt, hdu=hdu, batch_rows=batch_rows,
-                     chunks=chunks, dtype=dtype, drop_empty=drop_empty, overwrite=overwrite,
-                     progress=progress)
+    _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
+    parts = table_parts(source)
+    options = dict(correlations=list(correlations), fmt=fmt, hdu=hdu, batch_rows=batch_rows,
+                   chunks=chunks, dtype=dtype, drop_empty=drop_empty, overwrite=overwrite,
+                   progress=progress, id_column=id_column, dropped_out=dropped_out,
+                   variances=variances)
+    if parts is None:
+        cat = run_ingest(source, catalog, columns, errors, **options)
+    else:
+        log.info("ingest: %d parts of %s", len(parts), source)
+        with _client(scheduler, scheduler_file, workers, memory_limit) as client, \
+                dask.config.set(scheduler=client if client is not None else "threads"):
+            cat = run_ingest(parts, catalog, columns, errors, **options)
     N, D = cat.shape
-    click.echo(f"wrote {catalog}: {N} rows, {D} features ({', '.join(cat.columns)}), "
+    chosen = "" if columns else " (every column not named by --errors, --corr or --id)"
+    click.echo(f"wrote {catalog}: {N} rows, {D} features: {', '.join(cat.columns)}{chosen}; "
                f"{cat.data.dtype}, noise: {cat.covar_kind}, {cat.data.chunksize[0]} rows "
-               f"per chunk")
+               f"per chunk" + (f"; identifiers: {cat.id_name}" if cat.ids is not None else ""))
+    if n_read[0] > N:
+        click.echo(f"skipped {n_read[0] - N} rows with every value missing"
+                   + (f" (listed in {dropped_out})" if dropped_out else
+                      " (list them with --dropped-out FILE)"))
 
 
 # ----------------------------------------------------------------------- fit
@@ -574,9 +637,9 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
     """
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(catalog, init_model))
     if report is not None:
-        _check_output(report, overwrite, "--report")
+        _check_output(report, overwrite, "--report", inputs=(catalog, init_model))
     cat = open_catalog(catalog)
     N, D = cat.shape
     if init_model is not None:
@@ -662,50 +725,48 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("catalog", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(),
-              help="Zarr store to write (array logL, row order of the catalog).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+              help="Output: .zarr, .parquet or .csv (the suffix picks the format): the row "
+                   "key (the catalog's --id column, else row) and logL.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--no-background", is_flag=True,
               help="Ignore a background saved with the model.")
 @_cluster_options
 @_global_options
 def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_file, workers,
           memory_limit):
-    """Per-row log-likelihood of a catalog under a model, written to Zarr.
+    """Per-row log-likelihood of a catalog under a model: Zarr, Parquet or CSV.
 
     Each row's log p(x_i) is computed under the model convolved with the row's
     noise, missing features marginalized (NaN for a row with no value). The
-    output has the catalog's row order and chunks (plus its row_index when the
-    catalog is stored in spatial order) and is computed lazily, block by block.
+    output starts with the row key that joins it back to the source table - the
+    catalog's identifier column (ingest --id), else `row`, the row's position in
+    the ingested table (whatever order the catalog stores its rows in) - and is
+    computed lazily, block by block.
 
     \b
     Examples:
-      daskgmmis score model.npz stars.zarr --out logl.zarr
-      daskgmmis score model.npz holdout.zarr --out held.zarr --scheduler threads
+      daskgmmis score model.npz stars.zarr --out logl.parquet
+      daskgmmis score model.npz holdout.zarr --out held.csv --scheduler threads
     """
     import dask
-    import dask.array as da
+
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite)
-    gmm = _load_model(model)
-    cat = open_catalog(catalog)
-    if cat.shape[1] != gmm.D:
-        raise click.BadParameter(f"{catalog} has D={cat.shape[1]}; the model has D={gmm.D}.",
-                                 param_hint="CATALOG")
+    _check_output(out, overwrite, inputs=(model, catalog))
+    _table_arg(out)
+    gmm, cat = _model_and_catalog(model, catalog)
     bg = None if no_background else gmm.background
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         logl = gmm.logL(cat.data, cat.covar, background=bg)
-        arrays = {"logL": logl}
-        if cat.row_index is not None:
-            arrays["row_index"] = cat.row_index
+        arrays = {**cat.row_keys(), "logL": logl}
         attrs = {"daskgmmis_format": "daskgmmis-scores",
                  "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
                  "model": os.path.abspath(model), "catalog": os.path.abspath(catalog),
                  "background": bg is not None}
         with dask.config.set(scheduler=client if client is not None else "threads"):
-            write_row_arrays(out, arrays, attrs, overwrite=overwrite)
-            total, n = dask.compute(da.nansum(da.from_zarr(out, component="logL")),
-                                    da.isfinite(da.from_zarr(out, component="logL")).sum())
+            write_table(out, arrays, attrs=attrs, overwrite=overwrite)
+            written = read_column(out, "logL")
+            total, n = dask.compute(np.nansum(written), np.isfinite(written).sum())
     mean = float(total) / max(int(n), 1)
     click.echo(f"wrote {out}: {cat.shape[0]} rows, mean logL {mean:.6f} over {int(n)} scored "
                f"rows")
@@ -718,7 +779,10 @@ def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_fi
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-n", "--rows", "n", type=click.IntRange(min=1), required=True,
               help="Rows to write (observed rows, with --selection).")
-@click.option("--out", "-o", required=True, type=click.Path(), help="Catalog to write.")
+@click.option("--out", "-o", required=True, type=click.Path(),
+              help="Output: a .zarr catalog, or a .parquet / .csv table (columns named by "
+                   "the features, plus <feature>_err standard deviations with diagonal "
+                   "noise).")
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--noise", default=None, metavar="SPEC",
               help="Add Gaussian noise: JSON (D, D) matrix, JSON list of D variances, one "
@@ -727,7 +791,8 @@ def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_fi
 @click.option("--selection", default=None, metavar="SPEC",
               help="Keep rows with probability Omega(noisy position): built-in JSON, "
                    "@file.json or module:function.")
-@click.option("--columns", default=None, metavar="A,B,...", help="Feature names.")
+@click.option("--columns", default=None, metavar="A,B,...",
+              help="Feature names (default: the model's, saved by fit from its catalog).")
 @click.option("--chunks", type=click.IntRange(min=1), default=None,
               help="Rows per catalog chunk (default: as write_catalog chooses).")
 @click.option("--batch-rows", type=click.IntRange(min=1), default=1 << 18, show_default=True,
@@ -752,10 +817,12 @@ def sample(model, n, out, seed, noise, selection, columns, chunks, batch_rows, n
           --selection '{"type": "sphere", "center": [5, 5], "radius": 4}'
     """
 
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(model,))
+    fmt = _table_arg(out)
     gmm = _load_model(model)
     D = gmm.D
-    names = [c.strip() for c in columns.split(",")] if columns else [f"x{j}" for j in range(D)]
+    names = ([c.strip() for c in columns.split(",")] if columns else
+             gmm.columns or [f"x{j}" for j in range(D)])
     if len(names) != D:
         raise click.BadParameter(f"expected {D} names; found {len(names)}.",
                                  param_hint="--columns")
@@ -765,6 +832,15 @@ def sample(model, n, out, seed, noise, selection, columns, chunks, batch_rows, n
     source_kind, store_kind = _noise_layout(noise_cb, gmm)
     batches = [min(batch_rows, n - start) for start in range(0, n, batch_rows)]
     seeds = np.random.SeedSequence(seed).spawn(len(batches))
+    if fmt != "zarr":
+        if store_kind == "full":
+            raise click.BadParameter("correlated noise needs (N, D, D) covariances: write a "
+                                     ".zarr catalog.", param_hint="--out")
+        _sample_table(out, gmm, names, batches, seeds, sel, noise_cb, bg, source_kind,
+                      store_kind, overwrite)
+        click.echo(f"wrote {out}: {n} rows, {D} features ({', '.join(names)}), noise: "
+                   f"{store_kind}")
+        return
     with CatalogWriter(out, names, store_kind, overwrite=overwrite,
                        chunk_rows=chunks or default_row_chunk(n, D, store_kind)) as writer:
         for size, s in zip(batches, seeds):
@@ -773,6 +849,34 @@ def sample(model, n, out, seed, noise, selection, columns, chunks, batch_rows, n
             writer.append(rows, _catalog_noise(cov, source_kind, store_kind, size, D))
     cat = writer.catalog
     click.echo(f"wrote {out}: {cat.shape[0]} rows, {D} features, noise: {cat.covar_kind}")
+
+
+def _sample_batch(gmm, size, seed, sel, noise_cb, bg, source_kind, store_kind):
+    """(size, D) rows, then (size, D) noise standard deviations for diagonal noise."""
+
+    rows, cov, _ = draw(gmm, obs_size=size, sel_callback=sel, covar_callback=noise_cb,
+                        background=bg, rng=seed)
+    noise = _catalog_noise(cov, source_kind, store_kind, size, gmm.D)
+    return rows if noise is None else np.hstack([rows, np.sqrt(noise)])
+
+
+def _sample_table(out, gmm, names, batches, seeds, sel, noise_cb, bg, source_kind, store_kind,
+                  overwrite) -> None:
+    """Simulated rows to a Parquet or CSV table, one batch at a time."""
+    import dask
+    import dask.array as da
+
+    width = gmm.D * (1 if store_kind == "none" else 2)
+    parts = [da.from_delayed(dask.delayed(_sample_batch)(gmm, size, s, sel, noise_cb, bg,
+                                                         source_kind, store_kind),
+                             shape=(size, width), dtype=np.float64)
+             for size, s in zip(batches, seeds)]
+    table = da.concatenate(parts)
+    columns = {c: table[:, j] for j, c in enumerate(names)}
+    if store_kind != "none":
+        columns.update({f"{c}_err": table[:, gmm.D + j] for j, c in enumerate(names)})
+    with dask.config.set(scheduler="threads"):
+        write_table(out, columns, overwrite=overwrite)
 
 
 def _noise_layout(noise_cb, gmm) -> tuple[str, str]:
@@ -840,6 +944,8 @@ def info(path, stats, as_json):
     else:
         gmm = _load_model(path)
         summary = {"kind": "model", "path": path, "K": gmm.K, "D": gmm.D,
+                   "columns": gmm.columns or [f"x{j}" for j in range(gmm.D)],
+                   "named": gmm.columns is not None,
                    "amp": gmm.amp.tolist(), "mean": gmm.mean.tolist(),
                    "covar": gmm.covar.tolist(),
                    "background": None if gmm.background is None else gmm.background.to_dict()}
@@ -866,6 +972,7 @@ def _zarr_summary(path: str, stats: bool) -> dict:
     cat = open_catalog(path)
     N, D = cat.shape
     out = {"kind": "catalog", "path": path, "N": N, "D": D, "columns": cat.columns,
+           "id_name": cat.id_name if cat.ids is not None else None,
            "dtype": str(cat.data.dtype), "covar_kind": cat.covar_kind,
            "chunk_rows": int(cat.data.chunksize[0]), "n_chunks": int(cat.data.numblocks[0]),
            "order": attrs.get("order", "input")}
@@ -886,7 +993,8 @@ def _zarr_summary(path: str, stats: bool) -> dict:
 def _print_summary(s: dict) -> None:
     echo = click.echo
     if s["kind"] == "model":
-        echo(f"model {s['path']}: K={s['K']} components, D={s['D']}")
+        echo(f"model {s['path']}: K={s['K']} components, D={s['D']} features "
+             f"({', '.join(s['columns'])}{'' if s['named'] else ': unnamed'})")
         bg = s["background"]
         if bg is not None:
             echo(f"background: amp {bg['amp']:.4g} over [{bg['lower']}, {bg['upper']}]"
@@ -900,7 +1008,7 @@ def _print_summary(s: dict) -> None:
         echo(f"catalog {s['path']}: N={s['N']} rows, D={s['D']} features "
              f"({', '.join(s['columns'])}), {s['dtype']}")
         echo(f"noise: {s['covar_kind']}; {s['n_chunks']} chunks of {s['chunk_rows']} rows; "
-             f"row order: {s['order']}")
+             f"row order: {s['order']}; identifiers: {s.get('id_name') or 'none (row numbers)'}")
         for c, st in s.get("stats", {}).items():
             echo(f"  {c:>12s}  observed {st['observed']:10d}  mean {st['mean']:12.5g}  std "
                  f"{st['std']:12.5g}  min {st['min']:12.5g}  max {st['max']:12.5g}")
@@ -932,7 +1040,8 @@ def _print_summary(s: dict) -> None:
 @click.option("--selection", default=None, metavar="SPEC",
               help="--kind density: draw this selection function's boundary.")
 @click.option("--sample-size", type=click.IntRange(min=1), default=20_000, show_default=True,
-              help="Catalog rows sampled for histograms and points.")
+              help="Catalog rows sampled to choose the axis ranges (histograms count "
+                   "every row, on the workers).")
 @click.option("--bins", type=click.IntRange(min=2), default=40, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the row sample.")
 @click.option("--dpi", type=click.IntRange(min=10), default=120, show_default=True)
@@ -950,7 +1059,7 @@ def plot(model, catalog, out, kind, report, dims, selection, sample_size, bins, 
     """
     from . import plots
 
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, inputs=(model, catalog, report))
     if os.path.splitext(out)[1].lower().lstrip(".") not in plots.FIGURE_FORMATS:
         raise click.BadParameter(f"expected a file ending in .png, .pdf or .svg; found "
                                  f"{out}.", param_hint="--out")
@@ -968,11 +1077,8 @@ def plot(model, catalog, out, kind, report, dims, selection, sample_size, bins, 
     elif kind == "density":
         pair = _ints(dims, "--dims")
         sel = _selection_arg(selection)
-        points = None if cat is None else plots.sample_rows(cat, sample_size, seed)
-        ax = plots.density(gmm, dims=pair, data=points, sel_callback=sel,
-                           background=gmm.background,
-                           columns=cat.columns if cat is not None else None,
-                           title=os.path.basename(model))
+        ax = plots.density(gmm, dims=pair, data=cat, sel_callback=sel, bins=bins,
+                           background=gmm.background, title=os.path.basename(model))
         fig = ax.figure
     else:
         fig = plots.corner(gmm, cat, sample_size=sample_size, bins=bins, rng=seed,
@@ -987,10 +1093,12 @@ def plot(model, catalog, out, kind, report, dims, selection, sample_size, bins, 
 @main.command(context_settings=_CONTEXT)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("catalog", type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(), help="Zarr store to write.")
+@click.option("--out", "-o", required=True, type=click.Path(),
+              help="Output: .zarr (every array), .parquet or .csv (row key, posterior means "
+                   "and standard deviations per feature, responsibilities, logL).")
 @click.option("--components", is_flag=True,
               help="Also store every component's posterior means and covariances (K times "
-                   "larger).")
+                   "larger; .zarr only).")
 @click.option("--no-background", is_flag=True,
               help="Ignore a background saved with the model.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
@@ -1000,28 +1108,70 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
               scheduler_file, workers, memory_limit):
     """Per-row posterior of the error-free values (denoised, missing values predicted).
 
-    Writes arrays mean (N, D), covar (N, D, D), resp (N, K), logL (N,) - and
-    resp_bg with a background - in the catalog's row order, in one pass.
+    Zarr: arrays mean (N, D), covar (N, D, D), resp (N, K), logL (N,) - and
+    resp_bg with a background - in the catalog's row order, in one pass. Parquet
+    and CSV: columns mean_<feature>, sd_<feature>, resp_<k>, logL (, resp_bg).
+    Every output starts with the row key (the catalog's --id column, else row).
 
     \b
     Examples:
-      daskgmmis posterior model.npz stars.zarr --out post.zarr
+      daskgmmis posterior model.npz stars.zarr --out post.parquet
       daskgmmis posterior model.npz stars.zarr --out post.zarr --components
     """
     import dask
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite)
-    gmm = _load_model(model)
-    cat = open_catalog(catalog)
-    if cat.shape[1] != gmm.D:
-        raise click.BadParameter(f"{catalog} has D={cat.shape[1]}; the model has D={gmm.D}.",
-                                 param_hint="CATALOG")
+    _check_output(out, overwrite, inputs=(model, catalog))
+    if _table_arg(out) != "zarr" and components:
+        raise click.BadParameter("--components writes (N, K, D, D) arrays: use a .zarr "
+                                 "output.", param_hint="--components")
+    gmm, cat = _model_and_catalog(model, catalog)
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         post = compute_posterior(gmm, cat, background=None if no_background else gmm.background)
         with dask.config.set(scheduler=client if client is not None else "threads"):
             write_posterior(post, out, overwrite=overwrite, components=components)
     click.echo(f"wrote {out}: posterior of {post.N} rows, K={post.K}, D={post.D}")
+
+
+# ------------------------------------------------------------------- predict
+
+
+@main.command(context_settings=_CONTEXT)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("catalog", type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(),
+              help="Output: .zarr, .parquet or .csv: the row key (the catalog's --id "
+                   "column, else row), then one column per feature.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@_cluster_options
+@_global_options
+def predict(model, catalog, out, overwrite, scheduler, scheduler_file, workers, memory_limit):
+    """Fill the catalog's missing values with their conditional mean given the observed ones.
+
+    Observed values are kept as they are; a missing value gets E[v_j | observed
+    features] under the model (its noise-weighted posterior). The output has the
+    catalog's features, named as in the catalog, after the row key that joins it
+    back to the source table.
+
+    \b
+    Examples:
+      daskgmmis predict model.npz stars.zarr --out filled.parquet
+    """
+    import dask
+
+    _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
+    _check_output(out, overwrite, inputs=(model, catalog))
+    _table_arg(out)
+    gmm, cat = _model_and_catalog(model, catalog)
+    with _client(scheduler, scheduler_file, workers, memory_limit) as client:
+        filled = predict_missing(gmm, cat)
+        arrays = {**cat.row_keys(), **{c: filled[:, j] for j, c in enumerate(cat.columns)}}
+        with dask.config.set(scheduler=client if client is not None else "threads"):
+            write_table(out, arrays, overwrite=overwrite,
+                        attrs={"daskgmmis_format": "daskgmmis-predicted",
+                               "model": os.path.abspath(model),
+                               "catalog": os.path.abspath(catalog)})
+    click.echo(f"wrote {out}: {cat.shape[0]} rows, missing values predicted")
 
 
 # ---------------------------------------------------------------------- demo

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # distributed is a dependency, but importing it costs ~0.5 s
     from distributed.security import Security
 
 __all__ = ["get_client", "client_context", "cluster_memory", "worker_peak_memory",
+           "dashboard_link",
            "ClusterError", "SchedulerFileError", "SchedulerFileNotFoundError",
            "ENV_ADDRESS", "MEMORY_FRACTION"]
 
@@ -223,7 +224,16 @@ def _all_workers(client) -> dict:
     return {"n_workers": -1} if "n_workers" in params else {}
 
 
-def _dashboard_link(client) -> str | None:
+def dashboard_link(client) -> str | None:
+    """The address of the cluster's dashboard, or None where none is served.
+
+    ``client.dashboard_link`` names the scheduler's HTTP port even when the
+    dashboard is off (the port still serves ``/health``); for a LocalCluster of
+    this process the link is given only when bokeh, which serves the pages, is
+    installed.
+    """
+    if getattr(client, "cluster", None) is not None and not _dashboard_available():
+        return None
     try:
         return client.dashboard_link
     except (KeyError, AttributeError):   # scheduler started without a dashboard
@@ -254,14 +264,18 @@ def get_client(address: "str | Client | None" = None, scheduler_file: str | os.P
                memory_limit: int | str | None = None, dashboard: bool | str = True,
                timeout: float | str | None = None, wait_for_workers: int = 0,
                security: "Security | None" = None,
-               set_as_default: bool = False) -> "tuple[Client, bool]":
+               set_as_default: bool = False) -> "Client":
     """Connect to the Dask cluster a fit should run on, or start a local one.
 
     Resolution order: ``address``, then ``scheduler_file``, then the
     ``DASK_SCHEDULER_ADDRESS`` environment variable (then dask's
     ``scheduler-address`` configuration), else a new LocalCluster of worker
     processes sized to this machine. The dashboard link is logged on the
-    ``"daskgmmis"`` logger (INFO).
+    ``"daskgmmis"`` logger (INFO) and is ``client.dashboard_link``.
+
+    The client is a context manager: leaving its ``with`` block (or calling
+    ``client.close()``) also stops a LocalCluster started here and its workers; a
+    remote cluster outlives it.
 
     Parameters
     ----------
@@ -283,7 +297,8 @@ def get_client(address: "str | Client | None" = None, scheduler_file: str | os.P
         are restarted at 95 % of it (distributed's defaults).
     dashboard : bool or str
         LocalCluster only: serve the dashboard (``True``: on port 8787, or a free
-        one; a str: that address; ``False``: none). Needs the ``bokeh`` package.
+        one; a str: that address; ``False``: none). Needs the ``bokeh`` package,
+        which the ``dashboard`` extra installs (``pip install 'daskgmmis[dashboard]'``).
     timeout : float or str, optional
         Seconds (or ``"30s"``) to wait for the scheduler to answer and for
         ``wait_for_workers`` workers. Default: dask's
@@ -299,13 +314,9 @@ def get_client(address: "str | Client | None" = None, scheduler_file: str | os.P
 
     Returns
     -------
-    client : distributed.Client
-    owned : bool
-        True when a LocalCluster was started here: the caller must close the client
-        and then the cluster (``client.close(); client.cluster.close()``), which
-        stops the workers. False for an existing cluster, which outlives this
-        process: close only the client (unless it was passed in).
-        :func:`client_context` does the right thing in every case.
+    distributed.Client
+        Connected; ``client.cluster`` is the LocalCluster it owns (None for a
+        remote scheduler). An existing ``Client`` passed in is returned as it is.
 
     Raises
     ------
@@ -322,16 +333,16 @@ def get_client(address: "str | Client | None" = None, scheduler_file: str | os.P
 
     Examples
     --------
-    >>> client, owned = get_client(scheduler_file="~/scheduler.json")  # doctest: +SKIP
-    >>> dg.fit(gmm, "s3://bucket/catalog.zarr", client=client)        # doctest: +SKIP
+    >>> with get_client(scheduler_file="~/scheduler.json") as client:   # doctest: +SKIP
+    ...     dg.fit(gmm, "s3://bucket/catalog.zarr", client=client)
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
     from distributed.security import Security
 
     if isinstance(address, Client):
         if scheduler_file is not None:
             raise InputError("get_client: pass either address or scheduler_file, not both.")
-        return address, False
+        return address
     if not (isinstance(wait_for_workers, int) and wait_for_workers >= 0):
         raise InputError(f"wait_for_workers: expected an integer >= 0; found "
                          f"{wait_for_workers!r}.")
@@ -359,31 +370,33 @@ def get_client(address: "str | Client | None" = None, scheduler_file: str | os.P
                  "%s of worker memory limits; dashboard: %s", target, source, len(workers),
                  sum(w.get("nthreads", 0) for w in workers),
                  format_bytes(cluster_memory(client)),
-                 _dashboard_link(client) or "none")
-        return client, False
+                 dashboard_link(client) or "none")
+        return client
 
     n, threads, limit = _local_sizing(n_workers, threads_per_worker, memory_limit)
     dash = _dashboard_address(dashboard)
     if dash is not None and not _dashboard_available():
-        log.info("no dashboard: the bokeh package is not installed")
+        log.info("no dashboard: the bokeh package is not installed (pip install "
+                 "'daskgmmis[dashboard]' installs it)")
         dash = None
     # without a dashboard the scheduler still serves /health and /metrics over HTTP;
     # a free port keeps it off 8787 (and its "port in use" warning)
     no_dash = {} if dash else {"scheduler_kwargs": {"dashboard": False,
                                                     "dashboard_address": ":0"}}
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                           memory_limit=limit, dashboard_address=dash, security=security,
-                           **no_dash)
+    # Client(**cluster options) starts the LocalCluster itself and so owns it: closing
+    # the client (or leaving its with block) stops the workers too
+    client = Client(n_workers=n, threads_per_worker=threads, processes=True,
+                    memory_limit=limit, dashboard_address=dash, security=security,
+                    set_as_default=set_as_default, timeout=timeout_s, **no_dash)
     try:
-        client = Client(cluster, set_as_default=set_as_default, timeout=timeout_s)
         client.wait_for_workers(n, timeout=timeout_s)
     except BaseException:
-        cluster.close()
+        client.close()
         raise
     log.info("started a LocalCluster at %s: %d worker processes x %d threads, memory "
-             "limit %s each; dashboard: %s", cluster.scheduler_address, n, threads,
-             format_bytes(limit), _dashboard_link(client) if dash else "none")
-    return client, True
+             "limit %s each; dashboard: %s", client.cluster.scheduler_address, n, threads,
+             format_bytes(limit), dashboard_link(client) if dash else "none")
+    return client
 
 
 @contextlib.contextmanager
@@ -392,9 +405,10 @@ def client_context(address: "str | Client | None" = None,
                    **kwargs) -> "Iterator[Client]":
     """:func:`get_client` as a context manager that cleans up after itself.
 
-    On exit it closes the client it created and, when it started a LocalCluster,
-    the cluster (stopping its workers); a ``Client`` passed in is left open, and a
-    remote cluster is never shut down.
+    Kept for scripts written against the tuple-returning ``get_client`` of 0.1:
+    ``with get_client(...) as client`` is the same. On exit it closes the client it
+    created, which stops a LocalCluster started here; a ``Client`` passed in is left
+    open, and a remote cluster is never shut down.
 
     Parameters
     ----------
@@ -408,15 +422,12 @@ def client_context(address: "str | Client | None" = None,
     from distributed import Client
 
     passed_in = isinstance(address, Client)
-    client, owned = get_client(address, scheduler_file, **kwargs)
+    client = get_client(address, scheduler_file, **kwargs)
     try:
         yield client
     finally:
         if not passed_in:
-            cluster = client.cluster if owned else None
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            client.close()     # stops a LocalCluster that get_client started
 
 
 def cluster_memory(client: "Client") -> int:

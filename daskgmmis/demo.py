@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 import daskgmmis as dg
+from daskgmmis.cluster import dashboard_link, get_client
 from daskgmmis.em import fit_best
 from daskgmmis.selection import And, Box, Complement, Sphere
 
@@ -109,17 +110,18 @@ def simulate(seed: int, n_samples: int = N_SAMPLES):
     return observed, covar, noise.rows
 
 
-def _start_client(client, n_workers: int):
-    """(client or None, owned cluster or None) from run_demo's ``client`` argument."""
+def _start_client(client, n_workers: int, verbose: bool):
+    """(client or None, whether this call started it) from run_demo's ``client``."""
     if client == "threads":
-        return None, None
+        return None, False
     if client is not None:
-        return client, None
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1,
-                           dashboard_address=":0")
-    return Client(cluster, set_as_default=False), cluster
+        return client, False
+    # a free port for the dashboard: a second demo (or a notebook's cluster) may hold 8787
+    client = get_client(n_workers=n_workers, threads_per_worker=1, dashboard=":0")
+    if verbose:
+        print(f"LocalCluster with {n_workers} workers; dashboard: "
+              f"{dashboard_link(client) or 'none (pip install daskgmmis[dashboard])'}")
+    return client, True
 
 
 def fit_variants(observed, noise, *, seed: int, n_restarts: int = 5, w: float = 0.1,
@@ -146,8 +148,11 @@ def fit_variants(observed, noise, *, seed: int, n_restarts: int = 5, w: float = 
     return out
 
 
-def plot_demo(path, fits: dict, observed, orig, truth_logl: float) -> None:
-    """Four panels: each fit's density, the observed and original rows, the boundary."""
+def plot_demo(path, fits: dict, observed, orig, truth_logl: float):
+    """Four panels: each fit's density, the observed and original rows, the boundary.
+
+    Returns the matplotlib Figure (also written to ``path``).
+    """
     from daskgmmis import plots
 
     fig = plots.figure(figsize=(10, 10.4), layout="constrained")
@@ -155,14 +160,14 @@ def plot_demo(path, fits: dict, observed, orig, truth_logl: float) -> None:
     for p, (key, title, _, _) in enumerate(VARIANTS):
         gmm, result, _ = fits[key]
         ax = fig.add_subplot(2, 2, p + 1)
+        # one legend (first panel) names the rows, the model and the selection boundary
         plots.density(gmm, ax=ax, extent=extent, data=observed, orig=orig,
-                      sel_callback=selection(),
+                      sel_callback=selection(), columns=["x", "y"], legend=p == 0,
                       title=f"{title}\nlogL(original) = {gmm.logL(orig).mean():.3f}")
-        if p == 0:
-            ax.legend(loc="lower right", fontsize="small")
     fig.suptitle(f"pyGMMis demo scenario: {len(observed)} of {len(orig)} rows observed "
                  f"(noise sd {NOISE_SD}); truth logL(original) = {truth_logl:.3f}")
     plots.save_figure(fig, path)
+    return fig
 
 
 def run_demo(out_dir="demo-out", *, seed: int = DEFAULT_SEED, n_restarts: int = 5,
@@ -203,17 +208,14 @@ def run_demo(out_dir="demo-out", *, seed: int = DEFAULT_SEED, n_restarts: int = 
     """
     observed, noise, orig = simulate(seed, n_samples)
     truth_logl = float(truth_model().logL(orig).mean())
-    client, cluster = _start_client(client, n_workers)
-    dashboard = getattr(client, "dashboard_link", None) if cluster is not None else None
-    if verbose and dashboard:
-        print(f"LocalCluster with {n_workers} workers; dashboard: {dashboard}")
+    client, owned = _start_client(client, n_workers, verbose)
+    dashboard = dashboard_link(client) if owned else None
     try:
         fits = fit_variants(observed, noise, seed=seed, n_restarts=n_restarts,
                             client=client, **fit_options)
     finally:
-        if cluster is not None:
+        if owned:
             client.close()
-            cluster.close()
     out = {"seed": seed, "n_samples": n_samples, "n_observed": int(len(observed)),
            "truth": truth_logl, "fits": {}, "figure": None, "dashboard": dashboard}
     for key, (gmm, result, seconds) in fits.items():
@@ -256,16 +258,13 @@ def run_benchmark(seeds: Sequence[int], out_dir="demo-out", *, client=None,
         ({"truth": ..., key: ...}) of the mean log-likelihood of the original rows.
     """
     seeds = list(seeds)
-    client, cluster = _start_client(client, n_workers)
-    if verbose and cluster is not None and client.dashboard_link:
-        print(f"LocalCluster with {n_workers} workers; dashboard: {client.dashboard_link}")
+    client, owned = _start_client(client, n_workers, verbose)
     try:
         runs = [run_demo(out_dir, seed=s, client=client or "threads", figure=(i == 0),
                          verbose=verbose, **kwargs) for i, s in enumerate(seeds)]
     finally:
-        if cluster is not None:
+        if owned:
             client.close()
-            cluster.close()
     table = {"truth": [r["truth"] for r in runs]}
     for key, *_ in VARIANTS:
         table[key] = [r["fits"][key]["logL_orig"] for r in runs]

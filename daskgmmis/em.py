@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ from . import kernels
 from .background import Background, log_background
 from .blocks import compute as _compute
 from .blocks import tree_reduce
-from .catalog import as_dask_input
+from .catalog import Catalog, as_dask_input, open_catalog
+from .memory import check_candidates, plan_fit
+from .timelimit import check_timeout, time_limited
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
                      InputTypeError, NumericalError)
 from .imputation import candidate_count, impute_block
@@ -43,7 +46,7 @@ from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
 from .stats import DataSummary, SuffStats, sum_stats
 from .validation import (check_background, check_data_block, check_model_params,
-                         check_noise_block)
+                         check_noise_block, check_regularization)
 
 __all__ = ["fit", "fit_best", "FitResult", "child_seed"]
 
@@ -185,6 +188,8 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
     logl += float(_selection_log(params.sel_callback, x, row_offset)[finite].sum())
     observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, int(x.shape[0]), int(n_out))
     m = candidate_count(x.shape[0], params.oversampling, params.observed_fraction)
+    check_candidates(m, x.shape[1], params.covar_callback is not None, params.oversampling,
+                     int(x.shape[0]))
     imputed, tally = impute_block(m, params.amp, params.mean, params.covar, params.background,
                                   params.sel_callback, params.covar_callback, params.seed,
                                   block, params.cutoff)
@@ -395,7 +400,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         background: Background | None = None, tol: float = 1e-3, maxiter: int = 1000,
         frozen=None, rng=None, client=None, checkpoint=None, split_n_merge: int = 0,
         oversampling: float = 4.0, persist: bool | None = None, accelerate: bool = True,
-        n_init: int = 1) -> FitResult:
+        n_init: int = 1, callback_timeout: float | None = None) -> FitResult:
     """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 
     Parameters
@@ -460,7 +465,12 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
         drop. ``False`` gives textbook EM, step for step.
     n_init : int
         Number of starts (each from its own random stream); the fit with the
-        highest final likelihood is kept.
+        highest final likelihood is kept. At most
+        :data:`daskgmmis.memory.MAX_N_INIT`.
+    callback_timeout : float, optional
+        Seconds one call of ``sel_callback`` or ``covar_callback`` may take;
+        past that the fit stops with a ``CallbackError`` naming the callback
+        (default: no limit).
     checkpoint : str or os.PathLike, optional
         File for the EM state, written atomically after every iteration. If it
         holds a checkpoint of the same problem the fit resumes from it and ends
@@ -502,7 +512,11 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     if not (isinstance(oversampling, (int, float, np.floating)) and oversampling > 0
             and math.isfinite(oversampling)):
         raise InputError(f"oversampling: expected a finite number > 0; found {oversampling!r}.")
+    check_timeout(callback_timeout)
     K, D = gmm.K, gmm.D
+    check_regularization(w)
+    if isinstance(data, (str, os.PathLike)):
+        data = open_catalog(data)
     x, noise, kind = as_dask_input(data, covar)
     if x.shape[1] != D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={D}; build the "
@@ -529,6 +543,9 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
             if covar_callback is not None:
                 check_picklable(covar_callback, "covar_callback")
 
+    # 0. memory plan: refuse (or shrink the blocks) before the first pass
+    x, noise = plan_fit(x, noise, kind, K, D, client=client, n_init=n_init,
+                        oversampling=oversampling if sel_callback is not None else None)
     x, noise = _maybe_persist(x, noise, kind, persist, client)
     plan = _Plan(x, noise, kind)
 
@@ -558,8 +575,10 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     impute_seed = child_seed(seed, 0)
     init_seeds = [child_seed(seed, 1 + i) for i in range(n_init)]
     bg_amp0, bg_seeded = _background_start(background)
-    evaluate = _Evaluator(plan, client, cutoff, sel_callback, covar_callback, impute_seed,
-                          oversampling, background, boxes)
+    evaluate = _Evaluator(plan, client, cutoff,
+                          time_limited(sel_callback, callback_timeout, "sel_callback"),
+                          time_limited(covar_callback, callback_timeout, "covar_callback"),
+                          impute_seed, oversampling, background, boxes)
     run = dict(evaluate=evaluate, tol=tol, maxiter=maxiter, w=w, frozen=frozen_idx,
                background=background, accelerate=accelerate, checkpoint=checkpoint,
                fingerprint=fingerprint)
@@ -577,6 +596,10 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
             if best is None or outcome[0].history[-1] > best[0].history[-1]:
                 best = outcome
     state, converged, last = best
+    if cutoff is not None and last.n_outside >= summary.n:
+        raise InputError(f"cutoff: with cutoff={cutoff:g} sigmas every row is outside every "
+                         f"neighborhood ({last.n_outside} of {summary.n} rows), so nothing "
+                         f"was fitted; expected a cutoff of a few sigmas (3 to 6).")
     if split_n_merge:
         state, converged, last = _split_and_merge(state, converged, last, split_n_merge, run)
     if not converged and maxiter > 0:
@@ -588,6 +611,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "random", w: float = 0
     if kind == "none":
         _warn_singular(theta, summary, frozen_idx["covar"])
     gmm.amp, gmm.mean, gmm.covar = theta.amp, theta.mean, theta.covar
+    if isinstance(data, Catalog):
+        gmm.columns = list(data.columns)       # the model's features carry their names
     if background is not None:
         background.amp = theta.bg_amp
     return FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -37,15 +38,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from .catalog import (_is_url, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog,
-                      complete_array, default_row_chunk, install_store, new_store,
-                      open_catalog)
+from .catalog import (_is_url, Catalog, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, check_ids,
+                      check_not_input, complete_array, default_row_chunk, install_store,
+                      open_catalog, write_catalog)
 from .errors import InputError, InputTypeError, StoreExistsError
 from .files import check_new_output
+from .tables import table_format, write_row_arrays, write_table  # noqa: F401 (re-export)
 from .validation import check_data_block, check_noise_block
 
 __all__ = ["FORMATS", "TableSource", "open_table", "detect_format", "CatalogWriter",
-           "ingest", "errors_to_covar", "write_row_arrays"]
+           "ingest", "errors_to_covar", "write_row_arrays", "table_parts"]
 
 log = logging.getLogger("daskgmmis")
 
@@ -136,18 +138,21 @@ class TableSource:
         raise InputError(f"{self.path}: no column named {name!r}; available columns: "
                          f"{', '.join(self.names[:30])}{' ...' if len(self.names) > 30 else ''}.")
 
-    def batches(self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS
-                ) -> Iterator[dict]:
-        """Yield ``{column: 1-D float ndarray}`` for consecutive batches of rows.
+    def batches(self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS,
+                raw: Sequence[str] = ()) -> Iterator[dict]:
+        """Yield ``{column: 1-D ndarray}`` for consecutive batches of rows.
 
         Parameters
         ----------
         columns : sequence of str
-            Names as in :attr:`names`.
+            Numeric columns (names as in :attr:`names`), read as numbers.
         batch_rows : int
             Rows per batch (a target for CSV, where batches follow byte blocks).
+        raw : sequence of str
+            Columns read as they are stored (identifiers: integers or strings;
+            CSV text stays text, so ``"007"`` keeps its zeros).
         """
-        return self._reader(list(columns), int(batch_rows))
+        return self._reader(list(columns), int(batch_rows), list(raw))
 
 
 def _numeric_1d(values, name: str, path: str) -> np.ndarray:
@@ -185,8 +190,8 @@ def _open_csv(path: str, engine: str | None) -> TableSource:
             raise InputError(f"{path}: empty file; expected a header line naming the columns.")
         names = [h.strip() for h in header]
 
-        def reader(columns, batch_rows):
-            return _csv_python_batches(path, names, columns, batch_rows, delimiter)
+        def reader(columns, batch_rows, raw):
+            return _csv_python_batches(path, names, columns, batch_rows, delimiter, raw)
     else:
         import pyarrow as pa
         import pyarrow.csv as pacsv
@@ -198,8 +203,8 @@ def _open_csv(path: str, engine: str | None) -> TableSource:
         except (pa.ArrowInvalid, OSError) as e:
             raise InputError(f"{path}: not a readable CSV file ({_first_line(e)}).") from None
 
-        def reader(columns, batch_rows):
-            return _csv_arrow_batches(path, columns, batch_rows, delimiter)
+        def reader(columns, batch_rows, raw):
+            return _csv_arrow_batches(path, columns, batch_rows, delimiter, raw)
     return TableSource(path, "csv", names, None, {}, reader)
 
 
@@ -215,21 +220,22 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _csv_arrow_batches(path, columns, batch_rows, delimiter):
+def _csv_arrow_batches(path, columns, batch_rows, delimiter, raw=()):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     # byte blocks of ~32 bytes a row: batches near batch_rows for typical tables
     block = int(min(max(batch_rows * 32, 1 << 20), 1 << 28))
-    convert = pacsv.ConvertOptions(include_columns=columns, null_values=list(_CSV_NULLS),
-                                   strings_can_be_null=True,
-                                   column_types={c: pa.float64() for c in columns})
+    read = list(dict.fromkeys(list(columns) + list(raw)))
+    types = {**{c: pa.float64() for c in columns}, **{c: pa.string() for c in raw}}
+    convert = pacsv.ConvertOptions(include_columns=read, null_values=list(_CSV_NULLS),
+                                   strings_can_be_null=True, column_types=types)
     try:
         with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
                             parse_options=pacsv.ParseOptions(delimiter=delimiter),
                             convert_options=convert) as r:
             for rb in r:
-                yield {c: rb.column(c).to_numpy(zero_copy_only=False) for c in columns}
+                yield {c: rb.column(c).to_numpy(zero_copy_only=False) for c in read}
     except pa.ArrowInvalid as e:
         raise InputError(f"{path}: {_first_line(e)}") from None
 
@@ -250,8 +256,17 @@ def _parse_floats(tokens: list, name: str, path: str, row0: int) -> np.ndarray:
     return out
 
 
-def _csv_python_batches(path, names, columns, batch_rows, delimiter):
+def _csv_python_batches(path, names, columns, batch_rows, delimiter, raw=()):
     index = [names.index(c) for c in columns]
+    raw_index = [names.index(c) for c in raw]
+
+    def parsed(buf, start):
+        out = {c: _parse_floats([r[j] for r in buf], c, path, start)
+               for c, j in zip(columns, index)}
+        out.update({c: np.array([r[j].strip() for r in buf], dtype=str)
+                    for c, j in zip(raw, raw_index)})
+        return out
+
     width = len(names)
     with _open_text(path) as f:
         rows = csv.reader(f, delimiter=delimiter)
@@ -265,13 +280,11 @@ def _csv_python_batches(path, names, columns, batch_rows, delimiter):
                                  f"names {width}.")
             buf.append(row)
             if len(buf) == batch_rows:
-                yield {c: _parse_floats([r[j] for r in buf], c, path, start)
-                       for c, j in zip(columns, index)}
+                yield parsed(buf, start)
                 start += len(buf)
                 buf = []
         if buf:
-            yield {c: _parse_floats([r[j] for r in buf], c, path, start)
-                   for c, j in zip(columns, index)}
+            yield parsed(buf, start)
 
 
 def _open_parquet(path: str) -> TableSource:
@@ -292,10 +305,13 @@ def _open_parquet(path: str) -> TableSource:
         except (NotImplementedError, TypeError):
             dtypes[f.name] = None
 
-    def reader(columns, batch_rows):
+    def reader(columns, batch_rows, raw):
+        read = list(dict.fromkeys(list(columns) + list(raw)))
         try:
-            for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            for rb in pf.iter_batches(batch_size=batch_rows, columns=read):
                 out = {}
+                for c in raw:
+                    out[c] = rb.column(c).to_numpy(zero_copy_only=False)
                 for c in columns:
                     col = rb.column(c)
                     if col.null_count and pa.types.is_integer(col.type):
@@ -343,12 +359,14 @@ def _open_fits(path: str, hdu) -> TableSource:
             except (TypeError, AttributeError):
                 dtypes[col.name] = None
 
-    def reader(columns, batch_rows):
+    def reader(columns, batch_rows, raw):
         with fits.open(path, memmap=True) as hl:
             data = hl[index].data
             for start in range(0, n, batch_rows):
                 rows = data[start:start + batch_rows]   # a view: only these rows are read
-                yield {c: _numeric_1d(rows.field(c), c, path) for c in columns}
+                out = {c: np.array(rows.field(c)) for c in raw}
+                out.update({c: _numeric_1d(rows.field(c), c, path) for c in columns})
+                yield out
 
     return TableSource(path, "fits", names, n, dtypes, reader)
 
@@ -376,11 +394,13 @@ def _open_npy(path: str) -> TableSource:
         def column(block, c):
             return block[:, names.index(c)]
 
-    def reader(columns, batch_rows):
+    def reader(columns, batch_rows, raw):
         a = np.load(path, mmap_mode="r", allow_pickle=False)
         for start in range(0, a.shape[0], batch_rows):
             block = np.asarray(a[start:start + batch_rows])
-            yield {c: _numeric_1d(column(block, c), c, path) for c in columns}
+            out = {c: np.asarray(column(block, c)) for c in raw}
+            out.update({c: _numeric_1d(column(block, c), c, path) for c in columns})
+            yield out
 
     return TableSource(path, "npy", names, int(arr.shape[0]), dtypes, reader)
 
@@ -518,6 +538,14 @@ class CatalogWriter:
         float32 or float64 for ``data`` (``covar`` is always float64).
     overwrite : bool
         Replace an existing store at :meth:`close`.
+    id_name : str, optional
+        Name of an identifier column carried with the rows (every :meth:`append`
+        then passes ``ids``).
+    id_dtype : {"int64", "str"}
+        Storage of the identifiers: integers, or variable-length strings.
+    allow_empty : bool
+        Write a catalog of no rows instead of refusing one (a part of a
+        many-file table whose rows were all dropped).
 
     Examples
     --------
@@ -528,7 +556,9 @@ class CatalogWriter:
     """
 
     def __init__(self, path, columns: Sequence[str], covar_kind: str = "none", *,
-                 chunk_rows: int, dtype=np.float64, overwrite: bool = False):
+                 chunk_rows: int, dtype=np.float64, overwrite: bool = False,
+                 id_name: str | None = None, id_dtype: str = "int64",
+                 allow_empty: bool = False):
         self.path = os.fspath(path)
         self.columns = [str(c) for c in columns]
         self.D = len(self.columns)
@@ -546,11 +576,20 @@ class CatalogWriter:
             raise InputError(f"chunk_rows: expected a positive integer; found {chunk_rows!r}.")
         self.chunk_rows = int(chunk_rows)
         self.overwrite = bool(overwrite)
+        if id_name is not None and (not isinstance(id_name, str) or not id_name
+                                    or id_name in self.columns):
+            raise InputError(f"id_name: expected a name for the identifier column that is "
+                             f"not a feature name ({self.columns}); found {id_name!r}.")
+        if id_dtype not in ("int64", "str"):
+            raise InputError(f"id_dtype: expected 'int64' or 'str'; found {id_dtype!r}.")
+        self.id_name = id_name
+        self.allow_empty = bool(allow_empty)
         _check_target(self.path, self.overwrite)
         self.n_rows = 0                  # rows written or buffered
         self.catalog: Catalog | None = None
         self._buf_x: list = []
         self._buf_c: list = []
+        self._buf_i: list = []
         self._buffered = 0
         self._tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
         try:
@@ -559,6 +598,8 @@ class CatalogWriter:
                                 "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
                                 "columns": self.columns, "covar_kind": self.kind,
                                 "order": "input"})
+            if id_name is not None:
+                group.attrs["id_name"] = id_name
             D, rows = self.D, self.chunk_rows
             self._data = complete_array(group, "data", (0, D), self.dtype, (rows, D))
             self._covar = None
@@ -566,6 +607,10 @@ class CatalogWriter:
                 tail = (D,) if self.kind == "diag" else (D, D)
                 self._covar = complete_array(group, "covar", (0,) + tail, np.float64,
                                              (rows,) + tail)
+            self._ids = None
+            if id_name is not None:
+                self._ids = complete_array(group, "ids", (0,),
+                                           np.int64 if id_dtype == "int64" else str, (rows,))
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -581,7 +626,7 @@ class CatalogWriter:
         else:
             self.abort()
 
-    def append(self, x, covar=None) -> None:
+    def append(self, x, covar=None, ids=None) -> None:
         """Validate and append a batch of rows.
 
         Parameters
@@ -591,6 +636,8 @@ class CatalogWriter:
         covar : array_like, optional
             (n, D) diagonal variances or (n, D, D) covariances, as declared by
             ``covar_kind``.
+        ids : array_like, shape (n,), optional
+            The rows' identifiers; required with ``id_name``, refused without.
         """
         if not self._open:
             raise InputError("CatalogWriter: already closed.")
@@ -599,6 +646,17 @@ class CatalogWriter:
             raise InputError(f"x: expected shape (n, {self.D}); found {x.shape}.")
         x = x.astype(self.dtype, copy=False)
         check_data_block(x, self.n_rows)
+        if (ids is None) != (self._ids is None):
+            raise InputError(f"ids: {'expected' if ids is None else 'unexpected'} row "
+                             f"identifiers (id_name={self.id_name!r}).")
+        if ids is not None:
+            ids = check_ids(ids, x.shape[0], f"{self.id_name} (rows {self.n_rows}..)")
+            if (ids.dtype.kind == "i") != (self._ids.dtype == np.int64):
+                raise InputTypeError(f"{self.id_name}: rows {self.n_rows}.. hold "
+                                     f"{'integers' if ids.dtype.kind == 'i' else 'strings'}; "
+                                     f"this catalog stores "
+                                     f"{'integers' if self._ids.dtype == np.int64 else 'strings'}.")
+            self._buf_i.append(ids)
         if self.kind == "none":
             if covar is not None:
                 raise InputError("covar: this catalog stores no noise (covar_kind='none').")
@@ -624,6 +682,7 @@ class CatalogWriter:
             return
         x = np.concatenate(self._buf_x)
         c = np.concatenate(self._buf_c) if self._buf_c else None
+        i = np.concatenate(self._buf_i) if self._buf_i else None
         n = x.shape[0]
         # writing whole chunks only keeps every Zarr chunk written exactly once
         m = (n // self.chunk_rows) * self.chunk_rows if whole_chunks_only else n
@@ -631,8 +690,11 @@ class CatalogWriter:
             self._data.append(x[:m], axis=0)
             if c is not None:
                 self._covar.append(c[:m], axis=0)
+            if i is not None:
+                self._ids.append(i[:m], axis=0)
         self._buf_x = [x[m:]] if m < n else []
         self._buf_c = [c[m:]] if c is not None and m < n else []
+        self._buf_i = [i[m:]] if i is not None and m < n else []
         self._buffered = n - m
 
     def close(self) -> Catalog:
@@ -650,7 +712,7 @@ class CatalogWriter:
         if not self._open:
             raise InputError("CatalogWriter: already closed.")
         try:
-            if self.n_rows == 0:
+            if self.n_rows == 0 and not self.allow_empty:
                 raise InputError(f"{self.path}: no rows to write; the source is empty.")
             self._flush(whole_chunks_only=False)
             install_store(self._tmp, self.path, self.overwrite)
@@ -665,46 +727,6 @@ class CatalogWriter:
         """Delete the unfinished store."""
         self._open = False
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-
-def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False) -> None:
-    """Write row-aligned arrays (numpy or dask) to a new Zarr v3 group, atomically.
-
-    Used for per-row outputs (e.g. ``daskgmmis score``): each array is chunked
-    along rows like the first one's dask chunks and written lazily with
-    :func:`dask.array.store`; the group appears under ``path`` only once complete.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Local directory.
-    arrays : dict
-        Name -> array of shape (N, ...); all with the same N.
-    attrs : dict
-        Group attributes (plain JSON).
-    overwrite : bool
-        Replace an existing store.
-    """
-    import dask.array as da
-
-    path = os.fspath(path)
-    _check_target(path, overwrite)
-    arrays = {k: da.asarray(v) for k, v in arrays.items()}
-    if not arrays:
-        raise InputError("arrays: nothing to write.")
-    first = next(iter(arrays.values()))
-    N = first.shape[0]
-    if any(a.shape[0] != N for a in arrays.values()):
-        raise InputError(f"arrays: expected the same number of rows; found "
-                         f"{ {k: a.shape[0] for k, a in arrays.items()} }.")
-    rows = max(max(first.chunks[0], default=1), 1)
-    # regular chunks on both sides: no two tasks write into one Zarr chunk
-    arrays = {k: a.rechunk({0: rows}) for k, a in arrays.items()}
-    with new_store(path, overwrite) as group:
-        group.attrs.update(attrs)
-        targets = [complete_array(group, k, a.shape, a.dtype, (rows,) + tuple(a.shape[1:]))
-                   for k, a in arrays.items()]
-        da.store(list(arrays.values()), targets, lock=False)
 
 
 # ------------------------------------------------------------------------ ingest
@@ -748,24 +770,273 @@ def _as_names(value, what: str, unique: bool = True) -> list | None:
     return names
 
 
+@dataclass
+class _Plan:
+    """What to read from a table and how to turn it into catalog rows."""
+
+    value_names: list
+    value_cols: list
+    error_cols: list | None
+    corr: list
+    id_col: str | None
+    kind: str
+    variances: bool
+    drop_empty: bool
+
+    @property
+    def D(self) -> int:
+        return len(self.value_cols)
+
+    @property
+    def read(self) -> list:
+        return list(dict.fromkeys(self.value_cols + (self.error_cols or [])
+                                  + [r for _, _, r in self.corr]))
+
+
+def _plan(src: TableSource, columns, errors, variances: bool, correlations, id_column,
+          drop_empty: bool) -> _Plan:
+    """Resolve the column arguments of :func:`ingest` against a table's columns."""
+    value_names = _as_names(columns, "columns")
+    # one error column may serve several values (e.g. a shared positional error)
+    error_names = _as_names(errors, "errors", unique=False)
+    corr_items = [tuple(s.strip() for s in c.split(",")) if isinstance(c, str) else tuple(c)
+                  for c in (correlations or ())]
+    id_col = None if id_column is None else src.resolve(str(id_column))
+    if value_names is None:
+        taken = ({src.resolve(c) for c in error_names or ()}
+                 | {src.resolve(c[2]) for c in corr_items if len(c) == 3} | {id_col})
+        value_names = [n for n in src.names if n not in taken]
+        log.info("ingest: features %s (every column of %s not named by errors, correlations "
+                 "or id_column)", ", ".join(value_names), src.path)
+    value_cols = [src.resolve(c) for c in value_names]
+    if id_col is not None and id_col in value_cols:
+        raise InputError(f"id_column: {id_col!r} is also named as a feature column; an "
+                         f"identifier is carried with the rows, not fitted.")
+    D = len(value_cols)
+    error_cols = None
+    if error_names is not None:
+        if len(error_names) != D:
+            raise InputError(f"errors: expected one error column per value column ({D}); "
+                             f"found {len(error_names)}.")
+        error_cols = [src.resolve(c) for c in error_names]
+    elif variances:
+        raise InputError("variances: given without error columns (errors).")
+    corr = _parse_correlations(corr_items, value_names)
+    if corr and error_cols is None:
+        raise InputError("correlations: need error columns (errors) to scale them.")
+    corr = [(j, k, src.resolve(rho)) for j, k, rho in corr]
+    kind = "none" if error_cols is None else ("full" if corr else "diag")
+    return _Plan(value_names, value_cols, error_cols, corr, id_col, kind, variances,
+                 drop_empty)
+
+
+def _id_dtype(src: TableSource, plan: _Plan) -> str:
+    known = src.dtypes.get(plan.id_col) if plan.id_col is not None else None
+    # CSV identifiers stay text: "007" keeps its zeros
+    return "int64" if known is not None and known.kind in "iu" else "str"
+
+
+def _rows(src: TableSource, plan: _Plan, batch_rows: int, progress=None):
+    """Yield ``(x, covar, ids, dropped_rows, dropped_ids)`` per batch of ``src``.
+
+    Rows are validated as they are read; ``dropped_rows`` are the positions in
+    ``src`` of rows with every value missing (skipped with ``drop_empty``, else an
+    error naming the first).
+    """
+    n_read = 0
+    for batch in src.batches(plan.read, batch_rows,
+                             raw=[plan.id_col] if plan.id_col else []):
+        x = np.column_stack([batch[c] for c in plan.value_cols]) \
+            if batch[plan.read[0]].size else np.empty((0, plan.D))
+        n_batch = x.shape[0]
+        cov = None
+        if plan.kind != "none":
+            err = np.column_stack([batch[c] for c in plan.error_cols])
+            rhos = [(j, k, batch[r]) for j, k, r in plan.corr]
+            cov = errors_to_covar(err, variances=plan.variances, correlations=rhos,
+                                  values=x, row_offset=n_read)
+        ids = None
+        if plan.id_col is not None:
+            ids = check_ids(batch[plan.id_col], n_batch,
+                            f"{src.path}: id column {plan.id_col!r}")
+        empty = np.isnan(x).all(axis=1)
+        if empty.any() and not plan.drop_empty:
+            i = int(np.flatnonzero(empty)[0])
+            raise InputError(f"{src.path}: row {n_read + i} has every value missing "
+                             f"(columns {plan.value_names}); a fit cannot use such rows. "
+                             f"Pass drop_empty=True (--drop-empty) to skip them.")
+        dropped_rows = n_read + np.flatnonzero(empty)
+        dropped_ids = None
+        if empty.any():
+            if ids is not None:
+                dropped_ids, ids = ids[empty], ids[~empty]
+            x = x[~empty]
+            cov = None if cov is None else cov[~empty]
+        yield x, cov, ids, dropped_rows, dropped_ids
+        n_read += n_batch
+        if progress is not None:
+            progress(n_read)
+
+
+def _copy_rows(src: TableSource, plan: _Plan, writer: "CatalogWriter", batch_rows: int,
+               progress=None) -> tuple[int, list, list]:
+    """Stream ``src`` into ``writer``; (rows read, dropped positions, dropped ids)."""
+    n_read, dropped_rows, dropped_ids = 0, [], []
+    for x, cov, ids, d_rows, d_ids in _rows(src, plan, batch_rows, progress):
+        if x.shape[0]:
+            writer.append(x, cov, ids)
+        dropped_rows.append(d_rows)
+        if d_ids is not None:
+            dropped_ids.append(d_ids)
+    n_read = writer.n_rows + sum(len(d) for d in dropped_rows)
+    return n_read, dropped_rows, dropped_ids
+
+
+def table_parts(source) -> list | None:
+    """The part files of a many-file table, in name order; None for one file.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or sequence of them
+        A directory (its files with a table suffix), a glob pattern
+        (``"parts/*.parquet"``), a list of files, or one file.
+
+    Returns
+    -------
+    list of str or None
+    """
+    import glob
+
+    if isinstance(source, (list, tuple)):
+        parts = [os.fspath(p) for p in source]
+    else:
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            parts = [os.path.join(path, n) for n in os.listdir(path)
+                     if not n.startswith(".") and any(n.lower().endswith(s) for s in _SUFFIXES)]
+        elif any(c in path for c in "*?[") and not os.path.exists(path):
+            parts = glob.glob(path)
+        else:
+            return None
+        if not parts:
+            raise InputError(f"source: {path} names no table files (expected files ending in "
+                             f"{sorted(_SUFFIXES)}).")
+    # natural order: part-2 before part-10
+    key = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)]  # noqa: E731
+    return sorted(parts, key=key)
+
+
+def _ingest_part(part: str, store: str, plan: _Plan, fmt, hdu, csv_engine, batch_rows: int,
+                 dtype: str, id_dtype: str, chunk_rows: int):
+    """One part of a many-file table into its own (temporary) catalog; runs on a worker.
+
+    Returns
+    -------
+    (rows read, rows kept, dropped positions in the part, dropped ids or None)
+    """
+    try:
+        src = open_table(part, fmt, hdu=hdu, csv_engine=csv_engine)
+        part_plan = _plan(src, plan.value_names, _names_of(plan.error_cols), plan.variances,
+                          [(plan.value_names[j], plan.value_names[k], r)
+                           for j, k, r in plan.corr], plan.id_col, plan.drop_empty)
+        with CatalogWriter(store, plan.value_names, plan.kind, chunk_rows=chunk_rows,
+                           dtype=np.dtype(dtype), id_name=plan.id_col, id_dtype=id_dtype,
+                           allow_empty=True) as writer:
+            n_read, d_rows, d_ids = _copy_rows(src, part_plan, writer, batch_rows)
+    except (InputError, InputTypeError) as e:
+        # rows are counted within the part: name it
+        message = str(e) if str(e).startswith(part) else f"{part}: {e}"
+        raise type(e)(message) from None
+    rows = np.concatenate(d_rows) if d_rows else np.empty(0, np.int64)
+    ids = np.concatenate(d_ids) if d_ids else None
+    return n_read, writer.n_rows, rows, ids
+
+
+def _settled(*args):
+    """:func:`_ingest_part`, with its error returned rather than raised, so that every
+    part task has finished (none still writing) when the scratch space is removed."""
+    try:
+        return _ingest_part(*args)
+    except Exception as e:   # noqa: BLE001 - re-raised by the caller, whole
+        return e
+
+
+def _names_of(cols):
+    return None if cols is None else list(cols)
+
+
+def _ingest_parts(parts: list, path: str, plan: _Plan, *, fmt, hdu, csv_engine,
+                  batch_rows: int, chunks, dtype: str, id_dtype: str, overwrite: bool):
+    """Convert many parts in parallel (one task per part), then join them into one catalog.
+
+    Each part becomes a temporary catalog beside the destination (validated and
+    written by a worker); the parts' rows are then written, chunk-aligned, into
+    the catalog under a temporary name that is renamed into place only when
+    complete. A killed ingest leaves temporaries (``<path>.parts-*``,
+    ``<path>.tmp-*``), never a partial catalog, and can be rerun.
+
+    Returns
+    -------
+    (Catalog, rows read, dropped positions, dropped ids)
+    """
+    import dask
+    import dask.array as da
+
+    scratch = f"{path}.parts-{uuid.uuid4().hex[:8]}"
+    os.makedirs(scratch)
+    try:
+        stores = [os.path.join(scratch, f"part-{i:06d}.zarr") for i in range(len(parts))]
+        tasks = [dask.delayed(_settled, pure=False)(
+            p, st, plan, fmt, hdu, csv_engine, batch_rows, dtype, id_dtype, batch_rows)
+            for p, st in zip(parts, stores)]
+        outcomes = dask.compute(*tasks)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
+        results = outcomes
+        offsets = np.cumsum([0] + [r[0] for r in results])
+        # chunked as one file of all the parts' rows would be
+        chunk_rows = int(chunks) if chunks is not None else default_row_chunk(
+            max(int(offsets[-1]), 1), plan.D, plan.kind)
+        dropped_rows = [off + r[2] for off, r in zip(offsets, results)]
+        dropped_ids = [r[3] for r in results if r[3] is not None]
+        kept = [open_catalog(st) for st, r in zip(stores, results) if r[1] > 0]
+        if not kept:
+            raise InputError(f"{path}: no rows to write; every part is empty.")
+        data = da.concatenate([c.data for c in kept])
+        covar = None if plan.kind == "none" else da.concatenate([c.covar for c in kept])
+        ids = None if plan.id_col is None else da.concatenate([c.ids for c in kept])
+        cat = write_catalog(path, data, covar, chunks=chunk_rows, columns=plan.value_names,
+                            overwrite=overwrite, ids=ids, id_name=plan.id_col or "id")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cat, int(offsets[-1]), dropped_rows, dropped_ids
+
+
 def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
            correlations=None, fmt: str | None = None, hdu=None,
            batch_rows: int = DEFAULT_BATCH_ROWS, chunks: int | None = None,
            dtype: str = "auto", drop_empty: bool = False, overwrite: bool = False,
            csv_engine: str | None = None,
-           progress: Callable[[int], None] | None = None) -> Catalog:
+           progress: Callable[[int], None] | None = None, id_column: str | None = None,
+           dropped_out=None) -> Catalog:
     """Read a table file in batches and write it as a Zarr catalog.
 
     Parameters
     ----------
-    source : str or os.PathLike
-        CSV (``.csv``, ``.tsv``, ``.csv.gz``), Parquet, FITS table or ``.npy`` file.
+    source : str, os.PathLike, or sequence of them
+        CSV (``.csv``, ``.tsv``, ``.csv.gz``), Parquet, FITS table or ``.npy`` file;
+        or the parts of one table: a directory, a glob pattern (``"parts/*.parquet"``)
+        or a list of files (:func:`table_parts`), converted in parallel, one task
+        per part on the active dask scheduler (a distributed client's workers),
+        into one catalog whose rows are the parts' rows in name order.
     path : str or os.PathLike
         New catalog directory (refused if it exists unless ``overwrite``).
     columns : sequence of str or comma-separated str, optional
         Value columns, in the order of the catalog's features. Default: every
-        column of the source that is not named as an error or correlation
-        column. A plain 2-D ``.npy`` array has columns ``x0 .. x{D-1}``.
+        column of the source that is not named as an error, correlation or
+        identifier column (the choice is logged). A plain 2-D ``.npy`` array has
+        columns ``x0 .. x{D-1}``.
     errors : sequence of str or comma-separated str, optional
         One error column per value column: standard deviations, or variances
         with ``variances=True``. Without them the catalog has no noise.
@@ -790,13 +1061,23 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
         stored as float64, exactly).
     drop_empty : bool
         Skip rows whose values are all missing (otherwise they are an error: a
-        fit cannot use them).
+        fit cannot use them). They are counted (logged) and can be listed with
+        ``dropped_out``.
     overwrite : bool
         Replace an existing catalog.
     csv_engine : {"pyarrow", "python"}, optional
         CSV reader; default pyarrow when installed.
     progress : callable, optional
         Called with the number of rows read so far after every batch.
+    id_column : str, optional
+        Identifier column (integers or strings, none missing) kept with its rows
+        in the catalog, under its own name, and written first in every per-row
+        output so that results join back to the source table. CSV identifiers
+        are kept as text.
+    dropped_out : str or os.PathLike, optional
+        With ``drop_empty``: a ``.csv``, ``.parquet`` or ``.zarr`` listing the rows
+        skipped (``source_row``, their position in the source, and the
+        identifier); written only when rows were skipped.
 
     Returns
     -------
@@ -808,81 +1089,62 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
     InputError, InputTypeError
         Unknown or unreadable file, missing columns, non-numeric values, Inf,
         invalid errors or correlations, rows with every value missing.
-    CatalogError
+    StoreExistsError
         ``path`` exists and ``overwrite`` is False.
     """
     path = os.fspath(path)
+    parts = table_parts(source)
+    check_not_input(path, parts or [source], "path")
     _check_target(path, overwrite)
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) \
             or batch_rows < 1:
         raise InputError(f"batch_rows: expected a positive integer; found {batch_rows!r}.")
     if dtype not in ("auto", "float32", "float64"):
         raise InputError(f"dtype: expected 'auto', 'float32' or 'float64'; found {dtype!r}.")
-    src = open_table(source, fmt, hdu=hdu, csv_engine=csv_engine)
-    value_names = _as_names(columns, "columns")
-    # one error column may serve several values (e.g. a shared positional error)
-    error_names = _as_names(errors, "errors", unique=False)
-    corr_items = [tuple(s.strip() for s in c.split(",")) if isinstance(c, str) else tuple(c)
-                  for c in (correlations or ())]
-    if value_names is None:
-        taken = set(error_names or ()) | {c[2] for c in corr_items if len(c) == 3}
-        value_names = [n for n in src.names if n not in taken]
-    value_cols = [src.resolve(c) for c in value_names]
-    D = len(value_cols)
-    error_cols = None
-    if error_names is not None:
-        if len(error_names) != D:
-            raise InputError(f"errors: expected one error column per value column ({D}); "
-                             f"found {len(error_names)}.")
-        error_cols = [src.resolve(c) for c in error_names]
-    elif variances:
-        raise InputError("variances: given without error columns (errors).")
-    corr = _parse_correlations(corr_items, value_names)
-    if corr and error_cols is None:
-        raise InputError("correlations: need error columns (errors) to scale them.")
-    corr = [(j, k, src.resolve(rho)) for j, k, rho in corr]
-    kind = "none" if error_cols is None else ("full" if corr else "diag")
-    read = list(dict.fromkeys(value_cols + (error_cols or []) + [r for _, _, r in corr]))
-
+    src = open_table(parts[0] if parts else source, fmt, hdu=hdu, csv_engine=csv_engine)
+    plan = _plan(src, columns, errors, variances, correlations, id_column, drop_empty)
+    if dropped_out is not None:
+        if not drop_empty:
+            raise InputError("dropped_out: lists the rows that drop_empty skips; pass "
+                             "drop_empty=True (--drop-empty) too.")
+        table_format(dropped_out)
     if dtype == "auto":
-        known = [src.dtypes.get(c) for c in value_cols]
+        known = [src.dtypes.get(c) for c in plan.value_cols]
         dtype = "float32" if all(d is not None and d == np.float32 for d in known) else "float64"
-    if chunks is None:
-        n = src.num_rows
-        if n is None:    # CSV: count rows in one pass over a single column
-            n = sum(len(b[read[0]]) for b in src.batches(read[:1], batch_rows))
-        chunk_rows = default_row_chunk(max(n, 1), D, kind)
-    else:
-        chunk_rows = int(chunks)
+    id_dtype = _id_dtype(src, plan)
 
-    n_read = n_dropped = 0
-    with CatalogWriter(path, value_names, kind, chunk_rows=chunk_rows, dtype=np.dtype(dtype),
-                       overwrite=overwrite) as writer:
-        for batch in src.batches(read, batch_rows):
-            x = np.column_stack([batch[c] for c in value_cols]) if batch[read[0]].size \
-                else np.empty((0, D))
-            n_batch = x.shape[0]
-            cov = None
-            if kind != "none":
-                err = np.column_stack([batch[c] for c in error_cols])
-                rhos = [(j, k, batch[r]) for j, k, r in corr]
-                cov = errors_to_covar(err, variances=variances, correlations=rhos,
-                                      values=x, row_offset=n_read)
-            empty = np.isnan(x).all(axis=1)
-            if empty.any() and not drop_empty:
-                i = int(np.flatnonzero(empty)[0])
-                raise InputError(f"{src.path}: row {n_read + i} has every value missing "
-                                 f"(columns {value_names}); a fit cannot use such rows. "
-                                 f"Pass drop_empty=True (--drop-empty) to skip them.")
-            if empty.any():
-                n_dropped += int(empty.sum())
-                x = x[~empty]
-                cov = None if cov is None else cov[~empty]
-            if x.shape[0]:
-                writer.append(x, cov)
-            n_read += n_batch
-            if progress is not None:
-                progress(n_read)
+    if parts:
+        writer_catalog, n_read, dropped_rows, dropped_ids = _ingest_parts(
+            parts, path, plan, fmt=fmt, hdu=hdu, csv_engine=csv_engine,
+            batch_rows=batch_rows, chunks=chunks, dtype=dtype, id_dtype=id_dtype,
+            overwrite=overwrite)
+        if progress is not None:
+            progress(n_read)
+    else:
+        if chunks is None:
+            n = src.num_rows
+            if n is None:    # CSV: count rows in one pass over a single column
+                n = sum(len(b[plan.read[0]]) for b in src.batches(plan.read[:1], batch_rows))
+            chunk_rows = default_row_chunk(max(n, 1), plan.D, plan.kind)
+        else:
+            chunk_rows = int(chunks)
+        with CatalogWriter(path, plan.value_names, plan.kind, chunk_rows=chunk_rows,
+                           dtype=np.dtype(dtype), overwrite=overwrite, id_name=plan.id_col,
+                           id_dtype=id_dtype) as writer:
+            n_read, dropped_rows, dropped_ids = _copy_rows(src, plan, writer, batch_rows,
+                                                           progress)
+        writer_catalog = writer.catalog
+    n_dropped = sum(len(d) for d in dropped_rows)
     if n_dropped:
-        log.warning("ingest: dropped %d rows with every value missing", n_dropped)
-    return writer.catalog
+        listed = {"source_row": np.concatenate(dropped_rows)}
+        if dropped_ids:
+            listed[plan.id_col] = np.concatenate(dropped_ids)
+        if dropped_out is not None:
+            write_table(dropped_out, listed, overwrite=overwrite,
+                        attrs={"source": os.path.abspath(os.fspath(source)) if not parts else
+                               [os.path.abspath(p) for p in parts],
+                               "dropped": "every value missing"})
+        log.warning("ingest: dropped %d rows with every value missing%s", n_dropped,
+                    f" (listed in {os.fspath(dropped_out)})" if dropped_out is not None else
+                    " (list them with dropped_out / --dropped-out FILE)")
+    return writer_catalog

@@ -429,6 +429,145 @@ def _rowcov_kernel(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, ch
     return n_out, -1
 
 
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _gap_kernel(x, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_bg, weight,
+                chi2_by_d, accumulate, row_logl, A, U, WP, bg_acc):  # pragma: no cover
+    """E-step of rows with scattered missing values, one row at a time.
+
+    For data where nearly every row has its own missingness pattern (random gaps
+    in many features) the per-pattern batches of :func:`_pattern_estep` hold one
+    row each; here each row gathers its observed features ``o`` and factors
+    ``T_ik = V_k[o, o] + S_i[o, o]`` itself. The statistics are accumulated
+    *embedded* in D dimensions (zeros at the missing features), so that one
+    product with ``V_k`` per block, not per row, maps them to the moments
+    (DESIGN §1.2: ``V_k[:, o] u = V_k E_o u``).
+
+    x (n, D) with NaN; noise_kind 0 none, 1 shared S_shared (D, D), 2 diagonal
+    S_diag (n, D), 3 full S_full (n, D, D) (unused ones empty); V (K, D, D);
+    mu (K, D); chi2_by_d (D + 1,) the neighborhood cut per observed count.
+    Writes row_logl (NaN for a row with nothing observed) and adds to A (K,),
+    U (K, D), WP (K, D, D) (lower triangle), bg_acc (1,).
+    Returns (n_outside, failing_row), failing_row = -1 when every T_ik was
+    positive definite.
+    """
+    n, D = x.shape
+    K = mu.shape[0]
+    has_bg = log_bg.shape[0] > 0
+    has_w = weight.shape[0] > 0
+    obs = np.empty(D, dtype=np.int64)
+    Ls = np.empty((K, D, D))
+    zs = np.empty((K, D))
+    lp = np.empty(K)
+    u = np.empty(D)
+    Li = np.zeros((D, D))
+    inv = np.empty((K, D))                          # 1 / diag(L_k): multiply, not divide
+    n_out = 0
+    for i in range(n):
+        d = 0
+        for a in range(D):
+            if not math.isnan(x[i, a]):
+                obs[d] = a
+                d += 1
+        if d == 0:
+            row_logl[i] = np.nan
+            continue
+        chi2_cut = chi2_by_d[d]
+        c0 = -0.5 * d * LOG_2PI
+        for k in range(K):
+            Lk = Ls[k]
+            for a in range(d):
+                oa = obs[a]
+                for b in range(a + 1):
+                    ob = obs[b]
+                    t = V[k, oa, ob]
+                    if noise_kind == 1:
+                        t += S_shared[oa, ob]
+                    elif noise_kind == 2:
+                        if a == b:
+                            t += S_diag[i, oa]
+                    elif noise_kind == 3:
+                        t += S_full[i, oa, ob]
+                    Lk[a, b] = t
+            logdet = 0.0
+            for a in range(d):
+                for b in range(a + 1):
+                    t = Lk[a, b]
+                    for c in range(b):
+                        t -= Lk[a, c] * Lk[b, c]
+                    if a == b:
+                        if not t > 0.0:
+                            return n_out, i
+                        t = math.sqrt(t)
+                        Lk[a, a] = t
+                        inv[k, a] = 1.0 / t
+                        logdet += math.log(t)
+                    else:
+                        Lk[a, b] = t * inv[k, b]
+            mah = 0.0
+            for a in range(d):
+                t = x[i, obs[a]] - mu[k, obs[a]]
+                for c in range(a):
+                    t -= Lk[a, c] * zs[k, c]
+                t *= inv[k, a]
+                zs[k, a] = t
+                mah += t * t
+            if mah <= chi2_cut:
+                lp[k] = logamp[k] + c0 - logdet - 0.5 * mah
+            else:
+                lp[k] = -np.inf
+        off = log_bg[i] if has_bg else -np.inf
+        for k in range(K):
+            if lp[k] > off:
+                off = lp[k]
+        if off == -np.inf:
+            row_logl[i] = -np.inf
+            n_out += 1
+            continue
+        tot = 0.0
+        for k in range(K):
+            e = math.exp(lp[k] - off)
+            lp[k] = e
+            tot += e
+        ebg = 0.0
+        if has_bg:
+            ebg = math.exp(log_bg[i] - off)
+            tot += ebg
+        row_logl[i] = off + math.log(tot)
+        if not accumulate:
+            continue
+        scale = 1.0 / tot
+        if has_w:
+            scale *= weight[i]
+        bg_acc[0] += ebg * scale
+        for k in range(K):
+            qk = lp[k] * scale
+            if qk == 0.0:
+                continue
+            Lk = Ls[k]
+            for a in range(d - 1, -1, -1):          # u = L^-T z
+                t = zs[k, a]
+                for c in range(a + 1, d):
+                    t -= Lk[c, a] * u[c]
+                u[a] = t * inv[k, a]
+            A[k] += qk
+            for a in range(d):
+                U[k, obs[a]] += qk * u[a]
+            for col in range(d):                    # Li = L^-1 (lower); T^-1 = Li^T Li
+                for a in range(col, d):
+                    t = 1.0 if a == col else 0.0
+                    for c in range(col, a):
+                        t -= Lk[a, c] * Li[c, col]
+                    Li[a, col] = t * inv[k, a]
+            for a in range(d):
+                # obs is increasing: (obs[a], obs[b]) with b <= a stays in the lower triangle
+                for b in range(a + 1):
+                    t = 0.0
+                    for c in range(a, d):
+                        t += Li[c, a] * Li[c, b]
+                    WP[k, obs[a], obs[b]] += qk * (u[a] * u[b] - t)
+    return n_out, -1
+
+
 # ------------------------------------------------------------------------- wrappers
 
 
@@ -560,9 +699,53 @@ def _noise_rows(noise, kind, rows, obs):
     return sub[:, obs][:, :, obs]
 
 
+# Many missingness patterns (random gaps): below this many rows per pattern on average,
+# and above this many patterns, the rows are processed one by one (_gap_kernel)
+# rather than in per-pattern batches, whose per-call cost then dominates.
+ROWS_PER_PATTERN_MIN = 32
+PATTERNS_MIN = 16
+
+
+def _run_rowwise(x, noise, kind, mean, covar, log_amp, log_bg, weight, cutoff,
+                 accumulate, row_offset):
+    """:func:`_run_patterns` for many patterns: every row through :func:`_gap_kernel`."""
+    n, D = x.shape
+    K = mean.shape[0]
+    code = NOISE_KINDS.index(kind)
+    empty2, empty3 = np.empty((0, 0)), np.empty((0, 0, 0))
+    S_shared = np.ascontiguousarray(noise, dtype=np.float64) if kind == "shared" else empty2
+    S_diag = np.ascontiguousarray(noise) if kind == "diag" else empty2
+    S_full = np.ascontiguousarray(noise) if kind == "full" else empty3
+    chi2_by_d = np.array([np.inf] + [chi2_cut_for(cutoff, d) for d in range(1, D + 1)])
+    row_logl = np.empty(n)
+    A, U, WP, bg = np.zeros(K), np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(1)
+    n_out, bad = _gap_kernel(
+        np.ascontiguousarray(x), code, S_shared, S_diag, S_full,
+        np.ascontiguousarray(covar, dtype=np.float64),
+        np.ascontiguousarray(mean, dtype=np.float64), log_amp,
+        _empty1() if log_bg is None else np.ascontiguousarray(log_bg, dtype=np.float64),
+        _empty1() if weight is None else np.ascontiguousarray(weight, dtype=np.float64),
+        chi2_by_d, accumulate, row_logl, A, U, WP, bg)
+    if bad >= 0:
+        raise NumericalError(
+            f"row {row_offset + int(bad)}: component covariance + noise covariance is not "
+            f"positive definite on the row's observed features; check that the row's "
+            f"noise covariance is symmetric positive semi-definite.")
+    if not accumulate:
+        return row_logl, n_out, None
+    WP = _symmetrize_lower(WP)
+    M1 = np.einsum("kij,kj->ki", covar, U)
+    M2 = A[:, None, None] * covar + covar @ WP @ covar
+    return row_logl, n_out, BlockMoments(A, M1, 0.5 * (M2 + np.swapaxes(M2, 1, 2)), bg[0])
+
+
 def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
-                  accumulate, row_offset):
-    """Shared loop of :func:`estep_block` and :func:`log_density_block`."""
+                  accumulate, row_offset, rowwise: bool | None = None):
+    """Shared loop of :func:`estep_block` and :func:`log_density_block`.
+
+    ``rowwise``: process the rows one by one (:func:`_gap_kernel`) rather than per
+    missingness pattern; None chooses by the number of patterns.
+    """
     n, D = x.shape
     K = mean.shape[0]
     if x.dtype != np.float64:
@@ -578,6 +761,12 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
     bg = 0.0
     n_out = 0
     patterns = missing_patterns(x)
+    if rowwise is None:
+        rowwise = (len(patterns) > PATTERNS_MIN
+                   and len(patterns) * ROWS_PER_PATTERN_MIN > n)
+    if rowwise:
+        return _run_rowwise(x, noise, kind, mean, covar, log_amp, log_bg, weight, cutoff,
+                            accumulate, row_offset)
     if not (patterns and patterns[0][1] is None):
         # rows with no observed feature carry no information: NaN, never used
         row_logl[np.isnan(x).all(axis=1)] = np.nan

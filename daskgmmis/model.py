@@ -18,6 +18,7 @@ from .files import check_new_output, write_bytes_atomic
 from .validation import is_dask as _is_dask
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block, check_numeric, check_shared_noise)
+from .memory import machine_memory_limit
 
 __all__ = ["GMM", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
@@ -64,6 +65,10 @@ class GMM:
         Component covariances, data units squared.
     background : Background or None
         Background saved with (and loaded from) a model file, if any.
+    columns : list of str or None
+        Feature names, D of them: set by :func:`daskgmmis.fit` from a catalog's
+        column names, saved with the model and used to label its outputs
+        (``sample``, ``posterior``, figures). None: unnamed (``x0 ..``).
     """
 
     def __init__(self, K: int = 1, D: int = 1):
@@ -76,6 +81,7 @@ class GMM:
         self.mean = np.zeros((K, D))
         self.covar = np.broadcast_to(np.eye(D), (K, D, D)).copy()
         self.background: Background | None = None
+        self.columns: list | None = None
 
     @property
     def K(self) -> int:
@@ -95,16 +101,20 @@ class GMM:
                                   (self.amp, self.mean, self.covar))
         if self.background is not None:
             g.background = Background.from_dict(self.background.to_dict())
+        g.columns = None if self.columns is None else list(self.columns)
         return g
 
-    def _params(self):
+    def _params(self, background: Background | None = None):
+        """(amp, mean, covar) as float64, checked (shapes, values, amplitudes summing to
+        1 with ``background``'s share when one is given)."""
         out = []
         for name in ("amp", "mean", "covar"):
             value = getattr(self, name)
             a = check_numeric(value, f"gmm.{name}")
             out.append(np.asarray(a, dtype=np.float64))
         amp, mean, covar = out
-        check_model_params(amp, mean, covar)
+        bg_amp = background.amp if isinstance(background, Background) else None
+        check_model_params(amp, mean, covar, bg_amp=bg_amp)
         return amp, mean, covar
 
     # ------------------------------------------------------------------ density
@@ -133,7 +143,7 @@ class GMM:
 
     def _density(self, coords, covar, as_log, background, name="coords"):
         """:meth:`__call__`, with ``name`` the caller's argument name for messages."""
-        amp, mean, cov = self._params()
+        amp, mean, cov = self._params(background)
         D = mean.shape[1]
         check_background(background, D, "the model")
         if _is_dask(coords):
@@ -238,7 +248,7 @@ class GMM:
             ``values`` of the wrong shape or not finite.
         """
 
-        amp, mean, cov = self._params()
+        amp, mean, cov = self._params(background)
         D = self.D
         d = np.atleast_1d(np.asarray(dims))
         if d.dtype == bool or (d.size and not np.issubdtype(d.dtype, np.integer)):
@@ -307,9 +317,6 @@ class GMM:
         except (TypeError, ValueError) as e:
             raise InputTypeError(f"rng: expected None, an int seed, a numpy Generator or a "
                                  f"SeedSequence; found {rng!r} ({e}).") from None
-        if not amp.sum() > 0:
-            raise InputError("gmm.amp: every amplitude is zero; expected at least one "
-                             "positive amplitude to draw from.")
         p = amp / amp.sum()
         counts = rng.multinomial(size, p)
         L = np.linalg.cholesky(cov)
@@ -337,14 +344,17 @@ class GMM:
         overwrite : bool
             Replace an existing file; otherwise an existing file is an error.
         """
-        amp, mean, cov = self._params()
         bg = background if background is not None else self.background
         check_background(bg, self.D, "the model")
+        amp, mean, cov = self._params(bg)
         path = check_new_output(_as_path(path), overwrite)
         bg_dict = None if bg is None else bg.to_dict()
+        columns = check_columns(self.columns, self.D, "gmm.columns")
         meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION,
                 "K": self.K, "D": self.D, "background": bg_dict,
                 "sha256": _content_hash(amp, mean, cov, bg_dict)}
+        if columns is not None:
+            meta["columns"] = columns
         buf = io.BytesIO()
         np.savez(buf, amp=amp, mean=mean, covar=cov,
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
@@ -367,45 +377,21 @@ class GMM:
         if not os.path.exists(path):
             raise ModelFileError(f"path: model file {path} does not exist.")
         try:
-            with np.load(path, allow_pickle=False) as f:
-                if not hasattr(f, "files"):
-                    raise ModelFileError(f"{path}: not a readable daskgmmis model file (a bare "
-                                         f".npy array, not an .npz archive).")
-                names = set(f.files)
-                if names != {"amp", "mean", "covar", "meta"}:
-                    raise ModelFileError(f"{path}: expected arrays amp, mean, covar, meta; "
-                                         f"found {sorted(names)}: not a daskgmmis model.")
-                arrays = {k: f[k] for k in ("amp", "mean", "covar")}
-                meta = json.loads(f["meta"].tobytes().decode())
+            arrays, meta = _read_model_file(path)
         except ModelFileError:
             raise
         except Exception as e:  # any parse failure of untrusted bytes (zip, npy, JSON...)
-            reason = str(e)
-            if "pickle" in reason:
-                # numpy's own hint (load it with allow_pickle) is the wrong advice for
-                # an untrusted file: daskgmmis never unpickles
-                reason = ("not an .npz archive of plain arrays: numpy would unpickle it, "
-                          "which daskgmmis never does since unpickling can run code")
             raise ModelFileError(f"{path}: not a readable daskgmmis model file "
-                                 f"({type(e).__name__}: {reason}).") from None
-        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-            raise ModelFileError(f"{path}: format tag is {meta.get('format') if isinstance(meta, dict) else meta!r}; "
-                                 f"expected {MODEL_FORMAT!r}.")
-        if meta.get("version") != MODEL_FORMAT_VERSION:
-            raise ModelFileError(f"{path}: model format version {meta.get('version')!r}; this "
-                                 f"daskgmmis reads version {MODEL_FORMAT_VERSION}.")
+                                 f"({type(e).__name__}: {e}).") from None
         for k, a in arrays.items():
             if a.dtype != np.float64:
                 raise ModelFileError(f"{path}: array {k} has dtype {a.dtype}; expected float64.")
-        try:
-            check_model_params(arrays["amp"], arrays["mean"], arrays["covar"], where=path)
-        except InputError as e:
-            raise ModelFileError(f"corrupted model file: {e}") from None
-        if (meta.get("K"), meta.get("D")) != arrays["mean"].shape:
-            raise ModelFileError(f"{path}: header says K={meta.get('K')}, D={meta.get('D')} "
-                                 f"but mean has shape {arrays['mean'].shape}.")
         g = cls(*arrays["mean"].shape)
         g.amp, g.mean, g.covar = arrays["amp"], arrays["mean"], arrays["covar"]
+        try:
+            g.columns = check_columns(meta.get("columns"), g.D, "columns")
+        except (InputError, InputTypeError) as e:
+            raise ModelFileError(f"{path}: invalid feature names in the header ({e}).") from None
         if meta.get("background") is not None:
             try:
                 g.background = Background.from_dict(meta["background"])
@@ -417,12 +403,150 @@ class GMM:
                 raise ModelFileError(f"{path}: invalid background record ({e}).") from None
             if g.background.D != g.D:
                 raise ModelFileError(f"{path}: background has D={g.background.D}, model D={g.D}.")
+        try:
+            check_model_params(g.amp, g.mean, g.covar, where=path,
+                               bg_amp=None if g.background is None else g.background.amp)
+        except InputError as e:
+            raise ModelFileError(f"corrupted model file: {e}") from None
         if "sha256" in meta and meta["sha256"] != _content_hash(
                 g.amp, g.mean, g.covar, meta.get("background")):
             raise ModelFileError(f"{path}: the parameters do not match the checksum written "
                                  f"with them (sha256); the file was modified after it was "
                                  f"saved. Use the original file or fit the model again.")
         return g
+
+
+def check_columns(columns, D: int, what: str = "columns") -> list | None:
+    """Feature names: None, or D distinct non-empty strings.
+
+    Returns
+    -------
+    list of str or None
+    """
+    if columns is None:
+        return None
+    if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+        raise InputTypeError(f"{what}: expected a list of {D} feature names (str); found "
+                             f"{columns!r}.")
+    columns = list(columns)
+    if len(columns) != D or any(not c for c in columns) or len(set(columns)) != D:
+        raise InputError(f"{what}: expected {D} distinct, non-empty feature names; found "
+                         f"{columns!r}.")
+    return columns
+
+
+# The header (meta) of a model file is a short JSON record.
+_MAX_META_BYTES = 1 << 20
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _read_model_file(path: str):
+    """The arrays and the header of a model file, reading sizes before contents.
+
+    Nothing is allocated from what the file claims until it is checked: the
+    header's K and D are positive integers; each member's ``.npy`` header names
+    float64 and the shape (K,), (K, D) or (K, D, D); the member holds exactly
+    that many bytes; and the parameters fit in what the file holds (a stored
+    member) or in half this machine's memory (a compressed one). Arrays are
+    then read from the member bytes, never unpickled.
+
+    Returns
+    -------
+    arrays : dict of ndarray
+        ``amp`` (K,), ``mean`` (K, D), ``covar`` (K, D, D).
+    meta : dict
+    """
+    import zipfile
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC:
+        if not head:
+            why = "EOFError: the file is empty"
+        elif head.startswith(b"\x93NUM"):
+            why = "a bare .npy array, not an .npz archive"
+        elif head[:1] == b"\x80":
+            why = ("a pickle, not an .npz archive of plain arrays: numpy would unpickle it, "
+                   "which daskgmmis never does since unpickling can run code")
+        else:
+            why = "not a zip (.npz) archive"
+        raise ModelFileError(f"{path}: not a readable daskgmmis model file ({why}).")
+    with zipfile.ZipFile(path) as z:
+        infos = {i.filename: i for i in z.infolist()}
+        names = {n[:-4] if n.endswith(".npy") else n for n in infos}
+        if names != {"amp", "mean", "covar", "meta"} or len(infos) != 4:
+            raise ModelFileError(f"{path}: expected arrays amp, mean, covar, meta; found "
+                                 f"{sorted(names)}: not a daskgmmis model.")
+        meta_bytes = _read_member(z, infos["meta.npy"], path, "meta", np.dtype(np.uint8),
+                                  None, _MAX_META_BYTES)
+        meta = json.loads(meta_bytes.tobytes().decode())
+        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"{path}: format tag is {meta.get('format') if isinstance(meta, dict) else meta!r}; "
+                                 f"expected {MODEL_FORMAT!r}.")
+        # JSON true and 1.0 compare equal to 1 in Python; a version is an integer
+        if type(meta.get("version")) is not int or meta["version"] != MODEL_FORMAT_VERSION:
+            raise ModelFileError(f"{path}: model format version {meta.get('version')!r}; this "
+                                 f"daskgmmis reads version {MODEL_FORMAT_VERSION}.")
+        K, D = meta.get("K"), meta.get("D")
+        for name, v in (("K", K), ("D", D)):
+            if type(v) is not int or v < 1:
+                raise ModelFileError(f"{path}: header has {name}={v!r}; expected a positive "
+                                     f"integer.")
+        need = 8 * K * (1 + D + D * D)
+        stored = all(infos[f"{n}.npy"].compress_type == zipfile.ZIP_STORED
+                     for n in ("amp", "mean", "covar"))
+        limit = size if stored else machine_memory_limit()[0] // 2
+        if need > limit:
+            raise ModelFileError(f"{path}: header says K={K}, D={D}, {need / 2**20:.3g} MiB "
+                                 f"of parameters, more than the file can hold "
+                                 f"({'its size' if stored else 'half of the memory'}: "
+                                 f"{limit / 2**20:.3g} MiB); the header is corrupted.")
+        shapes = {"mean": (K, D), "amp": (K,), "covar": (K, D, D)}
+        arrays = {n: _read_member(z, infos[f"{n}.npy"], path, n, np.dtype("<f8"), shp, need)
+                  for n, shp in shapes.items()}
+    return arrays, meta
+
+
+def _read_member(z, info, path: str, name: str, dtype, shape, max_bytes: int) -> np.ndarray:
+    """One ``.npy`` member of a zip, header first: refused unless its dtype is
+    ``dtype``, its shape ``shape`` (any 1-D shape when None) and its size, as
+    the header and the zip directory both say, at most ``max_bytes``."""
+    fmt = np.lib.format
+    with z.open(info) as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shp, fortran, dt = fmt.read_array_header_1_0(f, max_header_size=10_000)
+        elif version in ((2, 0), (3, 0)):
+            shp, fortran, dt = fmt.read_array_header_2_0(f, max_header_size=10_000)
+        else:
+            raise ModelFileError(f"{path}: array {name} has .npy version {version}; expected "
+                                 f"1.0 or 2.0.")
+        if dt.hasobject:
+            raise ModelFileError(f"{path}: not a readable daskgmmis model file (array {name} "
+                                 f"holds Python objects: numpy would unpickle it, which "
+                                 f"daskgmmis never does since unpickling can run code).")
+        if dt.kind != dtype.kind or dt.itemsize != dtype.itemsize:
+            raise ModelFileError(f"{path}: array {name} has dtype {dt}; expected {dtype}.")
+        if shape is not None and tuple(shp) != shape:
+            raise ModelFileError(f"{path}: header says K={shape[0]}"
+                                 + (f", D={shape[1]}" if len(shape) > 1 else "")
+                                 + f" but {name} has shape {tuple(shp)}.")
+        if shape is None and len(shp) != 1:
+            raise ModelFileError(f"{path}: array {name} has shape {tuple(shp)}; expected 1-D.")
+        nbytes = int(np.prod(shp, dtype=np.float64)) * dt.itemsize
+        body = info.file_size - f.tell()
+        if nbytes > max_bytes or body != nbytes:
+            raise ModelFileError(f"{path}: array {name} claims shape {tuple(shp)} "
+                                 f"({nbytes} bytes) but its member holds {body} bytes "
+                                 f"(limit {max_bytes}); the file is corrupted.")
+        raw = f.read(nbytes)
+        if len(raw) != nbytes:
+            raise ModelFileError(f"{path}: array {name} is truncated.")
+        f.read()        # to the end: zipfile checks the member's CRC there
+    a = np.frombuffer(raw, dtype=dt)
+    a = a.reshape(shp, order="F" if fortran else "C")
+    return np.array(a, dtype=dtype.newbyteorder("=") if dtype.kind == "f" else dtype)
 
 
 def _as_path(path) -> str:

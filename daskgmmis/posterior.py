@@ -55,10 +55,11 @@ from .kernels import PosteriorBlock, posterior_block
 from .background import Background, log_background
 from .errors import InputError, InputTypeError
 from .model import GMM
+from .tables import table_format, write_table
 from .validation import check_background, check_noise_block
 from .validation import is_dask as _is_dask
-from .catalog import (as_dask_input, Catalog, complete_array, default_row_chunk, new_store,
-                      open_catalog)
+from .catalog import (as_dask_input, Catalog, check_not_input, complete_array,
+                      default_row_chunk, new_store, open_catalog, stores_read_by)
 
 if TYPE_CHECKING:  # dask is imported lazily: the block math must not need it
     import dask.array as da
@@ -116,25 +117,20 @@ def _block_task(x, idx, noise, params: _Params, covariances: bool) -> PosteriorB
 
 
 def _resolve(gmm, data, covar, background):
-    """Validate arguments; return (params, x, noise, is_lazy, row_index)."""
+    """Validate arguments; return (params, x, noise, is_lazy, catalog or None)."""
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
-    amp, mean, cov = gmm._params()
-    if not amp.sum() > 0:
-        raise InputError("gmm.amp: every amplitude is zero; the Gaussian population is "
-                         "empty and has no posterior.")
     check_background(background, gmm.D, "gmm")
+    amp, mean, cov = gmm._params(background)     # amplitudes > 0, summing to 1 with it
     lazy = _is_dask(data) or isinstance(data, (Catalog, str, os.PathLike))
-    row_index = None
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
-    if isinstance(data, Catalog):
-        row_index = data.row_index
+    cat = data if isinstance(data, Catalog) else None
     x, noise, kind = as_dask_input(data, covar)
     if x.shape[1] != gmm.D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={gmm.D}.")
     params = _Params(amp, mean, cov, kind, noise if kind == "shared" else None, background)
-    return params, x, noise if kind in ("diag", "full") else None, lazy, row_index
+    return params, x, noise if kind in ("diag", "full") else None, lazy, cat
 
 
 def _reblock(x, noise, K: int):
@@ -209,6 +205,12 @@ class Posterior:
         or when its amplitude is 0).
     row_index : array, shape (N,), or None
         Original row index of a catalog stored in spatial order, else None.
+    ids : array, shape (N,), or None
+        The catalog's row identifiers, when it carries them.
+    id_name : str or None
+        Name of the identifier column.
+    columns : list of str or None
+        Feature names (the catalog's, else the model's), for table outputs.
     """
 
     mean: np.ndarray | da.Array
@@ -219,6 +221,9 @@ class Posterior:
     logL: np.ndarray | da.Array
     resp_bg: np.ndarray | da.Array | None = None
     row_index: np.ndarray | da.Array | None = None
+    ids: np.ndarray | da.Array | None = None
+    id_name: str | None = None
+    columns: list | None = None
 
     @property
     def N(self) -> int:
@@ -254,9 +259,27 @@ class Posterior:
             return self
         import dask
 
-        names = [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        names = [f.name for f in fields(self) if getattr(self, f.name) is not None
+                 and f.name not in _METADATA]
         values = dask.compute(*(getattr(self, name) for name in names))
-        return Posterior(**dict(zip(names, values)))
+        return Posterior(**dict(zip(names, values)),
+                         **{name: getattr(self, name) for name in _METADATA})
+
+    def row_keys(self) -> dict:
+        """``{id_name: ids}``, else ``{"row": position in the input}`` (as
+        :meth:`daskgmmis.Catalog.row_keys`): the column a table output joins on."""
+        if self.ids is not None:
+            return {self.id_name or "id": self.ids}
+        if self.row_index is not None:
+            return {"row": self.row_index}
+        if self.lazy:
+            import dask.array as da
+            return {"row": da.arange(self.N, chunks=self.mean.chunks[0], dtype=np.int64)}
+        return {"row": np.arange(self.N, dtype=np.int64)}
+
+
+# fields of a Posterior that describe it rather than hold per-row values
+_METADATA = ("id_name", "columns")
 
 
 def posterior(gmm: GMM, data, covar=None, background: Background | None = None
@@ -291,7 +314,7 @@ def posterior(gmm: GMM, data, covar=None, background: Background | None = None
     NumericalError
         A component covariance plus a row's noise is not positive definite.
     """
-    params, x, noise, lazy, row_index = _resolve(gmm, data, covar, background)
+    params, x, noise, lazy, cat = _resolve(gmm, data, covar, background)
     x, noise, idx = _reblock(x, noise, params.amp.shape[0])
     blocks = _block_graph(params, x, noise, idx, True)
     K, D = params.mean.shape
@@ -306,7 +329,10 @@ def posterior(gmm: GMM, data, covar=None, background: Background | None = None
             _get_field, name, dtype=np.float64, chunks=(rows,) + tuple((s,) for s in tail),
             new_axis=list(range(1, 1 + len(tail))) or None,
             meta=np.empty((0,) * (1 + len(tail))), token=f"posterior-{name}")
-    post = Posterior(**out, row_index=row_index)
+    post = Posterior(**out, row_index=None if cat is None else cat.row_index,
+                     ids=None if cat is None else cat.ids,
+                     id_name=None if cat is None else cat.id_name,
+                     columns=list(cat.columns) if cat is not None else gmm.columns)
     return post if lazy else post.compute()
 
 
@@ -349,32 +375,72 @@ def predict_missing(gmm: GMM, data, covar=None):
     return filled if lazy else filled.compute()
 
 
+def posterior_table(post: Posterior) -> tuple[dict, dict]:
+    """The per-row columns of a posterior as a flat table, row key first.
+
+    Returns
+    -------
+    arrays : dict
+        The row key (:meth:`Posterior.row_keys`), ``mean`` (N, D), ``sd`` (N, D)
+        (posterior standard deviations, the square roots of the diagonal of
+        ``covar``), ``resp`` (N, K), ``logL`` (N,) and ``resp_bg`` (N,) with a
+        background.
+    names : dict
+        Sub-column names: the feature names for ``mean`` and ``sd``, ``0 .. K-1``
+        for ``resp``.
+    """
+    import dask.array as da
+
+    xp = da if post.lazy else np
+    arrays = {**post.row_keys(), "mean": post.mean,
+              "sd": xp.sqrt(xp.diagonal(post.covar, axis1=1, axis2=2)),
+              "resp": post.resp, "logL": post.logL}
+    if post.resp_bg is not None:
+        arrays["resp_bg"] = post.resp_bg
+    columns = post.columns or [f"x{j}" for j in range(post.D)]
+    return arrays, {"mean": columns, "sd": columns}
+
+
 def write_posterior(post: Posterior, path, overwrite: bool = False, *,
                     components: bool = False) -> None:
-    """Store a posterior in a Zarr v3 group, in one pass over the data.
+    """Store a posterior as a Zarr v3 group, a Parquet file or a CSV file, in one pass.
 
-    Layout: arrays ``mean`` (N, D), ``covar`` (N, D, D), ``resp`` (N, K), ``logL``
-    (N,), ``resp_bg`` (N,) with a background, ``row_index`` (N,) for a catalog in
-    spatial order, and with ``components=True`` also ``means`` (N, K, D) and
-    ``covars`` (N, K, D, D); float64 (``row_index`` int64), chunked along rows
-    only, in the row order of the input. Group attributes: ``daskgmmis_format``
-    (``"daskgmmis-posterior"``), ``daskgmmis_format_version``, ``K``, ``D``.
+    The suffix of ``path`` picks the format (``.zarr``, ``.parquet``, ``.csv``).
+    Every format starts with the row key that joins the rows back to the user's
+    table: the catalog's identifier column under its own name (``ingest --id``,
+    ``write_catalog(ids=...)``), else ``row``, the row's position in the input.
+
+    Zarr layout: that key, arrays ``mean`` (N, D), ``covar`` (N, D, D), ``resp``
+    (N, K), ``logL`` (N,), ``resp_bg`` (N,) with a background, ``row_index`` (N,)
+    for a catalog in spatial order, and with ``components=True`` also ``means``
+    (N, K, D) and ``covars`` (N, K, D, D); float64, chunked along rows only, in
+    the row order of the input. Group attributes: ``daskgmmis_format``
+    (``"daskgmmis-posterior"``), ``daskgmmis_format_version``, ``K``, ``D``,
+    ``columns``.
+
+    Parquet and CSV: the key, ``mean_{feature}``, ``sd_{feature}`` (posterior
+    standard deviations), ``resp_{k}``, ``logL``, ``resp_bg`` (see
+    :func:`posterior_table`); the full covariances need Zarr.
 
     Parameters
     ----------
     post : Posterior
         From :func:`posterior` (numpy or lazy).
     path : str or os.PathLike
-        Local directory (written to a temporary name, then renamed) or fsspec URL.
+        Local path (written to a temporary name, then renamed); a Zarr store may
+        also be an fsspec URL.
     overwrite : bool
         Replace an existing store; otherwise an existing path is an error.
     components : bool
-        Also store the per-component ``means`` and ``covars`` (K times larger).
+        Also store the per-component ``means`` and ``covars`` (K times larger;
+        Zarr only).
 
     Raises
     ------
     StoreExistsError
         ``path`` exists and ``overwrite`` is False (an :class:`OutputExistsError`).
+    InputError
+        An unknown suffix, or ``components`` with a Parquet or CSV path.
     """
     import dask.array as da
 
@@ -382,10 +448,26 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
         raise InputTypeError(f"post: expected a daskgmmis Posterior; found "
                              f"{type(post).__name__}.")
     path = os.fspath(path)
+    check_not_input(path, stores_read_by(*vars(post).values()), "path")
+    fmt = table_format(path)
+    attrs = {"daskgmmis_format": POSTERIOR_FORMAT,
+             "daskgmmis_format_version": POSTERIOR_FORMAT_VERSION, "K": post.K, "D": post.D,
+             "columns": post.columns or [f"x{j}" for j in range(post.D)]}
+    if fmt != "zarr":
+        if components:
+            raise InputError(f"components: the per-component means and covariances are "
+                             f"(N, K, D) and (N, K, D, D) arrays; write them to a .zarr "
+                             f"store, not {path}.")
+        arrays, names = posterior_table(post)
+        write_table(path, arrays, attrs=attrs, names=names, overwrite=overwrite)
+        return
     names = ["mean", "covar", "resp", "logL", "resp_bg", "row_index"]
     if components:
         names += ["means", "covars"]
-    arrays = {n: getattr(post, n) for n in names if getattr(post, n) is not None}
+    key = post.row_keys()
+    arrays = {**key, **{n: getattr(post, n) for n in names if getattr(post, n) is not None}}
+    if "row" in key:
+        arrays.pop("row_index", None)      # the same numbers, under the key's name
     if _is_dask(post.mean):
         rows = max(post.mean.chunks[0])
     else:
@@ -394,9 +476,9 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
     # tasks write into the same zarr chunk
     arrays = {n: da.asarray(a).rechunk({0: rows}) for n, a in arrays.items()}
     with new_store(path, overwrite) as group:
-        group.attrs.update({"daskgmmis_format": POSTERIOR_FORMAT,
-                            "daskgmmis_format_version": POSTERIOR_FORMAT_VERSION,
-                            "K": post.K, "D": post.D})
+        group.attrs.update(attrs)
+        if post.ids is not None:
+            group.attrs["id_name"] = post.id_name
         targets = [complete_array(group, n, a.shape, a.dtype, (rows,) + tuple(a.shape[1:]))
                    for n, a in arrays.items()]
         da.store(list(arrays.values()), targets, lock=False)

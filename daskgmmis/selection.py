@@ -525,6 +525,8 @@ def _call(callback: Callable, coords: np.ndarray, where: str):
         raise InputTypeError(f"{where}: expected a callable f(coords); found {callback!r}.")
     try:
         return callback(coords)
+    except CallbackError:       # already names the callback (a time limit)
+        raise
     except Exception as e:
         raise CallbackError(f"{where} raised {type(e).__name__} when called on coords of "
                             f"shape {coords.shape}: {e}") from e

@@ -20,7 +20,13 @@ __all__ = [
     "check_numeric",
     "as_index_array",
     "check_background",
+    "check_regularization",
 ]
+
+# w is a length: w**2 is added to every covariance. Above this its square is
+# within a few orders of magnitude of float64's largest number, and the M-step's
+# sums and determinants overflow.
+MAX_W = 1e150
 
 
 def is_dask(a) -> bool:
@@ -81,20 +87,34 @@ def check_shared_noise(noise: np.ndarray, name: str = "covar") -> None:
                          f"covariance.")
 
 
-def check_model_params(amp, mean, covar, *, where: str = "gmm") -> None:
-    """Check the shapes and values of mixture parameters.
+# Tolerance of the amplitudes' sum: a fitted model sums to 1 within ~1e-12; a
+# model written by hand with rounded amplitudes (0.333, 0.333, 0.334) passes.
+AMP_SUM_TOL = 1e-6
+
+
+def check_model_params(amp, mean, covar, *, where: str = "gmm",
+                       bg_amp: float | None = None) -> None:
+    """Check the shapes and values of mixture parameters, and what they mean.
+
+    The amplitudes are finite, non-negative and sum to 1 within
+    :data:`AMP_SUM_TOL`, the background's share included: with ``bg_amp`` given,
+    ``sum(amp) + bg_amp = 1``; without, ``0 < sum(amp) <= 1`` (a model fitted
+    with a background, used without it, describes its Gaussian part).
 
     Parameters
     ----------
     amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
     where : str
         Name of the object in error messages.
+    bg_amp : float, optional
+        Amplitude of the background the model is used (or was saved) with.
 
     Raises
     ------
     InputError
-        Wrong shapes, non-finite values, negative amplitudes or covariances that
-        are not symmetric positive definite (the component is named).
+        Wrong shapes, non-finite values, negative amplitudes, amplitudes that do
+        not sum to 1, or covariances that are not symmetric positive definite
+        (the component is named).
     """
     amp, mean, covar = (np.asarray(a) for a in (amp, mean, covar))
     if amp.ndim != 1 or amp.shape[0] < 1:
@@ -112,6 +132,18 @@ def check_model_params(amp, mean, covar, *, where: str = "gmm") -> None:
     if (amp < 0).any():
         raise InputError(f"{where}.amp: expected non-negative amplitudes; found "
                          f"{amp.min():.3g} at component {int(amp.argmin())}.")
+    total = float(amp.sum())
+    if not total > 0:
+        raise InputError(f"{where}.amp: every amplitude is zero; expected at least one "
+                         f"positive amplitude (amplitudes summing to 1).")
+    if bg_amp is not None and abs(total + float(bg_amp) - 1.0) > AMP_SUM_TOL:
+        raise InputError(f"{where}.amp: the amplitudes sum to {total:.6g} and the background's "
+                         f"to {float(bg_amp):.6g}; expected a total of 1 (within "
+                         f"{AMP_SUM_TOL:g}). Normalize them: amp * (1 - bg_amp) / amp.sum().")
+    if bg_amp is None and total > 1.0 + AMP_SUM_TOL:
+        raise InputError(f"{where}.amp: the amplitudes sum to {total:.6g}; expected a sum of 1 "
+                         f"(within {AMP_SUM_TOL:g}; less when a background holds the rest). "
+                         f"Normalize them: amp / amp.sum().")
     asym = np.abs(covar - np.swapaxes(covar, 1, 2)).max(axis=(1, 2))
     scale = np.abs(covar).max(axis=(1, 2)) + np.finfo(float).tiny
     if (asym > 1e-8 * scale).any():
@@ -295,3 +327,17 @@ def check_background(background, D: int, against: str = "data") -> None:
                              f"{type(background).__name__}.")
     if background.D != D:
         raise InputError(f"background: footprint has D={background.D}; {against} has D={D}.")
+
+
+def check_regularization(w) -> None:
+    """``w`` (a length; ``w**2`` is added to each covariance) squares to a finite number.
+
+    Parameters
+    ----------
+    w : float
+        Already checked to be a finite number >= 0.
+    """
+    if w > MAX_W:
+        raise InputError(f"w: {w!r} squared (the variance added to every covariance) "
+                         f"overflows float64; expected w <= {MAX_W:g} in data units (a "
+                         f"regularization is a small fraction of the data's spread).")

@@ -14,12 +14,15 @@ import json
 import os
 import pickle
 import shutil
+import threading
 import zipfile
 
 import numpy as np
 import pytest
+import zarr
 
 import daskgmmis as dg
+from daskgmmis.model import _content_hash
 from daskgmmis.errors import OutputError, OutputExistsError
 from daskgmmis.selection import Box
 
@@ -55,6 +58,26 @@ def tiled(matrix, n=200):
 
 NOT_PD = [[1.0, 2.0], [2.0, 1.0]]            # symmetric, eigenvalues 3 and -1
 ASYM = [[1.0, 0.5], [0.0, 1.0]]
+
+
+class _Hang:
+    """A callback that never returns (until the module's tests end)."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def __call__(self, coords):
+        self.release.wait()
+        return np.ones(len(coords))
+
+
+HANG = _Hang()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_hung_callbacks():
+    yield
+    HANG.release.set()      # the abandoned calls' threads end
 
 
 def fit(*args, **kwargs):
@@ -188,6 +211,20 @@ CASES = [
      dg.InputError, ["n_init", "expected an integer >= 1", "0"]),
     ("fit", "split_n_merge with K < 3", lambda d: fit(model(), X, split_n_merge=2),
      dg.InputError, ["split_n_merge", "needs K >= 3", "K=2"]),
+    ("fit", "w so large its square overflows", lambda d: fit(model(), X, w=1e200),
+     dg.InputError, ["w", "1e+200 squared", "overflows float64", "w <= 1e+150"]),
+    ("fit", "cutoff so small every row is outside", lambda d: fit(model(), X, cutoff=1e-300),
+     dg.InputError, ["cutoff=1e-300", "every row is outside every neighborhood", "200 of 200 rows", "3 to 6"]),
+    ("fit", "oversampling of 1e9 candidates per row", lambda d: fit(model(), INSIDE, sel_callback=Box([-1, -1], [1, 1]), oversampling=1e9),
+     dg.InputError, ["memory", "oversampling=1e+09", "lower oversampling"]),
+    ("fit", "n_init = 10**9", lambda d: fit(model(), X, n_init=10**9),
+     dg.InputError, ["n_init", "1000000000 starts", "at most 10000"]),
+    ("fit", "sel_callback that never returns", lambda d: fit(model(), INSIDE, sel_callback=HANG, callback_timeout=0.5),
+     dg.CallbackError, ["sel_callback", "did not return within callback_timeout=0.5 s", "coords of shape"]),
+    ("fit", "covar_callback that never returns", lambda d: fit(model(), INSIDE, sel_callback=Box([-1, -1], [1, 1]), covar_callback=HANG, callback_timeout=0.5),
+     dg.CallbackError, ["covar_callback", "did not return within callback_timeout=0.5 s"]),
+    ("fit", "negative callback_timeout", lambda d: fit(model(), X, callback_timeout=-1),
+     dg.InputError, ["callback_timeout", "expected None or a finite number of seconds > 0", "-1"]),
     ("fit", "checkpoint of garbage bytes", lambda d: (d.joinpath("ck.npz").write_bytes(b"\0" * 64), fit(model(), X, checkpoint=d / "ck.npz")),
      dg.CheckpointError, ["checkpoint", "ck.npz", "not a readable daskgmmis checkpoint",
                           "never unpickles", "remove it or pass another path"]),
@@ -433,6 +470,22 @@ CORRUPT = [
      "fit", dg.CatalogError, ["cat.zarr", "declares covar_kind='diag'", "no 'covar' array"]),
     ("data shape changed", lambda p: _edit_json(p / "data" / "zarr.json", lambda m: m.update(shape=[300, 2])),
      "open", dg.CatalogError, ["cat.zarr", "of its", "chunks"]),
+    ("data shape claims 10**15 rows", lambda p: _edit_json(p / "data" / "zarr.json", lambda m: m.update(shape=[10**15, 2])),
+     "fit", dg.CatalogError, ["cat.zarr/data", "4 of its 20000000000000 chunks", "rows 200..249", "claims more rows than were written"]),
+    ("data shape claims 10**9 columns", lambda p: _edit_json(p / "data" / "zarr.json", lambda m: m.update(shape=[400, 10**9])),
+     "open", dg.CatalogError, ["cat.zarr/data", "(400, 1000000000) in chunks of (50, 2)", "expected chunks along rows only"]),
+    ("a chunk deleted from a store without completeness marks", lambda p: (_edit_json(p / "data" / "zarr.json", lambda m: m["attributes"].pop("complete_chunks")), os.remove(p / "data" / "c" / "2" / "0")),
+     "open", dg.CatalogError, ["cat.zarr/data", "3 of its 4 chunks", "rows 100..149", "would read as the fill value (zeros)"]),
+    ("covar_kind 'none' beside a covar array", lambda p: _edit_json(p / "zarr.json", lambda m: m["attributes"].update(covar_kind="none")),
+     "open", dg.CatalogError, ["cat.zarr", "declares covar_kind='none' but has a 'covar' array", "drop the noise"]),
+    ("format version true", lambda p: _edit_json(p / "zarr.json", lambda m: m["attributes"].update(daskgmmis_format_version=True)),
+     "open", dg.CatalogError, ["cat.zarr", "format version True", "reads version 1"]),
+    ("format version 1.0", lambda p: _edit_json(p / "zarr.json", lambda m: m["attributes"].update(daskgmmis_format_version=1.0)),
+     "open", dg.CatalogError, ["cat.zarr", "format version 1.0", "reads version 1"]),
+    ("covar array of float16", lambda p: _edit_json(p / "covar" / "zarr.json", lambda m: m.update(data_type="float16")),
+     "open", dg.CatalogError, ["cat.zarr/covar", "dtype float16", "expected float32 or float64"]),
+    ("row_index of the wrong length", lambda p: zarr.open_group(str(p), mode="a").create_array("row_index", data=np.arange(150), chunks=(50,)),
+     "open", dg.CatalogError, ["cat.zarr/row_index", "shape (150,)", "expected (200,) integers"]),
 ]
 
 
@@ -448,10 +501,12 @@ def _run_on_catalog(entry, path):
     raise AssertionError(entry)
 
 
-def _model_file(d, **edit):
+def _model_file(d, rehash=False, **edit):
     """A saved model, rewritten with ``edit`` (arrays, or meta keys)."""
     path = d / "m.npz"
-    model().save(path, background=dg.Background(([-9, -9], [9, 9]), 0.1))
+    g = model()
+    g.amp = g.amp * 0.9                 # the background holds the rest
+    g.save(path, background=dg.Background(([-9, -9], [9, 9]), 0.1))
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     meta = json.loads(arrays["meta"].tobytes())
@@ -460,8 +515,26 @@ def _model_file(d, **edit):
             arrays[key] = value
         else:
             meta[key] = value
+    if rehash:      # a forger who recomputes the checksum
+        meta["sha256"] = _content_hash(arrays["amp"], arrays["mean"], arrays["covar"],
+                                       meta["background"])
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(path, **arrays)
+    return path
+
+
+def _forged_member(path, member, shape):
+    """Replace ``member`` of a model file by a .npy header claiming ``shape`` (and
+    8 bytes of data): numpy would allocate the claimed array before reading."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False,
+                                               "shape": shape})
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members[f"{member}.npy"] = buf.getvalue() + b"\0" * 8
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
     return path
 
 
@@ -498,6 +571,20 @@ MODEL_FILES = [
      ["corrupted model file", "covar[0]", "positive-definite"]),
     ("NaN amplitude", lambda d: _model_file(d, amp=np.array([np.nan, 0.5])),
      ["corrupted model file", "amp", "finite"]),
+    ("amplitudes summing to 1e300 (checksum recomputed)", lambda d: _model_file(d, True, amp=np.array([1e300, 0.5])),
+     ["corrupted model file", "amp", "sum to 1e+300", "background's to 0.1", "expected a total of 1"]),
+    ("all-zero amplitudes (checksum recomputed)", lambda d: _model_file(d, True, amp=np.zeros(2)),
+     ["corrupted model file", "amp", "every amplitude is zero"]),
+    ("amplitudes and background not summing to 1 (checksum recomputed)", lambda d: _model_file(d, True, amp=np.array([0.5, 0.5])),
+     ["corrupted model file", "sum to 1 and the background's to 0.1", "expected a total of 1"]),
+    ("header K is true", lambda d: _model_file(d, K=True),
+     ["header has K=True", "expected a positive integer"]),
+    ("format version 1.0", lambda d: _model_file(d, version=1.0),
+     ["model format version 1.0", "reads version 1"]),
+    ("a member claims 5e8 values", lambda d: _forged_member(_model_file(d), "amp", (500_000_000,)),
+     ["header says K=2", "amp has shape (500000000,)"]),
+    ("float32 parameters", lambda d: _model_file(d, mean=model().mean.astype(np.float32)),
+     ["array mean has dtype float32", "expected float64"]),
     ("integer amplitudes", lambda d: _model_file(d, amp=np.array([1, 0])),
      ["array amp has dtype int64", "expected float64"]),
     ("header K disagrees", lambda d: _model_file(d, K=3),
@@ -634,6 +721,12 @@ SCIENCE = [
      dg.InputError, ["background", "footprint has D=1", "D=2"]),
     ("model covariance not PD", lambda: (with_params(covar=np.array([NOT_PD, np.eye(2)])), X),
      dg.InputError, ["gmm.covar[0]", "positive-definite"]),
+    ("amplitudes summing to 1e300", lambda: (with_params(amp=np.array([1e300, 0.5])), X),
+     dg.InputError, ["gmm.amp", "sum to 1e+300", "expected a sum of 1", "amp / amp.sum()"]),
+    ("all-zero amplitudes", lambda: (with_params(amp=np.zeros(2)), X),
+     dg.InputError, ["gmm.amp", "every amplitude is zero"]),
+    ("amplitudes + background share != 1", lambda: (model(), X, None, dg.Background(([-9, -9], [9, 9]), 0.1)),
+     dg.InputError, ["gmm.amp", "sum to 1 and the background's to 0.1", "expected a total of 1"]),
 ]
 
 

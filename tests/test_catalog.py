@@ -1,5 +1,7 @@
 """Zarr v3 catalogs: round trips, refusal to overwrite, clear errors."""
 
+import os
+
 import numpy as np
 import pytest
 import zarr
@@ -82,3 +84,41 @@ def test_fsspec_url_catalog_round_trip_and_fit():
     g = dg.GMM(1, 2)
     dg.fit(g, url, init_method="minmax", rng=0, tol=1e-8)
     np.testing.assert_allclose(g.mean[0], X.mean(0), atol=1e-10)
+
+
+# ------------------------------------------ missing data is never read as zeros
+
+def _unmarked_store(path, zarr_format, write_rows):
+    """A catalog written by another tool: no completeness marks, only the chunks
+    of ``write_rows`` stored (the others never written)."""
+    X = np.random.default_rng(5).normal(loc=3.0, size=(200, 2))
+    g = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    g.attrs.update({"daskgmmis_format": "daskgmmis-catalog", "daskgmmis_format_version": 1,
+                    "columns": ["a", "b"], "covar_kind": "none"})
+    z = g.create_array("data", shape=(200, 2), chunks=(50, 2), dtype="f8", fill_value=0.0)
+    z[write_rows] = X[write_rows]
+    return X
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_unmarked_store_with_unwritten_chunks_is_refused(tmp_path, zarr_format):
+    path = tmp_path / "other.zarr"
+    _unmarked_store(path, zarr_format, slice(0, 150))
+    with pytest.raises(dg.CatalogError) as info:
+        dg.open_catalog(path)
+    msg = str(info.value)
+    assert "other.zarr/data" in msg and "3 of its 4 chunks" in msg and "rows 150..199" in msg
+    assert "would read as the fill value (zeros)" in msg
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_chunk_deleted_after_open_is_caught_in_the_task(tmp_path, zarr_format):
+    """Each read checks that its chunk files exist: a fit never sees zeros."""
+    path = tmp_path / "other.zarr"
+    X = _unmarked_store(path, zarr_format, slice(0, 200))
+    cat = dg.open_catalog(path)
+    np.testing.assert_array_equal(cat.data.compute(), X)          # complete: reads fine
+    key = "data/c/2/0" if zarr_format == 3 else "data/2.0"
+    os.remove(path / key)
+    with pytest.raises(dg.CatalogError, match=r"no chunk file .* \(rows 100\.\.149\)"):
+        dg.fit(dg.GMM(1, 2), cat, maxiter=2)

@@ -17,7 +17,7 @@ from daskgmmis.cli import main
 
 from conftest import make_truth
 
-COMMANDS = ["demo", "ingest", "fit", "score", "sample", "info", "plot", "posterior"]
+COMMANDS = ["demo", "ingest", "fit", "score", "sample", "info", "plot", "posterior", "predict"]
 
 
 def run(*args, ok=True):

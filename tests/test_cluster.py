@@ -118,9 +118,9 @@ def test_connect_by_address_file_and_environment(cluster_client, tmp_path, monke
     for args, source in [((address, None), "address"), ((None, sf), "scheduler file"),
                          ((None, None), f"${dc.ENV_ADDRESS}")]:
         caplog.clear()
-        client, owned = get_client(*args, wait_for_workers=2, timeout=10)
+        client = get_client(*args, wait_for_workers=2, timeout=10)
         try:
-            assert owned is False
+            assert client.cluster is None                # not ours: nothing to stop
             assert client.scheduler.address == address
             assert cluster_memory(client) == limits
             assert client.submit(sum, [1, 2]).result() == 3
@@ -133,7 +133,7 @@ def test_connect_by_address_file_and_environment(cluster_client, tmp_path, monke
 
 
 def test_existing_client_is_passed_through_and_left_open(cluster_client):
-    assert get_client(cluster_client) == (cluster_client, False)
+    assert get_client(cluster_client) is cluster_client
     with client_context(cluster_client) as client:
         assert client is cluster_client
     assert cluster_client.status == "running"
@@ -141,8 +141,8 @@ def test_existing_client_is_passed_through_and_left_open(cluster_client):
 
 def test_local_sizing_ignored_for_a_remote_scheduler_with_a_warning(cluster_client):
     with pytest.warns(UserWarning, match="n_workers, memory_limit only size a new"):
-        client, owned = get_client(cluster_client.scheduler.address, n_workers=8,
-                                   memory_limit="1GB", timeout=10)
+        client = get_client(cluster_client.scheduler.address, n_workers=8,
+                            memory_limit="1GB", timeout=10)
     client.close()
 
 
@@ -195,16 +195,44 @@ def test_local_cluster_sized_to_the_machine_and_closed(caplog, no_env_address):
         in caplog.text
 
 
-def test_get_client_owned_local_cluster_reports_ownership(no_env_address):
-    client, owned = get_client(n_workers=1, threads_per_worker=1, memory_limit="500MB",
-                               dashboard=False)
-    try:
-        assert owned is True
+def test_get_client_returns_a_client_that_stops_its_local_cluster(no_env_address):
+    from distributed import Client
+
+    with get_client(n_workers=1, threads_per_worker=1, memory_limit="500MB",
+                    dashboard=False) as client:
+        assert isinstance(client, Client)
         assert cluster_memory(client) == 500_000_000
-    finally:
         cluster = client.cluster
-        client.close()
-        cluster.close()
+        pid = next(iter(client.run(os.getpid).values()))
+    assert client.status == "closed"
+    assert cluster.status.name == "closed"
+    with pytest.raises(ProcessLookupError):        # the worker process is gone
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+
+
+def test_dashboard_link_answers(no_env_address, caplog):
+    pytest.importorskip("bokeh")
+    import urllib.request
+
+    caplog.set_level(logging.INFO, logger="daskgmmis")
+    with get_client(n_workers=1, threads_per_worker=1, memory_limit="500MB",
+                    dashboard="127.0.0.1:0") as client:
+        link = client.dashboard_link
+        assert f"dashboard: {link}" in caplog.text      # the link logged is the real one
+        with urllib.request.urlopen(link, timeout=30) as response:
+            assert response.status == 200
+            assert b"Dask" in response.read()
+
+
+def test_no_bokeh_says_how_to_get_the_dashboard(no_env_address, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="daskgmmis")
+    monkeypatch.setattr(dc, "_dashboard_available", lambda: False)
+    with get_client(n_workers=1, threads_per_worker=1, memory_limit="500MB") as client:
+        assert client.submit(sum, [1, 2]).result() == 3
+    assert "pip install 'daskgmmis[dashboard]'" in caplog.text
+    assert "dashboard: none" in caplog.text
 
 
 # --------------------------------------------------------------- memory

@@ -384,7 +384,7 @@ def test_tls_configuration_of_the_readme_secures_the_cluster(tmp_path):
                           protocol="tls://", dashboard_address=":0") as cluster:
             address = cluster.scheduler_address
             assert address.startswith("tls://")
-            client, owned = get_client(address, timeout=10)
+            client = get_client(address, timeout=10)
             try:
                 assert client.submit(sum, [1, 2]).result() == 3
             finally:

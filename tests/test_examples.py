@@ -80,3 +80,20 @@ def test_quickstart_recovers_truth(capsys):
     out = capsys.readouterr().out
     err = float(out.strip().splitlines()[-1].split(":")[-1])
     assert err < 0.1, out
+
+
+def test_demo_figure_labels_axes_and_names_the_selection_boundary(tmp_path):
+    pytest.importorskip("matplotlib")
+    from daskgmmis import demo
+
+    observed, noise, orig = demo.simulate(2, 300)
+    truth = demo.truth_model()
+    fits = {key: (truth, None, 0.0) for key, *_ in demo.VARIANTS}
+    fig = demo.plot_demo(tmp_path / "demo.png", fits, observed, orig, 0.0)
+    assert os.path.getsize(tmp_path / "demo.png") > 20_000
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == len(demo.VARIANTS)
+    assert all((ax.get_xlabel(), ax.get_ylabel()) == ("x", "y") for ax in panels)
+    texts = [t.get_text() for t in panels[0].get_legend().get_texts()]
+    assert {"observed rows", "original rows", "selection boundary (Ω = ½)",
+            "model density (deconvolved)"} <= set(texts)

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import zarr
 import pytest
 
 import daskgmmis as dg
@@ -314,3 +315,95 @@ def test_ingested_catalog_detects_a_deleted_chunk(tmp_path):
     os.remove(tmp_path / "t.zarr" / "data" / "c" / "2" / "0")
     with pytest.raises(CatalogError, match="missing: data/c/2/0"):
         dg.open_catalog(tmp_path / "t.zarr")
+
+
+# ------------------------------------------------------------ many-file tables
+
+
+def _parts(tmp_path, n_parts=20, seed=0):
+    """A table split into Parquet parts of uneven sizes: integer ids, errors, gaps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(50, 400, n_parts)
+    sizes[3] = 0                                   # an empty part
+    N = int(sizes.sum())
+    x = rng.normal(size=(N, 3)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.choice(N, 12, replace=False)] = np.nan   # rows dropped with drop_empty
+    err = rng.uniform(0.1, 0.3, (N, 3))
+    ids = rng.choice(2**40, N, replace=False).astype(np.int64)
+    whole = pa.table({"oid": ids, **{c: x[:, j] for j, c in enumerate("abc")},
+                      **{f"{c}_err": err[:, j] for j, c in enumerate("abc")}})
+    d = tmp_path / "parts"
+    d.mkdir()
+    start = 0
+    for i, n in enumerate(sizes):
+        pq.write_table(whole.slice(start, n), d / f"part-{i}.parquet")
+        start += n
+    pq.write_table(whole, tmp_path / "whole.parquet")
+    return d, whole
+
+
+def test_parallel_ingest_of_parts_equals_ingest_of_their_concatenation(tmp_path,
+                                                                       cluster_client):
+    pytest.importorskip("pyarrow")
+    import dask
+
+    d, whole = _parts(tmp_path)
+    opts = dict(errors="a_err,b_err,c_err", id_column="oid", drop_empty=True)
+    one = ingest(tmp_path / "whole.parquet", tmp_path / "one.zarr", **opts)
+    with dask.config.set(scheduler=cluster_client):
+        many = ingest(d, tmp_path / "many.zarr", dropped_out=tmp_path / "dropped.csv",
+                      **opts)
+    assert many.columns == one.columns == ["a", "b", "c"]
+    assert many.data.dtype == np.float32              # float32 parts stay float32
+    np.testing.assert_array_equal(many.data.compute(), one.data.compute())
+    np.testing.assert_array_equal(many.covar.compute(), one.covar.compute())
+    np.testing.assert_array_equal(many.ids.compute(), one.ids.compute())
+    assert many.data.chunks == one.data.chunks        # chunked as the one file is
+    # part-10 comes after part-9 (natural order), and dropped rows are counted globally
+    import pyarrow.csv as pacsv
+
+    dropped = pacsv.read_csv(tmp_path / "dropped.csv")
+    values = np.column_stack([whole.column(c).to_numpy(zero_copy_only=False) for c in "abc"])
+    empty = np.flatnonzero(np.isnan(values).all(axis=1))
+    assert dropped.column("source_row").to_pylist() == empty.tolist()
+    assert dropped.column("oid").to_pylist() == whole.column("oid").to_numpy()[empty].tolist()
+    # the catalog marks its chunks complete: a deleted chunk is found, not read as zeros
+    assert zarr.open_array(tmp_path / "many.zarr" / "data", mode="r").attrs["complete_chunks"]
+    assert not [p for p in os.listdir(tmp_path) if ".parts-" in p or ".tmp-" in p]
+
+
+def test_parallel_ingest_that_fails_leaves_no_catalog_and_can_be_rerun(tmp_path):
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d, whole = _parts(tmp_path, n_parts=6, seed=1)
+    bad = whole.slice(0, 10).set_column(1, "a", pa.array(np.full(10, np.inf, np.float32)))
+    pq.write_table(bad, d / "part-5.parquet")
+    with pytest.raises(dg.InputError, match=r"part-5\.parquet.*(inf|Inf)"):
+        ingest(d, tmp_path / "cat.zarr", errors="a_err,b_err,c_err", id_column="oid",
+               drop_empty=True)
+    assert sorted(os.listdir(tmp_path)) == ["parts", "whole.parquet"]   # nothing left
+    pq.write_table(whole.slice(0, 10), d / "part-5.parquet")
+    cat = ingest(str(d / "part-*.parquet"), tmp_path / "cat.zarr", errors="a_err,b_err,c_err",
+                 id_column="oid", drop_empty=True)
+    assert cat.ids is not None and cat.shape[1] == 3
+
+
+def test_cli_ingests_a_glob_of_parts(tmp_path):
+    pytest.importorskip("pyarrow")
+    from click.testing import CliRunner
+
+    from daskgmmis.cli import main
+
+    d, whole = _parts(tmp_path, n_parts=4, seed=2)
+    result = CliRunner().invoke(main, ["ingest", str(d / "part-*.parquet"),
+                                       str(tmp_path / "c.zarr"), "-c", "a,b,c", "--id", "oid",
+                                       "--drop-empty", "--scheduler", "threads"])
+    assert result.exit_code == 0, result.output
+    cat = dg.open_catalog(tmp_path / "c.zarr")
+    assert cat.id_name == "oid" and cat.covar is None

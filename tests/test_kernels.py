@@ -163,3 +163,43 @@ def test_missing_patterns_partition_rows():
     assert sorted(seen.tolist()) == [0, 1, 2, 4]
     for obs, rows in pats:
         assert (~np.isnan(x[rows]) == obs).all()
+
+
+@pytest.mark.parametrize("kind", kernels.NOISE_KINDS)
+def test_rowwise_many_pattern_kernel_matches_brute_force(kind):
+    # random gaps in 6-D: almost every row its own pattern, as in wide survey tables
+    x, amp, mean, covar, noises = random_problem(7, n=150, D=6, K=3, missing=0.25)
+    x[5] = np.nan                                   # a row with nothing observed
+    noise, S = noises[kind]
+    rng = np.random.default_rng(3)
+    log_bg = np.log(0.05) + rng.normal(size=len(x)) - 8.0
+    weight = rng.uniform(0.2, 2.0, len(x))
+    assert len(kernels.missing_patterns(x)) > kernels.PATTERNS_MIN   # the default picks it
+    row, n_out, mom = kernels.estep_block(x, noise, kind, amp, mean, covar, log_bg=log_bg)
+    ref_row, A, M1, M2, bg = brute_force(x, S, amp, mean, covar, log_bg=log_bg)
+    ok = ~np.isnan(ref_row)
+    assert np.isnan(row[~ok]).all() and n_out == 0
+    np.testing.assert_allclose(row[ok], ref_row[ok], rtol=0, atol=1e-10)
+    for got, want in ((mom.A, A), (mom.M1, M1), (mom.M2, M2), (mom.bg, bg)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    # and equals the per-pattern path, with row weights and a neighborhood cut
+    for bg_col, cutoff in ((log_bg, None), (None, 1.5)):
+        args = (x, noise, kind, mean, covar, amp, bg_col, weight, cutoff, True, 0)
+        r1, n1, m1 = kernels._run_patterns(*args, rowwise=True)
+        r2, n2, m2 = kernels._run_patterns(*args, rowwise=False)
+        assert n1 == n2 and (n1 > 0) == (cutoff is not None)
+        np.testing.assert_array_equal(np.isfinite(r1), np.isfinite(r2))
+        np.testing.assert_allclose(r1[np.isfinite(r1)], r2[np.isfinite(r2)], rtol=0,
+                                   atol=1e-10)
+        for name in ("A", "M1", "M2", "bg"):
+            np.testing.assert_allclose(getattr(m1, name), getattr(m2, name), rtol=1e-10,
+                                       atol=1e-10)
+
+
+def test_rowwise_kernel_names_the_failing_row():
+    x, amp, mean, covar, _ = random_problem(2, n=40, D=4, K=2, missing=0.3)
+    full = np.broadcast_to(np.eye(4), (40, 4, 4)).copy()
+    full[17] = -np.eye(4) * 50.0                   # not positive semi-definite
+    with pytest.raises(kernels.NumericalError, match="row 117"):
+        kernels._run_patterns(x, full, "full", mean, covar, amp, None, None, None, True, 100,
+                              rowwise=True)

@@ -1,6 +1,8 @@
 """GMM density, sampling and safe persistence."""
 
 import json
+import os
+import stat
 import zipfile
 
 import dask.array as da
@@ -64,6 +66,7 @@ def test_draw_moments():
 def test_save_load_round_trip_exact(tmp_path):
     g = make_truth(4, 3)
     bg = dg.Background(([-1, -2, -3], [1, 2, 3.5]), amp=0.125, amp_max=0.5, adjust_amp=False)
+    g.amp = g.amp * (1 - bg.amp)        # the background holds the rest
     path = tmp_path / "m.npz"
     g.save(path, background=bg)
     h = dg.GMM.load(path)
@@ -129,3 +132,19 @@ def test_bad_model_shape(K, D, exc):
 def test_coords_dimension_mismatch():
     with pytest.raises(dg.InputError, match="D=2"):
         make_truth(2, 2)(np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    """Model files and checkpoints get 0o666 & ~umask, as open() would (not
+    mkstemp's 0600 whatever the umask)."""
+    old = os.umask(umask)
+    try:
+        g = dg.GMM(2, 2)
+        g.save(tmp_path / "m.npz")
+        dg.fit(dg.GMM(2, 2), np.random.default_rng(0).normal(size=(100, 2)), maxiter=1,
+               checkpoint=tmp_path / "ck.npz")
+    finally:
+        os.umask(old)
+    for name in ("m.npz", "ck.npz"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~umask, name

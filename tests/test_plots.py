@@ -107,3 +107,74 @@ def test_save_figure_checks_and_leaves_nothing(tmp_path):
     with pytest.raises(dg.OutputExistsError, match="exists"):
         plots.save_figure(fig, tmp_path / "f.png", overwrite=False)
     assert os.listdir(tmp_path) == ["f.png"]
+
+
+def _legend_texts(legend):
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_density_of_a_large_catalog_is_a_histogram_counted_on_the_workers(tmp_path):
+    from matplotlib.collections import QuadMesh
+
+    from daskgmmis.selection import Box
+
+    g = make_truth(K=2, D=3, seed=5)
+    X = g.draw(40_000, rng=2)
+    X[::9, 2] = np.nan                            # missing in a feature not shown
+    X[::11, 0] = np.nan                           # missing in a feature shown
+    cat = dg.write_catalog(tmp_path / "d.zarr", X, columns=["ra", "dec", "mag"],
+                           chunks=5000)
+    sel = Box([-100, -100], [100, 100])
+    with pytest.raises(dg.InputError, match="2-D"):
+        plots.density(g, data=cat, sel_callback=sel)
+    ax = plots.density(g, data=cat, dims=(0, 2), bins=30)
+    meshes = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    assert len(meshes) == 1 and not ax.lines      # a filled histogram, no markers
+    # its counts are numpy's histogram of every row observed in both features
+    xlo, xhi = ax.get_xlim()
+    ylo, yhi = ax.get_ylim()
+    both = np.isfinite(X[:, 0]) & np.isfinite(X[:, 2])
+    expected, _, _ = np.histogram2d(X[both, 0], X[both, 2], bins=30,
+                                    range=[(xlo, xhi), (ylo, yhi)])
+    shown = np.ma.filled(meshes[0].get_array(), 0).reshape(30, 30)
+    assert np.array_equal(shown, expected.T)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("ra", "mag")
+    texts = _legend_texts(ax.get_legend())
+    assert any(t.startswith("observed rows") for t in texts)
+    assert "model density (deconvolved)" in texts
+    _saved(ax.figure, tmp_path / "dens.png")
+
+
+def test_density_small_data_are_points_and_the_legend_names_the_boundary(tmp_path):
+    from daskgmmis.selection import Sphere
+
+    g = make_truth(K=2, D=2, seed=6)
+    ax = plots.density(g, data=g.draw(300, rng=0), orig=g.draw(100, rng=1),
+                       sel_callback=~Sphere([0, 0], 2.0), extent=(-8, 8, -8, 8))
+    assert [len(line.get_xdata()) for line in ax.lines] == [300, 100]
+    texts = _legend_texts(ax.get_legend())
+    assert {"observed rows", "original rows", "selection boundary (Ω = ½)",
+            "model density (deconvolved)"} <= set(texts)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x0", "x1")
+    _saved(ax.figure, tmp_path / "small.png")
+
+
+def test_corner_histograms_are_every_row_and_the_legend_says_data_vs_model(tmp_path):
+    g = make_truth(K=2, D=2, seed=7)
+    X = g.draw(20_000, rng=3)
+    cat = dg.write_catalog(tmp_path / "c.zarr", X, columns=["g", "r"], chunks=3000)
+    fig = plots.corner(g, cat, bins=25, sample_size=1000)
+    texts = _legend_texts(fig.legends[0])
+    assert texts == ["data: observed rows (with their noise)",
+                     "model: deconvolved (error-free) population"]
+    pair = fig.axes[1]                            # (1, 0): g against r
+    xlo, xhi = pair.get_xlim()
+    ylo, yhi = pair.get_ylim()
+    expected, _, _ = np.histogram2d(X[:, 0], X[:, 1], bins=25, range=[(xlo, xhi), (ylo, yhi)])
+    shown = np.ma.filled(pair.collections[0].get_array(), 0).reshape(25, 25)
+    assert np.array_equal(shown, expected.T)
+    assert (pair.get_xlabel(), pair.get_ylabel()) == ("g", "r")
+    # without data only the model is named
+    assert _legend_texts(plots.corner(g).legends[0]) == [
+        "model: deconvolved (error-free) population"]
+    _saved(fig, tmp_path / "corner.png")

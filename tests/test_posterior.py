@@ -238,6 +238,7 @@ def test_predict_missing_noise_free_equals_condition():
 
 def test_write_posterior_roundtrip_and_overwrite(tmp_path):
     g, x, S = make_case("diag", True, N=45, seed=9)
+    g.amp = g.amp * 0.9                 # the background holds the rest
     bg = dg.Background((np.full(3, -20.0), np.full(3, 20.0)), amp=0.1)
     post = posterior(g, da.from_array(x, chunks=(10, 3)), da.from_array(S, chunks=(10, 3)),
                      background=bg)
@@ -247,7 +248,8 @@ def test_write_posterior_roundtrip_and_overwrite(tmp_path):
     grp = zarr.open_group(str(path), mode="r")
     assert grp.attrs["daskgmmis_format"] == "daskgmmis-posterior"
     assert (grp.attrs["K"], grp.attrs["D"]) == (3, 3)
-    assert set(grp.array_keys()) == {"mean", "covar", "resp", "logL", "resp_bg"}
+    assert set(grp.array_keys()) == {"row", "mean", "covar", "resp", "logL", "resp_bg"}
+    np.testing.assert_array_equal(grp["row"][:], np.arange(len(x)))   # the join key
     for name in ("mean", "covar", "resp", "logL", "resp_bg"):
         np.testing.assert_array_equal(grp[name][:], getattr(ref, name))
     with pytest.raises(FileExistsError, match="overwrite=True"):

@@ -528,3 +528,100 @@ def test_posterior_store_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(zarr.Array, "__setitem__", real)
     assert _store_hashes(path) == before
     assert os.listdir(tmp_path) == ["post.zarr"]
+
+
+# ---------------------------------------------------- inputs are never outputs
+
+@pytest.fixture
+def store_and_model(tmp_path):
+    """A small catalog (with a symlink to it) and a model fitted with a background."""
+    X = np.random.default_rng(3).normal(size=(300, 2))
+    cat = tmp_path / "cat.zarr"
+    dg.write_catalog(cat, X, chunks=100)
+    os.symlink(cat, tmp_path / "link.zarr")
+    g = dg.GMM(2, 2)
+    g.mean = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    m = tmp_path / "m.npz"
+    g.save(m)
+    return cat, m
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from daskgmmis.cli import main
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _out_variants(d, target):
+    """Ways of naming ``target``, or a path inside it: as is, through a symlink,
+    with '..', relative, nested."""
+    rel = os.path.relpath(target)
+    return [target, d / "link.zarr" if target.name == "cat.zarr" else target,
+            d / "sub" / ".." / target.name, rel, target / "logl", target / "data" / "x.zarr"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_commands_never_write_into_their_inputs(tmp_path, monkeypatch, store_and_model,
+                                                overwrite):
+    """The issue's case: 'score m.npz cat.zarr --out cat.zarr --overwrite' replaced the
+    catalog (exit 0); '--out cat.zarr/logl' wrote inside it."""
+    cat, m = store_and_model
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    before, model_bytes = _store_hashes(cat), m.read_bytes()
+    flag = ["--overwrite"] if overwrite else []
+    runs = []
+    for out in _out_variants(tmp_path, cat):
+        runs.append(["score", m, cat, "--out", out, "--scheduler", "threads", *flag])
+        runs.append(["posterior", m, cat, "--out", out, "--scheduler", "threads", *flag])
+        runs.append(["fit", cat, "-K", "2", "--out", out, "--maxiter", "1",
+                     "--scheduler", "threads", *flag])
+    for out in (m, tmp_path / "sub" / ".." / "m.npz", tmp_path):
+        runs.append(["sample", m, "-n", "10", "--out", out, *flag])
+        runs.append(["score", m, cat, "--out", out, "--scheduler", "threads", *flag])
+        runs.append(["fit", cat, "-K", "2", "--init-model", m, "--init-method", "none",
+                     "--out", out, "--maxiter", "1", "--scheduler", "threads", *flag])
+    ours = 0
+    for args in runs:
+        result = _cli(*args)
+        line = result.stderr.strip().splitlines()[-1]
+        if result.exit_code == 2:       # click refuses a directory for a file option
+            assert "is a directory" in result.stderr, (args, result.stderr)
+            continue
+        assert result.exit_code == 1, (args, result.output)
+        assert "error:" in line and "--out" in line and "never written" in line, (args, line)
+        ours += 1
+    assert ours >= len(runs) - 8
+    assert _store_hashes(cat) == before
+    assert m.read_bytes() == model_bytes
+    assert sorted(os.listdir(tmp_path)) == ["cat.zarr", "link.zarr", "m.npz", "sub"]
+
+
+def test_python_writers_never_write_over_their_lazy_input(tmp_path, store_and_model):
+    cat, m = store_and_model
+    before = _store_hashes(cat)
+    c = dg.open_catalog(cat)
+    g = dg.GMM.load(m)
+    from daskgmmis.ingest import ingest, write_row_arrays
+    from daskgmmis.posterior import write_posterior
+    calls = [
+        lambda: dg.write_catalog(cat, c.data, overwrite=True),
+        lambda: dg.write_catalog(tmp_path / "link.zarr", c.data * 2, overwrite=True),
+        lambda: dg.write_catalog(cat / "inner.zarr", c.data),
+        lambda: write_row_arrays(cat, {"logl": g.logL(c.data)}, {}, overwrite=True),
+        lambda: write_posterior(dg.posterior(g, cat), cat, overwrite=True),
+        lambda: write_posterior(dg.posterior(g, cat), tmp_path, overwrite=True),
+    ]
+    for call in calls:
+        with pytest.raises(dg.InputError, match="never written into, over or inside"):
+            call()
+    src = tmp_path / "x.npy"
+    np.save(src, np.ones((10, 2)))
+    with pytest.raises(dg.InputError, match="x.npy is .*x.npy, which this command reads"):
+        ingest(src, src, overwrite=True)
+    assert _store_hashes(cat) == before
+    # a different store is fine
+    dg.write_catalog(tmp_path / "copy.zarr", c.data)
+    np.testing.assert_array_equal(dg.open_catalog(tmp_path / "copy.zarr").data.compute(),
+                                  c.data.compute())

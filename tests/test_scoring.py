@@ -89,6 +89,7 @@ def test_criteria_formulas_and_inputs(tmp_path):
 
 def test_background_counts_one_parameter():
     g, x, _ = simulate(2, 100, seed=2)
+    g.amp = g.amp * 0.9                 # the background holds the rest
     bg = dg.Background((x.min(axis=0) - 1, x.max(axis=0) + 1), amp=0.1)
     assert n_parameters(g, bg) == n_parameters(g) + 1
     frozen = dg.Background((x.min(axis=0) - 1, x.max(axis=0) + 1), amp=0.1, adjust_amp=False)
