@@ -561,7 +561,9 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
               help="Model file to write (.npz).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--init-method", type=click.Choice(["random", "minmax", "kmeans", "none"]),
-              default="random", show_default=True, help="Initialization.")
+              default=None,
+              help="Initialization [default: kmeans, k-means|| on the data; with "
+                   "--init-model: that model].")
 @click.option("--init-model", type=click.Path(dir_okay=False), default=None,
               help="Start from this saved model (implies --init-method none).")
 @click.option("-w", "--w", "w", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -650,7 +652,7 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
         if gmm.D != D:
             raise click.BadParameter(f"{init_model} has D={gmm.D}; the catalog has D={D}.",
                                      param_hint="--init-model")
-        if init_method not in ("random", "none"):
+        if init_method not in (None, "none"):
             raise click.BadParameter("--init-model is the start; it excludes --init-method "
                                      f"{init_method}.", param_hint="--init-method")
         init_method = "none"
@@ -661,6 +663,7 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
             raise click.BadParameter("--init-method none starts from given parameters: "
                                      "pass them as --init-model MODEL.",
                                      param_hint="--init-method")
+        init_method = init_method or "kmeans"
         gmm = GMM(K, D)
     background = None
     if bg_lower is not None or bg_upper is not None:

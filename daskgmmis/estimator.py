@@ -89,7 +89,7 @@ class GaussianMixture:
     ----------
     n_components : int
         Number of Gaussian components K.
-    init_method : {"random", "minmax", "kmeans", "none"}
+    init_method : {"kmeans", "random", "minmax", "none"}
         Initialization (see :func:`daskgmmis.fit`). ``"none"`` starts from
         ``weights_init``, ``means_init`` and ``covariances_init``.
     w : float
@@ -167,7 +167,7 @@ class GaussianMixture:
     >>> est.predict_proba(X, covar=noise)
     """
 
-    def __init__(self, n_components=1, *, init_method="random", w=0.0, cutoff=None,
+    def __init__(self, n_components=1, *, init_method="kmeans", w=0.0, cutoff=None,
                  sel_callback=None, covar_callback=None, background=None, tol=1e-3,
                  maxiter=1000, frozen=None, oversampling=4.0, n_init=1, prefit=False,
                  weights_init=None, means_init=None, covariances_init=None,

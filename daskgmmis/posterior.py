@@ -121,7 +121,10 @@ def _resolve(gmm, data, covar, background):
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
     check_background(background, gmm.D, "gmm")
-    amp, mean, cov = gmm._params(background)     # amplitudes > 0, summing to 1 with it
+    amp, mean, cov = gmm._params(background)     # summing to 1 with the background
+    if not amp.sum() > 0:
+        raise InputError("gmm.amp: every amplitude is zero; the Gaussian population is "
+                         "empty and has no posterior.")
     lazy = _is_dask(data) or isinstance(data, (Catalog, str, os.PathLike))
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)

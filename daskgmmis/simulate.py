@@ -123,8 +123,9 @@ def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = 
     """
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
-    amp, _, _ = gmm._params()
     D = gmm.D
+    check_background(background, D, "gmm")
+    amp, _, _ = gmm._params(background)     # with the background's share: total 1
     obs_size, orig_size = _count(obs_size, "obs_size"), _count(orig_size, "orig_size")
     if (obs_size is None) == (orig_size is None):
         raise InputError("obs_size, orig_size: give exactly one: obs_size (rows to return) "
@@ -138,7 +139,6 @@ def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = 
     if invert_sel and sel_callback is None:
         raise InputError("invert_sel=True needs a sel_callback: without a selection every "
                          "row is observed and none is left to return.")
-    check_background(background, D, "gmm")
     bg_amp = 0.0 if background is None else background.amp
     if bg_amp < 1.0 and amp.sum() <= 0:
         raise InputError("gmm.amp: all amplitudes are zero; nothing to draw the "

@@ -98,7 +98,8 @@ def check_model_params(amp, mean, covar, *, where: str = "gmm",
 
     The amplitudes are finite, non-negative and sum to 1 within
     :data:`AMP_SUM_TOL`, the background's share included: with ``bg_amp`` given,
-    ``sum(amp) + bg_amp = 1``; without, ``0 < sum(amp) <= 1`` (a model fitted
+    ``sum(amp) + bg_amp = 1`` (a background-only model has zero amplitudes);
+    without, ``0 < sum(amp) <= 1`` (a model fitted
     with a background, used without it, describes its Gaussian part).
 
     Parameters
@@ -133,7 +134,7 @@ def check_model_params(amp, mean, covar, *, where: str = "gmm",
         raise InputError(f"{where}.amp: expected non-negative amplitudes; found "
                          f"{amp.min():.3g} at component {int(amp.argmin())}.")
     total = float(amp.sum())
-    if not total > 0:
+    if bg_amp is None and not total > 0:
         raise InputError(f"{where}.amp: every amplitude is zero; expected at least one "
                          f"positive amplitude (amplitudes summing to 1).")
     if bg_amp is not None and abs(total + float(bg_amp) - 1.0) > AMP_SUM_TOL:

@@ -574,7 +574,7 @@ MODEL_FILES = [
     ("amplitudes summing to 1e300 (checksum recomputed)", lambda d: _model_file(d, True, amp=np.array([1e300, 0.5])),
      ["corrupted model file", "amp", "sum to 1e+300", "background's to 0.1", "expected a total of 1"]),
     ("all-zero amplitudes (checksum recomputed)", lambda d: _model_file(d, True, amp=np.zeros(2)),
-     ["corrupted model file", "amp", "every amplitude is zero"]),
+     ["corrupted model file", "amp", "sum to 0 and the background's to 0.1", "expected a total of 1"]),
     ("amplitudes and background not summing to 1 (checksum recomputed)", lambda d: _model_file(d, True, amp=np.array([0.5, 0.5])),
      ["corrupted model file", "sum to 1 and the background's to 0.1", "expected a total of 1"]),
     ("header K is true", lambda d: _model_file(d, K=True),

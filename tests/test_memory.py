@@ -247,3 +247,17 @@ def test_fit_refuses_what_cannot_fit_within_the_cap():
     refused(outs[1], dg.InputError, "oversampling=1e+09", "lower oversampling")
     refused(outs[2], dg.InputError, "n_init", "1000000000 starts", "at most 10000")
     assert all(o["seconds"] < 20 for o in outs)
+
+
+def test_plan_uses_the_workers_memory_limit(cluster_client):
+    """With a client, a task may use its worker's memory_limit / nthreads (2 GiB
+    here): a fit whose moments need more is refused naming the workers' memory,
+    and the same model under a larger limit is accepted."""
+    limit, what = memory.task_memory_limit(cluster_client)
+    assert limit == 2 * 2**30 and "workers' memory limit" in what
+    # K=25000, D=30: ~2.5 GiB of moments per task (checked first, so that a change
+    # of the estimates fails here instead of starting a huge fit), ~1.7 GiB in the driver
+    assert memory.task_bytes(0, 25_000, 30, "none") > 2 * 2**30
+    assert memory.driver_bytes(25_000, 30) < memory.machine_memory_limit()[0]
+    with pytest.raises(dg.InputError, match=r"K=25000 .* per task \(the workers' memory limit"):
+        dg.fit(dg.GMM(25_000, 30), np.zeros((5000, 30)), client=cluster_client, maxiter=1)
