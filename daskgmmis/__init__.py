@@ -12,8 +12,8 @@ from .em import FitResult, fit
 from .errors import (CallbackError, CatalogError, CatalogNotFoundError, CheckpointError,
                      ClusterError, ConvergenceWarning, DaskGMMisError, DeadComponentWarning,
                      InputError, InputTypeError, ModelFileError, NumericalError, OutputError,
-                     OutputExistsError,
-                     SchedulerFileError, SchedulerFileNotFoundError)
+                     OutputExistsError, SchedulerFileError, SchedulerFileNotFoundError,
+                     StoreExistsError)
 from .model import GMM
 from .posterior import Posterior, posterior, predict_missing, write_posterior
 from .scoring import CVResult, aic, bic, cv_fit, score, stack
@@ -27,6 +27,7 @@ __all__ = [
     "GMM", "Background", "Catalog", "FitResult", "fit", "open_catalog", "write_catalog",
     "DaskGMMisError", "InputError", "InputTypeError", "CatalogError", "CatalogNotFoundError",
     "ModelFileError", "NumericalError", "CallbackError", "CheckpointError", "ClusterError", "OutputError", "OutputExistsError",
+    "StoreExistsError",
     "SchedulerFileError", "SchedulerFileNotFoundError", "get_client", "client_context",
     "ConvergenceWarning", "DeadComponentWarning", "__version__",
     "Posterior", "posterior", "predict_missing", "write_posterior",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint import Theta
+from .model import Theta
 
 __all__ = ["extrapolate"]
 

@@ -23,6 +23,7 @@ garbled chunk files) raise :class:`~daskgmmis.errors.CatalogError` naming the st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -32,9 +33,13 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .errors import CatalogError, CatalogNotFoundError, InputError, InputTypeError
+from .errors import (CatalogError, CatalogNotFoundError, DaskGMMisError, InputError,
+                     InputTypeError, OutputError, StoreExistsError)
+from .files import check_new_output
 from .kernels import noise_kind_of
 from .validation import check_shared_noise
+from .neighborhoods import spatial_order
+from .memory import machine_memory_limit
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk",
            "as_dask_input", "check_ids", "check_not_input", "stores_read_by",
@@ -161,6 +166,66 @@ def _as_source(arr, dtype, chunks):
     return np.asarray(arr, dtype=dtype)
 
 
+@contextlib.contextmanager
+def new_store(path, overwrite: bool):
+    """A new Zarr v3 group for ``path``, in place only once the ``with`` block completes.
+
+    The one writer of stores: a local store is written under a temporary name and
+    installed by :func:`install_store` (an existing one is replaced only with
+    ``overwrite``, and never lost); an fsspec URL is written in place. On an
+    exception the partial store is deleted.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or fsspec URL.
+    overwrite : bool
+
+    Yields
+    ------
+    zarr.Group
+        The new, empty group; create its arrays with :func:`complete_array`.
+
+    Raises
+    ------
+    StoreExistsError
+        ``path`` exists and ``overwrite`` is False (an :class:`OutputExistsError`).
+    """
+    path = os.fspath(path)
+    url = _is_url(path)
+    if not url:
+        check_new_output(path, overwrite, exists_error=StoreExistsError)
+    target = path if url else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        # "w-" refuses an existing store (a URL has no temporary name to rename)
+        yield zarr.open_group(target, mode="w" if url and overwrite else "w-", zarr_format=3)
+    except BaseException:
+        if not url:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    if not url:
+        try:
+            install_store(target, path, overwrite)
+        except OSError as e:
+            if isinstance(e, DaskGMMisError):
+                raise
+            shutil.rmtree(target, ignore_errors=True)
+            raise OutputError(f"path: cannot move the completed store into place at {path} "
+                              f"({type(e).__name__}: {e}); an existing store there is "
+                              f"unchanged.") from e
+
+
+def complete_array(group, name: str, shape, dtype, chunks, **kwargs):
+    """An array of ``group`` whose every chunk is written and marked so.
+
+    Zarr skips chunks equal to the fill value by default, and then a deleted chunk
+    file reads back as zeros without an error. Writing every chunk (and saying so
+    in the ``complete_chunks`` attribute) lets a reader tell a missing chunk from
+    an empty one (:func:`open_catalog` does).
+    """
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
+                              attributes=_COMPLETE, config={"write_empty_chunks": True},
+                              **kwargs)
 def _resolved(path) -> str:
     """``path`` with symlinks, ``..`` and relative parts resolved (URLs: as written,
     without a trailing slash)."""
@@ -255,8 +320,8 @@ def install_store(tmp: str, path: str, overwrite: bool) -> None:
         return
     if not overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CatalogError(f"path: {path} appeared while writing; pass overwrite=True to "
-                           f"replace it.")
+        raise StoreExistsError(f"path: {path} appeared while writing; pass overwrite=True "
+                               f"to replace it.")
     backup = f"{path}.old-{uuid.uuid4().hex[:8]}"
     os.rename(path, backup)
     try:
@@ -407,18 +472,14 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         raise InputError(f"chunks: expected a positive number of rows; found {chunks}.")
 
     check_not_input(path, stores_read_by(x, covar), "path")
-    exists = os.path.exists(path) if not _is_url(path) else False
-    if exists and not overwrite:
-        raise CatalogError(f"path: {path} exists; pass overwrite=True to replace it "
-                           f"(a catalog is never overwritten by default).")
-    target = path if _is_url(path) else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-
+    if not _is_url(path):
+        # before any work; a catalog is never overwritten by default
+        check_new_output(path, overwrite, exists_error=StoreExistsError)
     xd = _as_source(x, dtype, (rows, D))
     cd = None if covar is None else _as_source(covar, np.float64,
                                                (rows,) + tuple(covar.shape[1:]))
     row_index = None
     if order == "spatial":
-        from .neighborhoods import spatial_order
         perm = spatial_order(np.asarray(xd))
         xd = np.asarray(xd)[perm]
         if cd is not None:
@@ -427,56 +488,42 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         if ids is not None:
             ids = ids[perm]
     try:
-        group = zarr.open_group(target, mode="w-" if not _is_url(path) or not overwrite else "w",
-                                zarr_format=3)
-        group.attrs.update({"daskgmmis_format": CATALOG_FORMAT,
-                            "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
-                            "columns": columns, "covar_kind": kind,
-                            "order": order})
-        if ids is not None:
-            group.attrs["id_name"] = id_name
-        arrays = [("data", xd)] + ([("covar", cd)] if cd is not None else [])
-        targets = []
-        for name, arr in arrays:
-            # Zarr skips chunks equal to the fill value by default, and then a
-            # deleted chunk file reads back as zeros without an error. Writing
-            # every chunk (and saying so) lets open_catalog tell a missing chunk
-            # from an empty one.
-            z = group.create_array(name, shape=arr.shape, dtype=arr.dtype,
-                                   chunks=(rows,) + tuple(arr.shape[1:]),
-                                   attributes=_COMPLETE, config={"write_empty_chunks": True})
-            targets.append(z)
-        for (_, arr), z in zip(arrays, targets):
-            if isinstance(arr, da.Array):
-                da.store(arr, z, lock=False)
-            else:
-                # in-memory input: write slabs directly rather than shipping the
-                # array through a (possibly distributed) graph
-                for start in range(0, arr.shape[0], rows):
-                    z[start:start + rows] = arr[start:start + rows]
-        if row_index is not None:
-            group.create_array("row_index", data=row_index, chunks=(rows,),
-                               attributes=_COMPLETE, config={"write_empty_chunks": True})
-        if ids is not None:
-            z = group.create_array("ids", shape=ids.shape, dtype=_id_array_dtype(ids),
-                                   chunks=(rows,), attributes=_COMPLETE,
-                                   config={"write_empty_chunks": True})
-            if isinstance(ids, da.Array):
-                da.store(ids.rechunk(rows), z, lock=False)
-            else:
-                for start in range(0, N, rows):
-                    z[start:start + rows] = ids[start:start + rows]
-    except BaseException as e:
-        if not _is_url(path):
-            shutil.rmtree(target, ignore_errors=True)
-        if isinstance(e, OSError):
-            # disk full, permissions...: the old catalog (if any) was never touched
-            raise CatalogError(f"path: cannot write the catalog {path} ({type(e).__name__}: "
-                               f"{e}); nothing was written and an existing catalog there is "
-                               f"unchanged.") from e
-        raise
-    if not _is_url(path):
-        install_store(target, path, overwrite)
+        with new_store(path, overwrite) as group:
+            group.attrs.update({"daskgmmis_format": CATALOG_FORMAT,
+                                "daskgmmis_format_version": CATALOG_FORMAT_VERSION,
+                                "columns": columns, "covar_kind": kind,
+                                "order": order})
+            if ids is not None:
+                group.attrs["id_name"] = id_name
+            arrays = [("data", xd)] + ([("covar", cd)] if cd is not None else [])
+            targets = [complete_array(group, name, arr.shape, arr.dtype,
+                                      (rows,) + tuple(arr.shape[1:]))
+                       for name, arr in arrays]
+            for (_, arr), z in zip(arrays, targets):
+                if isinstance(arr, da.Array):
+                    da.store(arr, z, lock=False)
+                else:
+                    # in-memory input: write slabs directly rather than shipping the
+                    # array through a (possibly distributed) graph
+                    for start in range(0, arr.shape[0], rows):
+                        z[start:start + rows] = arr[start:start + rows]
+            if row_index is not None:
+                complete_array(group, "row_index", row_index.shape, row_index.dtype,
+                               (rows,))[:] = row_index
+            if ids is not None:
+                z = complete_array(group, "ids", ids.shape, _id_array_dtype(ids), (rows,))
+                if isinstance(ids, da.Array):
+                    da.store(ids.rechunk(rows), z, lock=False)
+                else:
+                    for start in range(0, N, rows):
+                        z[start:start + rows] = ids[start:start + rows]
+    except OSError as e:
+        if isinstance(e, DaskGMMisError):
+            raise
+        # disk full, permissions...: the old catalog (if any) was never touched
+        raise CatalogError(f"path: cannot write the catalog {path} ({type(e).__name__}: "
+                           f"{e}); nothing was written and an existing catalog there is "
+                           f"unchanged.") from e
     return open_catalog(path)
 
 
@@ -695,7 +742,6 @@ def _check_grid(z, path: str, name: str) -> None:
     zeros), which bounds N by the chunk files actually stored. One chunk must
     also fit in memory, which bounds D.
     """
-    from .memory import machine_memory_limit
 
     shape, chunks = tuple(z.shape), _stored_chunks(z)
     if any(s < 0 for s in shape) or any(c < 1 for c in chunks):

@@ -15,37 +15,18 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import CheckpointError
-from .model import new_file_mode
+from .files import write_bytes_atomic
+from .model import Theta
 
 __all__ = ["Theta", "EMState", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "daskgmmis-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class Theta:
-    """One parameter set of the EM iteration.
-
-    Attributes
-    ----------
-    amp : ndarray, shape (K,)
-    mean : ndarray, shape (K, D)
-    covar : ndarray, shape (K, D, D)
-    bg_amp : float or None
-        Background amplitude (None without a background).
-    """
-
-    amp: np.ndarray
-    mean: np.ndarray
-    covar: np.ndarray
-    bg_amp: float | None = None
 
 
 @dataclass
@@ -125,18 +106,7 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
     np.savez(buf, **arrays)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-ckpt-", suffix=".tmp", dir=directory)
-    os.fchmod(fd, new_file_mode())          # mkstemp's 0600 ignores the umask
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def load_checkpoint(path, fingerprint: dict) -> EMState | None:

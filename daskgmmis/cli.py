@@ -35,7 +35,20 @@ import click
 import numpy as np
 
 from . import __version__
-from .errors import InputError
+from .errors import CatalogError, DaskGMMisError, InputError
+from .files import write_atomic
+from .background import Background
+from .catalog import (CATALOG_FORMAT, CATALOG_FORMAT_VERSION, check_not_input,
+                      default_row_chunk, open_catalog)
+from .cluster import client_context
+from .em import fit_best
+from .ingest import CatalogWriter, ingest as run_ingest, table_parts
+from .model import GMM
+from .posterior import posterior as compute_posterior, predict_missing, write_posterior
+from .selection import evaluate_covar_callback, selection_from_dict
+from .simulate import draw
+from . import demo as example
+from .tables import read_column, table_format, TABLE_FORMATS, write_table
 
 log = logging.getLogger("daskgmmis")
 
@@ -145,7 +158,6 @@ class _Group(click.Group):
         except Exception as e:
             if debug:
                 raise
-            from .errors import DaskGMMisError
             msg = _one_line(str(e)) or type(e).__name__
             if isinstance(e, (FileNotFoundError, FileExistsError)) and e.filename \
                     and str(e.filename) not in msg:
@@ -221,7 +233,6 @@ def _client(scheduler, scheduler_file, workers, memory_limit):
     if scheduler == "threads":
         yield None
         return
-    from .cluster import client_context
 
     with client_context(scheduler, scheduler_file, n_workers=workers,
                         memory_limit=memory_limit) as client:
@@ -294,7 +305,6 @@ def _selection_arg(spec: str | None, what: str = "--selection"):
     """A selection function from JSON (built-ins), @file.json, or module:function."""
     if spec is None:
         return None
-    from .selection import selection_from_dict
 
     spec = spec.strip()
     if spec.startswith(("{", "@")):
@@ -364,7 +374,6 @@ def _check_output(path: str, overwrite: bool, what: str = "--out", inputs=()) ->
     """Refuse an output that is (inside) one of the command's ``inputs`` (even with
     --overwrite), an existing output (without --overwrite) or a missing directory,
     early."""
-    from .catalog import check_not_input
 
     path = os.fspath(path)
     check_not_input(path, inputs, what)
@@ -386,25 +395,19 @@ def _write_json(path: str, obj) -> None:
             return o.tolist()
         return repr(o)
 
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w") as f:
+    def write(tmp):
+        with open(tmp, "x") as f:
             json.dump(obj, f, indent=1, default=default, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomic(path, write)
 
 
 def _load_model(path):
-    from .model import GMM
     return GMM.load(path)
 
 
 def _model_and_catalog(model: str, catalog: str):
     """(GMM, Catalog) of a per-row command, refusing a catalog of another dimension."""
-    from .catalog import open_catalog
 
     gmm = _load_model(model)
     cat = open_catalog(catalog)
@@ -416,7 +419,6 @@ def _model_and_catalog(model: str, catalog: str):
 
 def _table_arg(out: str) -> str:
     """The format of a per-row output from its suffix, as a usage error if unknown."""
-    from .tables import TABLE_FORMATS, table_format
 
     try:
         return table_format(out)
@@ -514,7 +516,6 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
     """
     import dask
 
-    from .ingest import ingest as run_ingest, table_parts
 
     last = [time.monotonic()]
     n_read = [0]
@@ -636,10 +637,6 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
       daskgmmis fit sky.zarr -K 4 --out model.npz --bg-lower 0,0 --bg-upper 10,10 \\
           --bg-amp 0.1
     """
-    from .catalog import open_catalog
-    from .background import Background
-    from .estimator import fit_best
-    from .model import GMM
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite, inputs=(catalog, init_model))
@@ -756,8 +753,6 @@ def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_fi
     """
     import dask
 
-    from .catalog import CATALOG_FORMAT_VERSION
-    from .tables import read_column, write_table
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite, inputs=(model, catalog))
@@ -824,9 +819,6 @@ def sample(model, n, out, seed, noise, selection, columns, chunks, batch_rows, n
       daskgmmis sample model.npz -n 5000 --out obs.zarr --noise '[0.25, 0.25]' \\
           --selection '{"type": "sphere", "center": [5, 5], "radius": 4}'
     """
-    from .catalog import default_row_chunk
-    from .ingest import CatalogWriter
-    from .simulate import draw
 
     _check_output(out, overwrite, inputs=(model,))
     fmt = _table_arg(out)
@@ -864,7 +856,6 @@ def sample(model, n, out, seed, noise, selection, columns, chunks, batch_rows, n
 
 def _sample_batch(gmm, size, seed, sel, noise_cb, bg, source_kind, store_kind):
     """(size, D) rows, then (size, D) noise standard deviations for diagonal noise."""
-    from .simulate import draw
 
     rows, cov, _ = draw(gmm, obs_size=size, sel_callback=sel, covar_callback=noise_cb,
                         background=bg, rng=seed)
@@ -877,8 +868,6 @@ def _sample_table(out, gmm, names, batches, seeds, sel, noise_cb, bg, source_kin
     """Simulated rows to a Parquet or CSV table, one batch at a time."""
     import dask
     import dask.array as da
-
-    from .tables import write_table
 
     width = gmm.D * (1 if store_kind == "none" else 2)
     parts = [da.from_delayed(dask.delayed(_sample_batch)(gmm, size, s, sel, noise_cb, bg,
@@ -899,7 +888,6 @@ def _noise_layout(noise_cb, gmm) -> tuple[str, str]:
     The catalog stores per-row noise: a shared matrix becomes per-row variances
     when it is diagonal, per-row matrices otherwise.
     """
-    from .selection import evaluate_covar_callback
 
     if noise_cb is None:
         return "none", "none"
@@ -972,9 +960,6 @@ def info(path, stats, as_json):
 
 def _zarr_summary(path: str, stats: bool) -> dict:
     import zarr
-
-    from .catalog import CATALOG_FORMAT, open_catalog
-    from .errors import CatalogError
 
     try:
         group = zarr.open_group(path, mode="r")
@@ -1076,7 +1061,6 @@ def plot(model, catalog, out, kind, report, dims, selection, sample_size, bins, 
       daskgmmis plot model.npz --kind convergence --report fit.json --out conv.png
     """
     from . import plots
-    from .catalog import open_catalog
 
     _check_output(out, overwrite, inputs=(model, catalog, report))
     if os.path.splitext(out)[1].lower().lstrip(".") not in plots.FIGURE_FORMATS:
@@ -1139,9 +1123,6 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
     """
     import dask
 
-    from .posterior import posterior as compute_posterior
-    from .posterior import write_posterior
-
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite, inputs=(model, catalog))
     if _table_arg(out) != "zarr" and components:
@@ -1180,9 +1161,6 @@ def predict(model, catalog, out, overwrite, scheduler, scheduler_file, workers, 
       daskgmmis predict model.npz stars.zarr --out filled.parquet
     """
     import dask
-
-    from .posterior import predict_missing
-    from .tables import write_table
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
     _check_output(out, overwrite, inputs=(model, catalog))
@@ -1235,7 +1213,6 @@ def demo(out, seed, seeds, restarts, samples, maxiter, as_json, scheduler, sched
       daskgmmis demo --out /tmp/demo --restarts 3
       daskgmmis demo --seeds 10 --json bench.json      # the benchmark over 10 seeds
     """
-    from . import demo as example
     seed = example.DEFAULT_SEED if seed is None else seed
     _show_n_orig(True)        # two of the four fits are truncated
     if workers is None and scheduler is None and scheduler_file is None:

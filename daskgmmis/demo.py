@@ -33,7 +33,7 @@ import numpy as np
 
 import daskgmmis as dg
 from daskgmmis.cluster import dashboard_link, get_client
-from daskgmmis.estimator import fit_best
+from daskgmmis.em import fit_best
 from daskgmmis.selection import And, Box, Complement, Sphere
 
 NOISE_SD = 0.5

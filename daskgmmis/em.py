@@ -27,7 +27,9 @@ import dask
 import numpy as np
 
 from . import kernels
-from .background import Background
+from .background import Background, log_background
+from .blocks import compute as _compute
+from .blocks import tree_reduce
 from .catalog import Catalog, as_dask_input, open_catalog
 from .memory import check_candidates, plan_fit
 from .timelimit import check_timeout, time_limited
@@ -35,22 +37,20 @@ from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, In
                      InputTypeError, NumericalError)
 from .imputation import candidate_count, impute_block
 from .selection import check_picklable, evaluate_selection
-from .init import INIT_METHODS, DataSummary, init_minmax, init_random
-from .model import GMM, _log_background
+from .init import INIT_METHODS, init_kmeans, init_minmax, init_random
+from .model import GMM, Theta
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .acceleration import extrapolate
-from .checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
+from .checkpoint import EMState, load_checkpoint, save_checkpoint
+from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
-from .stats import SuffStats, sum_stats
+from .stats import DataSummary, SuffStats, sum_stats
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block, check_regularization)
 
-__all__ = ["fit", "FitResult"]
+__all__ = ["fit", "fit_best", "FitResult", "child_seed"]
 
 log = logging.getLogger("daskgmmis")
-
-SPLIT_EVERY = 8
-
 
 @dataclass
 class FitResult:
@@ -171,7 +171,7 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
     """
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
-    log_bg = _log_background(params.background, x, noise, params.kind)
+    log_bg = log_background(params.background, x, noise, params.kind)
     if params.cutoff is None:
         row_logl, n_out, mom = kernels.estep_block(
             x, noise, params.kind, params.amp, params.mean, params.covar, log_bg=log_bg,
@@ -198,25 +198,14 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
 
 def _overlap_task(x, noise, params: _IterParams):
     """Responsibility overlap of a block: sum_i q_ik q_il, shape (K, K)."""
-    from .posterior import posterior_block
-
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
-    log_bg = _log_background(params.background, x, noise, params.kind)
-    post = posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
+    log_bg = log_background(params.background, x, noise, params.kind)
+    post = kernels.posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
                            log_bg, covariances=False)
     q = post.resp if post.resp_bg is None else post.resp * (1 - post.resp_bg)[:, None]
     q = q[np.isfinite(q).all(axis=1)]
     return q.T @ q
-
-
-def _tree_sum(parts, split_every=SPLIT_EVERY):
-    """Fixed-shape tree reduction of delayed records (deterministic order)."""
-    parts = list(parts)
-    while len(parts) > 1:
-        parts = [dask.delayed(sum_stats, pure=True)(*parts[i:i + split_every])
-                 for i in range(0, len(parts), split_every)]
-    return parts[0]
 
 
 # ---------------------------------------------------------------------- plan
@@ -240,17 +229,14 @@ class _Plan:
     def summary_graph(self):
         parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off)
                  for xb, nb, off in zip(self.x_blocks, self.noise_blocks, self.offsets)]
-        return _tree_sum(parts)
+        return tree_reduce(parts, sum_stats)
 
     def overlap_graph(self, params: _IterParams):
         """Summed responsibility overlaps (K, K) for split-and-merge (one pass)."""
         p = dask.delayed(params, pure=True)
         parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p)
                  for xb, nb in zip(self.x_blocks, self.noise_blocks)]
-        while len(parts) > 1:
-            parts = [dask.delayed(sum, pure=True)(parts[i:i + SPLIT_EVERY])
-                     for i in range(0, len(parts), SPLIT_EVERY)]
-        return parts[0]
+        return tree_reduce(parts, sum_stats)
 
     def box_graph(self):
         """Per-block summaries for the neighborhood reach test (first pass)."""
@@ -268,7 +254,7 @@ class _Plan:
         parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b, c)
                  for b, (xb, nb, off, c) in enumerate(zip(self.x_blocks, self.noise_blocks,
                                                           self.offsets, comps))]
-        return _tree_sum(parts)
+        return tree_reduce(parts, sum_stats)
 
 
 def _resolve_client(client):
@@ -285,16 +271,9 @@ def _resolve_client(client):
         return None
 
 
-def _compute(obj, client):
-    if client is not None:
-        return client.compute(obj, sync=True)
-    return dask.compute(obj, scheduler="threads")[0]
-
-
 def _memory_budget(client) -> float:
     """Bytes of memory the data may occupy if persisted."""
     if client is not None:
-        from .cluster import cluster_memory
         return 0.5 * cluster_memory(client)
     import psutil
     return 0.25 * psutil.virtual_memory().available
@@ -334,6 +313,16 @@ def _root_seed(rng) -> np.random.SeedSequence:
         return np.random.SeedSequence(rng)
     raise InputTypeError(f"rng: expected None, an int seed, a numpy Generator or a "
                          f"SeedSequence; found {type(rng).__name__}.")
+
+
+def child_seed(root: np.random.SeedSequence, i: int) -> np.random.SeedSequence:
+    """Child ``i`` of a root seed: the one seed derivation of the package.
+
+    ``SeedSequence(root.entropy, spawn_key=root.spawn_key + (i,))``, keyed
+    explicitly: ``SeedSequence.spawn`` would mutate a caller's object, so that the
+    same ``rng`` passed twice would give other streams.
+    """
+    return np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + (int(i),))
 
 
 # ----------------------------------------------------------------- evaluation
@@ -587,11 +576,9 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     else:
         seed = _root_seed(rng)
     # children keyed explicitly (SeedSequence.spawn would mutate a caller's object)
-    child = lambda i: np.random.SeedSequence(seed.entropy,  # noqa: E731
-                                             spawn_key=tuple(seed.spawn_key) + (i,))
-    impute_seed = child(0)
-    init_seeds = [child(1 + i) for i in range(n_init)]
-    bg_amp0 = None if background is None else float(background.amp)
+    impute_seed = child_seed(seed, 0)
+    init_seeds = [child_seed(seed, 1 + i) for i in range(n_init)]
+    bg_amp0, bg_seeded = _background_start(background)
     evaluate = _Evaluator(plan, client, cutoff,
                           time_limited(sel_callback, callback_timeout, "sel_callback"),
                           time_limited(covar_callback, callback_timeout, "covar_callback"),
@@ -607,7 +594,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         best = None
         for init_seed in init_seeds:
             theta = _initial_theta(gmm, init_method, K, plan, summary, x, client,
-                                   np.random.default_rng(init_seed), bg_amp0)
+                                   np.random.default_rng(init_seed), bg_amp0, bg_seeded)
             seed_list = [str(seed.entropy), *map(int, seed.spawn_key)]
             outcome = _run_em(EMState(theta=theta, seed=seed_list), **run)
             if best is None or outcome[0].history[-1] > best[0].history[-1]:
@@ -637,6 +624,80 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
                      N=summary.n, n_outside=last.n_outside, bg_amp=theta.bg_amp,
                      seconds=time.perf_counter() - t_start,
                      seconds_per_iter=list(state.seconds))
+
+
+def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
+             background: Background | None = None, prefit: bool = False,
+             **fit_kwargs) -> FitResult:
+    """:func:`daskgmmis.fit` from ``n_init`` starts, optionally prefitted without selection.
+
+    Without ``prefit`` this is ``fit(..., n_init=n_init)``. With ``prefit`` and a
+    ``sel_callback``, every start is two fits: one *without* the selection (and
+    its imputation), then the truncation-aware fit starting from its result
+    (``init_method="none"``) - pyGMMis's recipe: the plain fit puts the
+    components where the observed rows are and the imputation then extends them
+    into the unobserved region, where from a random start the weakly
+    constrained unobserved volume can attract runaway components. The start
+    with the highest final likelihood is kept.
+
+    Parameters
+    ----------
+    gmm : GMM
+        Model to fit; updated in place with the best start.
+    data, covar
+        As for :func:`daskgmmis.fit`.
+    n_init : int
+        Number of starts (>= 1).
+    rng : None, int, Generator or SeedSequence
+        Root seed. With ``prefit`` and several starts, start ``i`` uses
+        :func:`child_seed` ``(root, i)``; one start uses ``rng`` itself, as
+        :func:`fit` would.
+    background : Background, optional
+        Fitted jointly; its ``amp`` is updated in place with the winner's.
+    prefit : bool
+        Prefit every start without the selection (only with ``sel_callback``).
+    **fit_kwargs
+        Passed to :func:`daskgmmis.fit` (``init_method``, ``w``, ``cutoff``,
+        ``sel_callback``, ``covar_callback``, ``tol``, ``maxiter``, ``frozen``,
+        ``client``, ``oversampling``, ``persist``, ``checkpoint``, ...).
+
+    Returns
+    -------
+    FitResult
+        The winning start's result.
+    """
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
+    if not isinstance(gmm, GMM):
+        raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
+    if not (prefit and fit_kwargs.get("sel_callback") is not None):
+        return fit(gmm, data, covar, n_init=n_init, rng=rng, background=background,
+                   **fit_kwargs)
+    if n_init > 1 and fit_kwargs.get("checkpoint") is not None:
+        raise InputError("checkpoint: one checkpoint file cannot hold several starts; use "
+                         "n_init=1 with a checkpoint.")
+    if n_init == 1:
+        seeds = [rng]
+    else:
+        root = _root_seed(rng)
+        seeds = [child_seed(root, i) for i in range(n_init)]
+    # the imputation's options (and the checkpoint) belong to the truncated fit only
+    plain = {k: v for k, v in fit_kwargs.items()
+             if k not in ("sel_callback", "covar_callback", "oversampling", "checkpoint")}
+    truncated = dict(fit_kwargs, init_method="none")
+    best = None
+    for seed in seeds:
+        g = gmm.copy()
+        bg = None if background is None else background.copy()
+        fit(g, data, covar, background=bg, rng=seed, **plain)
+        result = fit(g, data, covar, background=bg, rng=seed, **truncated)
+        if best is None or result.logL > best[0].logL:
+            best = (result, g, bg)
+    result, g, bg = best
+    gmm.amp, gmm.mean, gmm.covar = g.amp, g.mean, g.covar
+    if background is not None:
+        background.amp = bg.amp
+    return result
 
 
 # A covariance whose extent along some direction is below 1e-7 of the data's range
@@ -735,8 +796,32 @@ def _split_and_merge(state, converged, last, attempts, run):
     return state, converged, last
 
 
-def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_amp):
-    """Starting parameters (the model's own for init_method='none')."""
+# Start of a fitted background amplitude given as 0: amp = 0 is a fixed point of EM
+# (no row is ever given to the background), so a fit from 0 would never move. 5%
+# is small enough not to distort a clean catalog's start and large enough that EM
+# reaches a contamination of tens of percent in a few iterations.
+_BG_START_AMP = 0.05
+
+
+def _background_start(background):
+    """(starting background amplitude or None, whether it was seeded away from 0)."""
+    if background is None:
+        return None, False
+    amp = float(background.amp)
+    if amp == 0.0 and background.adjust_amp and background.amp_max > 0:
+        start = min(background.amp_max, max(background.amp_min, _BG_START_AMP))
+        log.info("background amp=0 is a fixed point of EM; the fit starts it at %g", start)
+        return start, True
+    return amp, False
+
+
+def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_amp,
+                   bg_seeded=False):
+    """Starting parameters (the model's own for init_method='none').
+
+    The components share ``1 - bg_amp``; the model's own amplitudes (``'none'``) are
+    kept as given unless the background start was seeded away from 0 here.
+    """
     if init_method == "none":
         amp, mean, cov = gmm.amp, gmm.mean, gmm.covar
     elif init_method == "minmax":
@@ -749,10 +834,9 @@ def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_a
         rows[order] = picked
         amp, mean, cov = init_random(K, summary, rows, init_rng)
     else:
-        from .init import init_kmeans
         amp, mean, cov = init_kmeans(K, plan, summary, init_rng, client)
     amp = np.array(amp, dtype=np.float64)
-    if bg_amp is not None and init_method != "none":
+    if bg_amp is not None and (init_method != "none" or bg_seeded):
         amp = amp * (1.0 - bg_amp)
     return Theta(amp, np.array(mean, dtype=np.float64), np.array(cov, dtype=np.float64), bg_amp)
 

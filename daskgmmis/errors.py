@@ -23,6 +23,7 @@ __all__ = [
     "SchedulerFileNotFoundError",
     "OutputError",
     "OutputExistsError",
+    "StoreExistsError",
     "ConvergenceWarning",
     "DeadComponentWarning",
 ]
@@ -82,6 +83,14 @@ class OutputError(DaskGMMisError, OSError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """An output file exists and ``overwrite`` was not given."""
+
+
+class StoreExistsError(OutputExistsError, CatalogError):
+    """A Zarr store (catalog, scores, posteriors) exists and ``overwrite`` was not given.
+
+    An :class:`OutputExistsError` like every existing output, and a
+    :class:`CatalogError` as store errors were before.
+    """
 
 
 class ConvergenceWarning(UserWarning):

@@ -23,90 +23,19 @@ import sys
 import numpy as np
 
 from .background import Background
-from .em import FitResult, _root_seed, fit
+from .em import _root_seed, fit_best
 from .errors import DaskGMMisError, InputError, InputTypeError
 from .model import GMM
+from .validation import is_dask
+from .catalog import as_dask_input, Catalog, open_catalog
+from .scoring import aic, bic, score
+from .posterior import posterior
 
 __all__ = ["GaussianMixture", "NotFittedError", "fit_best"]
 
 
 def _copy_background(bg: Background | None) -> Background | None:
-    return None if bg is None else Background.from_dict(bg.to_dict())
-
-
-def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
-             background: Background | None = None, prefit: bool = False,
-             **fit_kwargs) -> FitResult:
-    """:func:`daskgmmis.fit` from ``n_init`` starts, optionally prefitted without selection.
-
-    Without ``prefit`` this is ``fit(..., n_init=n_init)``. With ``prefit`` and a
-    ``sel_callback``, every start is two fits: one *without* the selection (and
-    its imputation), then the truncation-aware fit starting from its result
-    (``init_method="none"``) - pyGMMis's recipe: the plain fit puts the
-    components where the observed rows are and the imputation then extends them
-    into the unobserved region, where from a random start the weakly
-    constrained unobserved volume can attract runaway components. The start
-    with the highest final likelihood is kept.
-
-    Parameters
-    ----------
-    gmm : GMM
-        Model to fit; updated in place with the best start.
-    data, covar
-        As for :func:`daskgmmis.fit`.
-    n_init : int
-        Number of starts (>= 1).
-    rng : None, int, Generator or SeedSequence
-        Root seed. With ``prefit`` and several starts, start ``i`` uses the child
-        ``SeedSequence(entropy, spawn_key + (i,))`` (the caller's object is not
-        modified); one start uses ``rng`` itself, as :func:`fit` would.
-    background : Background, optional
-        Fitted jointly; its ``amp`` is updated in place with the winner's.
-    prefit : bool
-        Prefit every start without the selection (only with ``sel_callback``).
-    **fit_kwargs
-        Passed to :func:`daskgmmis.fit` (``init_method``, ``w``, ``cutoff``,
-        ``sel_callback``, ``covar_callback``, ``tol``, ``maxiter``, ``frozen``,
-        ``client``, ``oversampling``, ``persist``, ``checkpoint``, ...).
-
-    Returns
-    -------
-    FitResult
-        The winning start's result.
-    """
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
-    if not isinstance(gmm, GMM):
-        raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
-    if not (prefit and fit_kwargs.get("sel_callback") is not None):
-        return fit(gmm, data, covar, n_init=n_init, rng=rng, background=background,
-                   **fit_kwargs)
-    if n_init > 1 and fit_kwargs.get("checkpoint") is not None:
-        raise InputError("checkpoint: one checkpoint file cannot hold several starts; use "
-                         "n_init=1 with a checkpoint.")
-    if n_init == 1:
-        seeds = [rng]
-    else:
-        root = _root_seed(rng)
-        seeds = [np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + (i,))
-                 for i in range(n_init)]
-    # the imputation's options (and the checkpoint) belong to the truncated fit only
-    plain = {k: v for k, v in fit_kwargs.items()
-             if k not in ("sel_callback", "covar_callback", "oversampling", "checkpoint")}
-    truncated = dict(fit_kwargs, init_method="none")
-    best = None
-    for seed in seeds:
-        g = gmm.copy()
-        bg = _copy_background(background)
-        fit(g, data, covar, background=bg, rng=seed, **plain)
-        result = fit(g, data, covar, background=bg, rng=seed, **truncated)
-        if best is None or result.logL > best[0].logL:
-            best = (result, g, bg)
-    result, g, bg = best
-    gmm.amp, gmm.mean, gmm.covar = g.amp, g.mean, g.covar
-    if background is not None:
-        background.amp = bg.amp
-    return result
+    return None if bg is None else bg.copy()
 
 
 # ------------------------------------------------------------------- not fitted
@@ -143,10 +72,7 @@ def _not_fitted(est) -> NotFittedError:
 
 def _is_lazy(X) -> bool:
     """Dask arrays, catalogs and catalog paths are passed to the library untouched."""
-    from .catalog import Catalog
-
-    return (hasattr(X, "dask") and hasattr(X, "chunks")) or isinstance(
-        X, (Catalog, str, os.PathLike))
+    return is_dask(X) or isinstance(X, (Catalog, str, os.PathLike))
 
 
 def _seed_of(random_state):
@@ -372,7 +298,6 @@ class GaussianMixture:
         if _is_lazy(X):
             D = X.shape[1] if hasattr(X, "shape") else None
             if D is None:
-                from .catalog import open_catalog
                 D = open_catalog(X).data.shape[1]
         else:
             if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
@@ -475,7 +400,6 @@ class GaussianMixture:
         self.n_iter_ = int(result.n_iter)
         self.lower_bound_ = float(result.logL)
         self.N_orig_ = float(result.N_orig)
-        from .catalog import Catalog, open_catalog
         cat = open_catalog(X) if isinstance(X, (str, os.PathLike)) else X
         if isinstance(cat, Catalog):
             self.feature_names_in_ = np.asarray(cat.columns, dtype=object)
@@ -504,7 +428,6 @@ class GaussianMixture:
         self._check_is_fitted()
         X = self._validate_X(X, reset=False)
         if _is_lazy(X):
-            from .catalog import as_dask_input
             X, covar, _ = as_dask_input(X, covar)
         return self.gmm_.logL(X, covar, background=self.background_)
 
@@ -521,16 +444,12 @@ class GaussianMixture:
         -------
         float
         """
-        from .scoring import score
-
         self._check_is_fitted()
         X = self._validate_X(X, reset=False)
         return float(score(self.gmm_, X, covar, background=self.background_))
 
     def _posterior_resp(self, X, covar):
         import dask.array as da
-
-        from .posterior import posterior
 
         self._check_is_fitted()
         X = self._validate_X(X, reset=False)
@@ -615,8 +534,6 @@ class GaussianMixture:
 
         See :func:`daskgmmis.bic`.
         """
-        from .scoring import bic
-
         self._check_is_fitted()
         return bic(self.gmm_, self._validate_X(X, reset=False), covar,
                    background=self.background_)
@@ -626,8 +543,6 @@ class GaussianMixture:
 
         See :func:`daskgmmis.aic`.
         """
-        from .scoring import aic
-
         self._check_is_fitted()
         return aic(self.gmm_, self._validate_X(X, reset=False), covar,
                    background=self.background_)

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from . import kernels
+from .background import log_background
 from .neighborhoods import estep_neighborhoods, spatial_order
 from .selection import evaluate_covar_callback, evaluate_selection
 from .stats import SuffStats
@@ -181,8 +182,6 @@ def impute_block(m: int, amp, mean, covar, background, sel_callback, covar_callb
         Unscaled imputed statistics (``logl``/``n`` are zero: candidates are not data).
     tally : ImputeTally
     """
-    from .model import _log_background
-
     K, D = mean.shape
     if m == 0:
         return SuffStats.zeros(K, D), ImputeTally()
@@ -190,7 +189,7 @@ def impute_block(m: int, amp, mean, covar, background, sel_callback, covar_callb
                                      seed, block)
     omega = evaluate_selection(sel_callback, y, where="sel_callback (imputed candidates)")
     weight = 1.0 - omega
-    log_bg = _log_background(background, y, noise, kind)
+    log_bg = log_background(background, y, noise, kind)
     if cutoff is None:
         _, _, mom = kernels.estep_block(y, noise, kind, amp, mean, covar, log_bg=log_bg,
                                         weight=weight)

@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from .catalog import (_COMPLETE, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, Catalog, check_ids,
-                      check_not_input, default_row_chunk, install_store, open_catalog)
-from .errors import CatalogError, InputError, InputTypeError
+from .catalog import (_is_url, Catalog, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, check_ids,
+                      check_not_input, complete_array, default_row_chunk, install_store,
+                      open_catalog, write_catalog)
+from .errors import InputError, InputTypeError, StoreExistsError
+from .files import check_new_output
 from .tables import table_format, write_row_arrays, write_table  # noqa: F401 (re-export)
 from .validation import check_data_block, check_noise_block
 
@@ -505,19 +507,11 @@ def errors_to_covar(errors: np.ndarray, *, variances: bool = False,
 # --------------------------------------------------------------------- writers
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def _check_target(path: str, overwrite: bool) -> None:
     if _is_url(path):
         raise InputError(f"path: {path}: streaming writers write local directories only.")
-    if os.path.exists(path) and not overwrite:
-        raise CatalogError(f"path: {path} exists; pass overwrite=True (--overwrite) to "
-                           f"replace it.")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InputError(f"path: directory {parent} does not exist.")
+    check_new_output(path, overwrite, hint="overwrite=True (--overwrite)",
+                     exists_error=StoreExistsError)
 
 
 class CatalogWriter:
@@ -607,22 +601,16 @@ class CatalogWriter:
             if id_name is not None:
                 group.attrs["id_name"] = id_name
             D, rows = self.D, self.chunk_rows
-            self._data = group.create_array("data", shape=(0, D), dtype=self.dtype,
-                                            chunks=(rows, D), attributes=_COMPLETE,
-                                            config={"write_empty_chunks": True})
+            self._data = complete_array(group, "data", (0, D), self.dtype, (rows, D))
             self._covar = None
             if self.kind != "none":
                 tail = (D,) if self.kind == "diag" else (D, D)
-                self._covar = group.create_array("covar", shape=(0,) + tail,
-                                                 dtype=np.float64, chunks=(rows,) + tail,
-                                                 attributes=_COMPLETE,
-                                                 config={"write_empty_chunks": True})
+                self._covar = complete_array(group, "covar", (0,) + tail, np.float64,
+                                             (rows,) + tail)
             self._ids = None
             if id_name is not None:
-                self._ids = group.create_array(
-                    "ids", shape=(0,), dtype=np.int64 if id_dtype == "int64" else str,
-                    chunks=(rows,), attributes=_COMPLETE,
-                    config={"write_empty_chunks": True})
+                self._ids = complete_array(group, "ids", (0,),
+                                           np.int64 if id_dtype == "int64" else str, (rows,))
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -994,8 +982,6 @@ def _ingest_parts(parts: list, path: str, plan: _Plan, *, fmt, hdu, csv_engine,
     import dask
     import dask.array as da
 
-    from .catalog import write_catalog
-
     scratch = f"{path}.parts-{uuid.uuid4().hex[:8]}"
     os.makedirs(scratch)
     try:
@@ -1103,7 +1089,7 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
     InputError, InputTypeError
         Unknown or unreadable file, missing columns, non-numeric values, Inf,
         invalid errors or correlations, rows with every value missing.
-    CatalogError
+    StoreExistsError
         ``path`` exists and ``overwrite`` is False.
     """
     path = os.fspath(path)

@@ -25,8 +25,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import gammaln
 
+from .blocks import compute, tree_reduce
 from .errors import InputError
 from .kernels import missing_patterns
+from .stats import DataSummary
 
 __all__ = ["DataSummary", "INIT_METHODS", "sphere_scale", "init_minmax", "init_random",
            "init_kmeans"]
@@ -34,38 +36,6 @@ __all__ = ["DataSummary", "INIT_METHODS", "sphere_scale", "init_minmax", "init_r
 log = logging.getLogger("daskgmmis")
 
 INIT_METHODS = ("random", "minmax", "kmeans", "none")
-
-
-@dataclass
-class DataSummary:
-    """Per-feature summary of a catalog, gathered in the first pass.
-
-    Attributes
-    ----------
-    n : int
-        Rows.
-    n_obs : ndarray, shape (D,)
-        Observed (non-NaN) entries per feature.
-    lo, hi : ndarray, shape (D,)
-        Smallest / largest observed value per feature (NaN where none observed).
-    total : ndarray, shape (D,)
-        Sum of observed values per feature.
-    max_noise_var : ndarray, shape (D,)
-        Largest noise variance per feature (0 without noise).
-    """
-
-    n: int
-    n_obs: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
-    total: np.ndarray
-    max_noise_var: np.ndarray
-
-    def __add__(self, other: "DataSummary") -> "DataSummary":
-        return DataSummary(self.n + other.n, self.n_obs + other.n_obs,
-                           np.fmin(self.lo, other.lo), np.fmax(self.hi, other.hi),
-                           self.total + other.total,
-                           np.fmax(self.max_noise_var, other.max_noise_var))
 
 
 def sphere_scale(lo: np.ndarray, hi: np.ndarray, K: int) -> float:
@@ -148,7 +118,6 @@ def init_random(K: int, summary: DataSummary, rows: np.ndarray, rng: np.random.G
 # farthest-row choices are). Sums are per feature with per-feature counts;
 # nothing is zero-filled.
 
-_SPLIT_EVERY = 8
 _MIN_SCALE_FRACTION = 1e-12   # a feature whose spread is below this is treated as constant
 _COVAR_FLOOR = 1e-6           # eigenvalue floor of the covariances, in units of each
                               # feature's variance: a (1e-3 sigma)^2 floor keeps them PD
@@ -250,15 +219,6 @@ def _merge_lloyd(*parts: _LloydStats) -> _LloydStats:
     return _LloydStats(total("n"), total("count"), total("s1"), float(sum(p.cost for p in parts)),
                        far_d2, far_index, far_row, total("pair_count"), total("pair_s1"),
                        total("s2"))
-
-
-def _tree_reduce(parts: list, combine, split_every: int = _SPLIT_EVERY):
-    """Fixed-shape tree reduction of delayed records (deterministic grouping)."""
-    parts = list(parts)
-    while len(parts) > 1:
-        parts = [dask.delayed(combine, pure=True)(*parts[i:i + split_every])
-                 for i in range(0, len(parts), split_every)]
-    return parts[0]
 
 
 def _centred(x, shift: np.ndarray) -> np.ndarray:
@@ -375,14 +335,11 @@ class _KMeansPasses:
     """Graph building and computing of the k-means passes over one plan."""
 
     def __init__(self, plan, client):
-        from .em import _compute   # lazy: em imports this module
-
         self.plan = plan
         self.client = client
-        self._compute = _compute
 
     def compute(self, graph):
-        return self._compute(graph, self.client)
+        return compute(graph, self.client)
 
     def sample(self, pass_index, entropy, shift, centres, ell) -> _Sample:
         shift_d = dask.delayed(shift, pure=True)
@@ -390,14 +347,14 @@ class _KMeansPasses:
         parts = [dask.delayed(_sample_task, pure=True)(xb, off, b, pass_index, entropy,
                                                        shift_d, centres_d, ell)
                  for b, (xb, off) in enumerate(zip(self.plan.x_blocks, self.plan.offsets))]
-        return self.compute(_tree_reduce(parts, _merge_samples))
+        return self.compute(tree_reduce(parts, _merge_samples))
 
     def lloyd(self, shift, centres, scatter=False) -> _LloydStats:
         shift_d = dask.delayed(shift, pure=True)
         centres_d = dask.delayed(centres, pure=True)
         parts = [dask.delayed(_lloyd_task, pure=True)(xb, off, shift_d, centres_d, scatter)
                  for xb, off in zip(self.plan.x_blocks, self.plan.offsets)]
-        return self.compute(_tree_reduce(parts, _merge_lloyd))
+        return self.compute(tree_reduce(parts, _merge_lloyd))
 
 
 def _weighted_choice(stream: np.random.Generator, weights: np.ndarray, size=None):

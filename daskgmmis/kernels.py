@@ -30,6 +30,10 @@ Two numba kernels do the per-row work:
   ``Z1 = sum q z``, ``Z2 = sum q z z^T`` with ``z = L^-1 r``.
 * :func:`_rowcov_kernel` - per-row noise (diagonal or full): one Cholesky
   factorization of ``T_ik`` per (row, component), as extreme deconvolution needs.
+
+The per-row posteriors (:func:`posterior_block`: responsibilities, ``b_ik``,
+``B_ik``) are the same algebra, batched in numpy; :mod:`daskgmmis.posterior`
+builds its graphs on them, :meth:`daskgmmis.GMM.condition` calls them directly.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from scipy.special import logsumexp
 
 from .errors import InputError, NumericalError
 
@@ -151,19 +156,23 @@ def missing_patterns(x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]
     return out
 
 
-def cholesky_lower(mats: np.ndarray, what: str = "covariance") -> np.ndarray:
+def cholesky_lower(mats: np.ndarray, what: str = "covariance", *,
+                   rows_global=None) -> np.ndarray:
     """Batched lower Cholesky factor with an error that names the failing matrix.
 
     Parameters
     ----------
-    mats : ndarray, shape (K, d, d)
+    mats : ndarray, shape (K, d, d), or (n, K, d, d) with ``rows_global``
         Symmetric positive-definite matrices.
     what : str
         Name used in the error message.
+    rows_global : callable, optional
+        For per-row matrices (n, K, d, d): local row index -> global row index, so
+        the message names the row and the component.
 
     Returns
     -------
-    ndarray, shape (K, d, d)
+    ndarray, same shape as ``mats``
 
     Raises
     ------
@@ -173,6 +182,18 @@ def cholesky_lower(mats: np.ndarray, what: str = "covariance") -> np.ndarray:
     try:
         return np.linalg.cholesky(mats)
     except np.linalg.LinAlgError:
+        if rows_global is not None:
+            # error path only: find the culprit to name it
+            for i in range(mats.shape[0]):
+                for k in range(mats.shape[1]):
+                    try:
+                        np.linalg.cholesky(mats[i, k])
+                    except np.linalg.LinAlgError:
+                        raise NumericalError(
+                            f"row {rows_global(i)}: component {k} covariance + noise "
+                            f"covariance is not positive definite; check that the row's "
+                            f"noise covariance is symmetric positive semi-definite.") from None
+            raise
         for k in range(mats.shape[0]):
             try:
                 np.linalg.cholesky(mats[k])
@@ -781,10 +802,181 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
                              if accumulate else None)
 
 
+# ------------------------------------------------------------- posterior moments
+
+
+@dataclass
+class PosteriorBlock:
+    """Posterior of one block of rows (numpy).
+
+    Attributes
+    ----------
+    resp : ndarray, shape (n, K)
+        Component weights of each row's posterior mixture (each row sums to 1),
+        conditional on the row belonging to the Gaussian population.
+    resp_bg : ndarray, shape (n,), or None
+        Probability that the row belongs to the background (None without one).
+    means : ndarray, shape (n, K, D)
+        Component posterior means ``b_ik``.
+    covars : ndarray, shape (n, K, D, D), or None
+        Component posterior covariances ``B_ik`` (None when not requested).
+    mean : ndarray, shape (n, D)
+        Posterior mean ``sum_k resp_ik b_ik``.
+    covar : ndarray, shape (n, D, D), or None
+        Posterior covariance ``sum_k resp_ik (B_ik + b_ik b_ik^T) - mean mean^T``
+        (None when not requested).
+    logL : ndarray, shape (n,)
+        Log-likelihood of the row under the noise-convolved model (+ background);
+        NaN for rows with no observed feature, as in :meth:`GMM.logL`.
+    """
+
+    resp: np.ndarray
+    resp_bg: np.ndarray | None
+    means: np.ndarray
+    covars: np.ndarray | None
+    mean: np.ndarray
+    covar: np.ndarray | None
+    logL: np.ndarray
+
+
+def _forward_sub(L: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Solve ``L Z = Y`` for lower-triangular L, batched with broadcasting.
+
+    L (..., d, d), Y (..., d, m); the leading dimensions broadcast. The loop runs
+    over the d (small) rows, each step vectorized over the whole batch: numpy has
+    no batched triangular solve and ``np.linalg.solve`` would LU-factor L again.
+    """
+    d = L.shape[-1]
+    batch = np.broadcast_shapes(L.shape[:-2], Y.shape[:-2])
+    Z = np.empty(batch + Y.shape[-2:])
+    for a in range(d):
+        acc = Y[..., a, :]
+        if a:
+            acc = acc - (L[..., a:a + 1, :a] @ Z[..., :a, :])[..., 0, :]
+        Z[..., a, :] = acc / L[..., a, a][..., None]
+    return Z
+
+
+def _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar, covariances,
+                       rows_global):
+    """Per-component log-weights, b and B of the rows of one missingness pattern.
+
+    Returns logp (n, K), b (n, K, D), B (1 or n, K, D, D) or None.
+    """
+    n, d = x_o.shape
+    K = mean.shape[0]
+    V_oo = covar[:, obs][:, :, obs]                        # (K, d, d)
+    V_o = covar[:, obs, :]                                 # (K, d, D)
+    if kind in ("none", "shared"):
+        # T_k is the same for every row of the pattern: factor K matrices, not n K
+        T = V_oo if kind == "none" else V_oo + noise_o[None]
+        L = cholesky_lower(T, "component covariance (+ shared noise)")[None]
+    else:
+        T = np.broadcast_to(V_oo, (n, K, d, d)).copy()
+        if kind == "diag":
+            idx = np.arange(d)
+            T[:, :, idx, idx] += noise_o[:, None, :]
+        else:
+            T += noise_o[:, None]
+        L = cholesky_lower(T, rows_global=rows_global)     # (n, K, d, d)
+    r = x_o[:, None, :] - mean[None, :, obs]               # (n, K, d)
+    z = _forward_sub(L, r[..., None])[..., 0]              # (n, K, d)
+    G = _forward_sub(L, V_o[None])                         # (1|n, K, d, D)
+    logdet = np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+    logp = log_amp - 0.5 * d * LOG_2PI - logdet - 0.5 * np.einsum("nkd,nkd->nk", z, z)
+    Gt = np.swapaxes(G, -1, -2)
+    b = mean[None] + (Gt @ z[..., None])[..., 0]
+    B = None
+    if covariances:
+        B = covar[None] - Gt @ G
+        B = 0.5 * (B + np.swapaxes(B, -1, -2))
+    return logp, b, B
+
+
+def posterior_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
+                    covar: np.ndarray, log_bg: np.ndarray | None = None, *,
+                    covariances: bool = True, row_offset: int = 0) -> PosteriorBlock:
+    """Posterior of the error-free values of a block of rows (pure numpy).
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, D)
+        Rows; NaN marks a missing feature (marginalized exactly).
+    noise : None or ndarray
+        ``None`` (kind ``"none"``), shared ``(D, D)``, diagonal variances ``(n, D)``
+        or full ``(n, D, D)``; data units squared.
+    kind : {"none", "shared", "diag", "full"}
+        Noise kind, see :func:`noise_kind_of`.
+    amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
+        Mixture parameters (amplitudes may sum to ``1 - background amp``).
+    log_bg : ndarray, shape (n,), optional
+        ``log(amp_bg * U(x_i))`` per row (noise-convolved background density).
+    covariances : bool
+        Compute ``covars``/``covar`` (``False`` skips the ``(n, K, D, D)`` work, e.g.
+        for :func:`predict_missing`).
+    row_offset : int
+        Global index of the first row, for error messages.
+
+    Returns
+    -------
+    PosteriorBlock
+        float64 arrays; see its attributes for shapes and meaning.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, D = x.shape
+    K = mean.shape[0]
+    with np.errstate(divide="ignore"):
+        log_amp = np.log(np.asarray(amp, dtype=np.float64))
+    if kind in ("diag", "full"):
+        noise = np.asarray(noise, dtype=np.float64)
+    logp = np.empty((n, K))
+    means = np.empty((n, K, D))
+    covars = np.empty((n, K, D, D)) if covariances else None
+    covered = np.zeros(n, dtype=bool)
+    for obs, rows in missing_patterns(x):
+        sel = slice(None) if rows is None else rows
+        x_o = x if rows is None else x[np.ix_(rows, obs)]
+        noise_o = _noise_rows(noise, kind, rows, obs)
+
+        def rows_global(local, rows=rows):
+            return row_offset + int(local if rows is None else rows[local])
+
+        lp, b, B = _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar,
+                                      covariances, rows_global)
+        logp[sel], means[sel] = lp, b
+        if covariances:
+            covars[sel] = B
+        covered[sel] = True
+    empty = ~covered
+    if empty.any():
+        # no observed feature: the posterior is the prior
+        logp[empty], means[empty] = log_amp, mean
+        if covariances:
+            covars[empty] = covar
+    lse = logsumexp(logp, axis=1)
+    resp = np.exp(logp - lse[:, None])
+    resp_bg = None
+    logL = lse
+    if log_bg is not None:
+        logL = np.logaddexp(lse, log_bg)
+        resp_bg = np.exp(log_bg - logL)
+    logL = np.where(empty, np.nan, logL)
+    post_mean = np.einsum("nk,nkd->nd", resp, means)
+    post_covar = None
+    if covariances:
+        # sum q (B + (b - m)(b - m)^T): same as sum q (B + b b^T) - m m^T, without the
+        # cancellation when the components' means are far from the origin
+        dev = means - post_mean[:, None, :]
+        post_covar = (np.einsum("nk,nkij->nij", resp, covars)
+                      + np.einsum("nk,nki,nkj->nij", resp, dev, dev))
+        post_covar = 0.5 * (post_covar + np.swapaxes(post_covar, 1, 2))
+    return PosteriorBlock(resp, resp_bg, means, covars, post_mean, post_covar, logL)
+
+
 def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
                 covar: np.ndarray, *, log_bg: np.ndarray | None = None,
                 weight: np.ndarray | None = None, cutoff: float | None = None,
-                row_offset: int = 0):
+                row_offset: int = 0, exact_outside: bool = True):
     """E-step of one block: per-row log-likelihoods and centred moments.
 
     Parameters
@@ -810,19 +1002,55 @@ def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarr
         quantile of :func:`chi2_cut_for` gets zero responsibility for it.
     row_offset : int
         Global index of the block's first row, for error messages.
+    exact_outside : bool
+        With ``cutoff``: give rows outside every neighborhood their exact
+        log-density over all components (see :func:`fill_outside`); ``False``
+        leaves ``-inf`` there (for a caller that fills them itself).
 
     Returns
     -------
     row_logl : ndarray, shape (n,)
-        ``log sum_k amp_k N(x_i | mu_k, T_ik)`` (+ background); ``-inf`` for rows
-        outside every neighborhood, NaN for rows with no observed feature.
+        ``log sum_k amp_k N(x_i | mu_k, T_ik)`` (+ background), over the components
+        whose neighborhood holds the row, or over all of them for a row outside
+        every neighborhood; NaN for rows with no observed feature.
     n_outside : int
-        Number of rows with zero density (outside every neighborhood).
+        Number of rows outside every neighborhood (zero responsibilities).
     moments : BlockMoments
         Float64 moments centred on ``mean``.
     """
-    return _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
-                         True, row_offset)
+    row_logl, n_out, mom = _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight,
+                                         cutoff, True, row_offset)
+    if cutoff is not None and exact_outside:
+        fill_outside(row_logl, x, noise, kind, amp, mean, covar, log_bg=log_bg,
+                     row_offset=row_offset)
+    return row_logl, n_out, mom
+
+
+def fill_outside(row_logl: np.ndarray, x: np.ndarray, noise, kind: str, amp: np.ndarray,
+                 mean: np.ndarray, covar: np.ndarray, *, log_bg: np.ndarray | None = None,
+                 row_offset: int = 0) -> np.ndarray:
+    """Replace the ``-inf`` of rows outside every neighborhood by their log-density.
+
+    The neighborhoods decide which components *update* from a row; the row still
+    belongs to the data. Dropping its (very negative) log-density from the sum
+    while N counts it would make the mean logL jump up whenever a row leaves the
+    last neighborhood, which the stopping rule and SQUAREM's acceptance would
+    read as progress. So those rows are evaluated exactly, over all components.
+
+    Parameters
+    ----------
+    row_logl : ndarray, shape (n,)
+        Updated in place (and returned).
+    x, noise, kind, amp, mean, covar, log_bg, row_offset
+        As in :func:`estep_block` (all K components).
+    """
+    out = np.flatnonzero(np.isneginf(row_logl))
+    if out.size:
+        rows_noise = noise if kind in ("none", "shared") else noise[out]
+        row_logl[out] = log_density_block(
+            x[out], rows_noise, kind, amp, mean, covar,
+            log_bg=None if log_bg is None else np.asarray(log_bg)[out], row_offset=row_offset)
+    return row_logl
 
 
 def log_density_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,

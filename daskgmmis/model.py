@@ -6,15 +6,19 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import kernels
 from .background import Background
-from .errors import InputError, InputTypeError, ModelFileError, OutputError, OutputExistsError
+from .background import log_background as _log_background
+from .errors import InputError, InputTypeError, ModelFileError
+from .files import check_new_output, write_bytes_atomic
+from .validation import is_dask as _is_dask
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block, check_numeric, check_shared_noise)
+from .memory import machine_memory_limit
 
 __all__ = ["GMM", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
@@ -22,8 +26,23 @@ MODEL_FORMAT = "daskgmmis-model"
 MODEL_FORMAT_VERSION = 1
 
 
-def _is_dask(a) -> bool:
-    return hasattr(a, "dask") and hasattr(a, "chunks")
+@dataclass
+class Theta:
+    """One parameter set of the EM iteration.
+
+    Attributes
+    ----------
+    amp : ndarray, shape (K,)
+    mean : ndarray, shape (K, D)
+    covar : ndarray, shape (K, D, D)
+    bg_amp : float or None
+        Background amplitude (None without a background).
+    """
+
+    amp: np.ndarray
+    mean: np.ndarray
+    covar: np.ndarray
+    bg_amp: float | None = None
 
 
 class GMM:
@@ -199,7 +218,7 @@ class GMM:
         covariances ``covar_k[a,a] - covar_k[a,b] covar_k[b,b]^-1 covar_k[b,a]``
         (Cholesky solves). This is the noise-free posterior of a row whose ``a``
         features are missing, and is computed by the same code
-        (:func:`daskgmmis.posterior.posterior_block`).
+        (:func:`daskgmmis.kernels.posterior_block`).
 
         Parameters
         ----------
@@ -228,7 +247,6 @@ class GMM:
             ``dims`` repeated, out of range, empty or covering every dimension;
             ``values`` of the wrong shape or not finite.
         """
-        from .posterior import posterior_block   # posterior.py imports this module
 
         amp, mean, cov = self._params(background)
         D = self.D
@@ -259,7 +277,7 @@ class GMM:
         x = np.full((1, D), np.nan)
         x[0, d] = v
         log_bg = _log_background(background, x, None, "none")
-        post = posterior_block(x, None, "none", amp, mean, cov, log_bg)
+        post = kernels.posterior_block(x, None, "none", amp, mean, cov, log_bg)
         a = np.setdiff1d(np.arange(D), d)
         g = GMM(self.K, a.size)
         p_bg = 0.0 if post.resp_bg is None else float(post.resp_bg[0])
@@ -329,13 +347,7 @@ class GMM:
         bg = background if background is not None else self.background
         check_background(bg, self.D, "the model")
         amp, mean, cov = self._params(bg)
-        path = _as_path(path)
-        if os.path.exists(path) and not overwrite:
-            raise OutputExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise OutputError(f"path: directory {directory} does not exist; create it first "
-                              f"or save elsewhere.")
+        path = check_new_output(_as_path(path), overwrite)
         bg_dict = None if bg is None else bg.to_dict()
         columns = check_columns(self.columns, self.D, "gmm.columns")
         meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION,
@@ -346,26 +358,7 @@ class GMM:
         buf = io.BytesIO()
         np.savez(buf, amp=amp, mean=mean, covar=cov,
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".daskgmmis-", suffix=".tmp", dir=directory)
-            os.fchmod(fd, new_file_mode())      # mkstemp's 0600 ignores the umask
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            # the old file, if any, is untouched: only the temporary file was written
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise OutputError(f"path: cannot write the model to {path} "
-                              f"({type(e).__name__}: {e}); the previous file, if any, is "
-                              f"unchanged.") from e
-        except BaseException:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_bytes_atomic(path, buf.getvalue())
 
     @classmethod
     def load(cls, path) -> "GMM":
@@ -465,8 +458,6 @@ def _read_model_file(path: str):
     """
     import zipfile
 
-    from .memory import machine_memory_limit
-
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(len(_ZIP_MAGIC))
@@ -558,15 +549,6 @@ def _read_member(z, info, path: str, name: str, dtype, shape, max_bytes: int) ->
     return np.array(a, dtype=dtype.newbyteorder("=") if dtype.kind == "f" else dtype)
 
 
-def new_file_mode() -> int:
-    """Permissions of a new file under the current umask (``0o666 & ~umask``), as
-    ``open()`` would give; files written through ``tempfile.mkstemp`` (0600)
-    get them before they are renamed into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _as_path(path) -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"path: expected a str or os.PathLike file name; found "
@@ -591,24 +573,3 @@ def _check_noise(noise, kind: str, x, row_offset: int) -> None:
         check_shared_noise(noise)
     elif kind in ("diag", "full"):
         check_noise_block(noise, kind, x, row_offset)
-
-
-def _log_background(background, x, noise, kind):
-    """log(amp_bg * U(x)) per row, or None."""
-    if background is not None and not isinstance(background, Background):
-        raise InputTypeError(f"background: expected a daskgmmis.Background or None; found "
-                             f"{type(background).__name__}.")
-    if background is None or background.amp <= 0:
-        return None
-    if background.D != x.shape[1]:
-        raise InputError(f"background: footprint has D={background.D}; data has "
-                         f"D={x.shape[1]}.")
-    if kind == "none":
-        var = None
-    elif kind == "shared":
-        var = np.diag(noise)
-    elif kind == "diag":
-        var = noise
-    else:
-        var = np.diagonal(noise, axis1=1, axis2=2)
-    return np.log(background.amp) + background.log_density(x, var)

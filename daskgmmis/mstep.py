@@ -1,7 +1,8 @@
 """The M-step: new mixture parameters from summed sufficient statistics (DESIGN.md §1.3).
 
 Runs on the driver on K x D x D numbers. Covariances are the scatter about the
-*new* mean plus the regularization ``w**2 I``; frozen values are kept bit for bit;
+*new* mean (about the held mean where the mean is frozen) plus the regularization
+``w**2 I``; frozen values are kept bit for bit;
 free amplitudes share what frozen ones and the background leave; dead components
 are re-seeded, never NaN.
 """
@@ -13,7 +14,7 @@ import warnings
 import numpy as np
 
 from .background import Background
-from .checkpoint import Theta
+from .model import Theta
 from .errors import DeadComponentWarning, InputError
 from .stats import SuffStats
 from .validation import as_index_array
@@ -107,6 +108,11 @@ def mstep(stats: SuffStats, theta: Theta, *, w: float = 0.0, frozen=None,
     safeA = np.where(A > 0, A, 1.0)
     shift = stats.M1 / safeA[:, None]
     scatter = stats.M2 / safeA[:, None, None] - shift[:, :, None] * shift[:, None, :]
+    held = np.asarray(frozen["mean"], dtype=int)
+    # A frozen mean is the mean the new covariance must describe the scatter about:
+    # the statistics are centred on it, so that scatter is M2 / A with no shift
+    # (maximizing the likelihood over the covariance with the mean held).
+    scatter[held] = stats.M2[held] / safeA[held, None, None]
     cand_covar = 0.5 * (scatter + np.swapaxes(scatter, 1, 2)) + (w**2) * np.eye(D)
     new_mean, new_covar = mean.copy(), covar.copy()
     weight = A.astype(np.float64).copy()

@@ -44,7 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import chi2_cut_for
+from .errors import InputError
+from .kernels import BlockMoments, chi2_cut_for, estep_block, fill_outside
 
 __all__ = ["BlockBox", "block_box", "chi2_cuts", "ReachTest", "components_reaching",
            "spatial_order"]
@@ -210,7 +211,7 @@ def block_box(x: np.ndarray, noise=None, kind: str = "none") -> BlockBox:
         per_row = np.minimum(diag.sum(axis=1), np.abs(S).sum(axis=2).max(axis=1, initial=0.0))
         s_max = float(per_row.max(initial=0.0))
     else:
-        raise ValueError(f"kind: expected 'none', 'shared', 'diag' or 'full'; found {kind!r}.")
+        raise InputError(f"kind: expected 'none', 'shared', 'diag' or 'full'; found {kind!r}.")
     return BlockBox(lo, hi, max_var, s_max, ~observed.all(axis=0), _observed_patterns(observed),
                     n)
 
@@ -477,7 +478,7 @@ def spatial_order(x: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x)
     if x.ndim != 2:
-        raise ValueError(f"x: expected shape (N, D); found {x.shape}.")
+        raise InputError(f"x: expected shape (N, D); found {x.shape}.")
     N, D = x.shape
     if N == 0:
         return np.zeros(0, dtype=np.int64)
@@ -553,8 +554,6 @@ def estep_neighborhoods(x: np.ndarray, noise, kind: str, amp, mean, covar, *, cu
     -------
     row_logl (n,), n_outside, BlockMoments (K components)
     """
-    from .kernels import BlockMoments, estep_block
-
     K, D = mean.shape
     comps = np.arange(K) if comps is None else np.asarray(comps, dtype=np.int64)
     cuts = chi2_cuts(cutoff, D)
@@ -572,10 +571,12 @@ def estep_neighborhoods(x: np.ndarray, noise, kind: str, amp, mean, covar, *, cu
         wt = None if weight is None else weight[rows]
         row_logl[rows], n_t, mom = estep_block(
             xt, nt, kind, amp[local], mean[local], covar[local], log_bg=lb, weight=wt,
-            cutoff=cutoff, row_offset=row_offset + start)
+            cutoff=cutoff, row_offset=row_offset + start, exact_outside=False)
         n_out += n_t
         A[local] += mom.A
         M1[local] += mom.M1
         M2[local] += mom.M2
         bg += mom.bg
+    fill_outside(row_logl, x, noise, kind, amp, mean, covar, log_bg=log_bg,
+                 row_offset=row_offset)
     return row_logl, n_out, BlockMoments(A, M1, M2, bg)

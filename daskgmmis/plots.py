@@ -23,14 +23,16 @@ catalog reads it once and gathers only ``bins x bins`` counts per panel.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 
 import numpy as np
 
 from .background import Background
 from .errors import InputError, InputTypeError
+from .files import check_new_output, write_atomic
 from .model import GMM
+from .catalog import Catalog, as_dask_input, open_catalog
+from .selection import evaluate_selection
 
 __all__ = ["corner", "convergence", "density", "figure", "marginal", "sample_rows", "save_figure",
            "selection_boundary", "FIGURE_FORMATS"]
@@ -103,7 +105,6 @@ def sample_rows(data, n: int = 20_000, rng=0, covar=None) -> np.ndarray:
     ndarray, shape (min(n, N), D)
         Rows in catalog order.
     """
-    from .catalog import as_dask_input
 
     x, _, _ = as_dask_input(data, None)
     N = int(x.shape[0])
@@ -116,8 +117,6 @@ def sample_rows(data, n: int = 20_000, rng=0, covar=None) -> np.ndarray:
 def _as_rows(data):
     """(x, columns): the rows of ``data`` as a row-chunked dask array, and the
     catalog's column names (None for arrays)."""
-    from .catalog import Catalog, as_dask_input, open_catalog
-
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
     columns = list(data.columns) if isinstance(data, Catalog) else None
@@ -386,7 +385,6 @@ def selection_boundary(ax, sel_callback, extent, *, resolution: int = 300, **sty
     **style
         Passed to ``contour`` (default: dashed black).
     """
-    from .selection import evaluate_selection
 
     xs = np.linspace(extent[0], extent[1], resolution)
     ys = np.linspace(extent[2], extent[3], resolution)
@@ -552,17 +550,5 @@ def save_figure(fig, path, *, dpi: int = 120, overwrite: bool = True) -> None:
     if fmt not in FIGURE_FORMATS:
         raise InputError(f"{path}: expected a figure file ending in one of "
                          f"{['.' + f for f in FIGURE_FORMATS]}.")
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path}: exists; pass overwrite to replace it.")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise InputError(f"{path}: directory {directory} does not exist.")
-    # a fresh name rather than mkstemp: the file gets the usual (umask) permissions
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}.{fmt}")
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    check_new_output(path, overwrite, hint="overwrite")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi), suffix=f".{fmt}")

@@ -45,22 +45,21 @@ where observed) run inside the same block tasks: no extra read.
 
 from __future__ import annotations
 
-import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.special import logsumexp
 
-from . import kernels
-from .background import Background
-from .errors import InputError, InputTypeError, NumericalError, OutputExistsError
-from .model import GMM, _log_background
+from .kernels import PosteriorBlock, posterior_block
+from .background import Background, log_background
+from .errors import InputError, InputTypeError
+from .model import GMM
 from .tables import table_format, write_table
 from .validation import check_background, check_noise_block
+from .validation import is_dask as _is_dask
+from .catalog import (as_dask_input, Catalog, check_not_input, complete_array,
+                      default_row_chunk, new_store, open_catalog, stores_read_by)
 
 if TYPE_CHECKING:  # dask is imported lazily: the block math must not need it
     import dask.array as da
@@ -71,199 +70,12 @@ __all__ = ["Posterior", "PosteriorBlock", "posterior", "posterior_block", "predi
 POSTERIOR_FORMAT = "daskgmmis-posterior"
 POSTERIOR_FORMAT_VERSION = 1
 
-LOG_2PI = math.log(2.0 * math.pi)
 
 # Output bytes of one block task; the (n, K, D, D) component covariances dominate.
 _BLOCK_OUTPUT_BYTES = 64 * 2**20
 
 
 # ----------------------------------------------------------------------- block math
-
-
-@dataclass
-class PosteriorBlock:
-    """Posterior of one block of rows (numpy).
-
-    Attributes
-    ----------
-    resp : ndarray, shape (n, K)
-        Component weights of each row's posterior mixture (each row sums to 1),
-        conditional on the row belonging to the Gaussian population.
-    resp_bg : ndarray, shape (n,), or None
-        Probability that the row belongs to the background (None without one).
-    means : ndarray, shape (n, K, D)
-        Component posterior means ``b_ik``.
-    covars : ndarray, shape (n, K, D, D), or None
-        Component posterior covariances ``B_ik`` (None when not requested).
-    mean : ndarray, shape (n, D)
-        Posterior mean ``sum_k resp_ik b_ik``.
-    covar : ndarray, shape (n, D, D), or None
-        Posterior covariance ``sum_k resp_ik (B_ik + b_ik b_ik^T) - mean mean^T``
-        (None when not requested).
-    logL : ndarray, shape (n,)
-        Log-likelihood of the row under the noise-convolved model (+ background);
-        NaN for rows with no observed feature, as in :meth:`GMM.logL`.
-    """
-
-    resp: np.ndarray
-    resp_bg: np.ndarray | None
-    means: np.ndarray
-    covars: np.ndarray | None
-    mean: np.ndarray
-    covar: np.ndarray | None
-    logL: np.ndarray
-
-
-def _forward_sub(L: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Solve ``L Z = Y`` for lower-triangular L, batched with broadcasting.
-
-    L (..., d, d), Y (..., d, m); the leading dimensions broadcast. The loop runs
-    over the d (small) rows, each step vectorized over the whole batch: numpy has
-    no batched triangular solve and ``np.linalg.solve`` would LU-factor L again.
-    """
-    d = L.shape[-1]
-    batch = np.broadcast_shapes(L.shape[:-2], Y.shape[:-2])
-    Z = np.empty(batch + Y.shape[-2:])
-    for a in range(d):
-        acc = Y[..., a, :]
-        if a:
-            acc = acc - (L[..., a:a + 1, :a] @ Z[..., :a, :])[..., 0, :]
-        Z[..., a, :] = acc / L[..., a, a][..., None]
-    return Z
-
-
-def _cholesky_rows(T: np.ndarray, rows_global) -> np.ndarray:
-    """Batched Cholesky of (n, K, d, d) matrices; names the first failing row."""
-    try:
-        return np.linalg.cholesky(T)
-    except np.linalg.LinAlgError:
-        # error path only: find the culprit to name it
-        for i in range(T.shape[0]):
-            for k in range(T.shape[1]):
-                try:
-                    np.linalg.cholesky(T[i, k])
-                except np.linalg.LinAlgError:
-                    raise NumericalError(
-                        f"row {rows_global(i)}: component {k} covariance + noise covariance "
-                        f"is not positive definite; check that the row's noise covariance "
-                        f"is symmetric positive semi-definite.") from None
-        raise
-
-
-def _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar, covariances,
-                       rows_global):
-    """Per-component log-weights, b and B of the rows of one missingness pattern.
-
-    Returns logp (n, K), b (n, K, D), B (1 or n, K, D, D) or None.
-    """
-    n, d = x_o.shape
-    K = mean.shape[0]
-    V_oo = covar[:, obs][:, :, obs]                        # (K, d, d)
-    V_o = covar[:, obs, :]                                 # (K, d, D)
-    if kind in ("none", "shared"):
-        # T_k is the same for every row of the pattern: factor K matrices, not n K
-        T = V_oo if kind == "none" else V_oo + noise_o[None]
-        L = kernels.cholesky_lower(T, "component covariance (+ shared noise)")[None]
-    else:
-        T = np.broadcast_to(V_oo, (n, K, d, d)).copy()
-        if kind == "diag":
-            idx = np.arange(d)
-            T[:, :, idx, idx] += noise_o[:, None, :]
-        else:
-            T += noise_o[:, None]
-        L = _cholesky_rows(T, rows_global)                # (n, K, d, d)
-    r = x_o[:, None, :] - mean[None, :, obs]               # (n, K, d)
-    z = _forward_sub(L, r[..., None])[..., 0]              # (n, K, d)
-    G = _forward_sub(L, V_o[None])                         # (1|n, K, d, D)
-    logdet = np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
-    logp = log_amp - 0.5 * d * LOG_2PI - logdet - 0.5 * np.einsum("nkd,nkd->nk", z, z)
-    Gt = np.swapaxes(G, -1, -2)
-    b = mean[None] + (Gt @ z[..., None])[..., 0]
-    B = None
-    if covariances:
-        B = covar[None] - Gt @ G
-        B = 0.5 * (B + np.swapaxes(B, -1, -2))
-    return logp, b, B
-
-
-def posterior_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
-                    covar: np.ndarray, log_bg: np.ndarray | None = None, *,
-                    covariances: bool = True, row_offset: int = 0) -> PosteriorBlock:
-    """Posterior of the error-free values of a block of rows (pure numpy).
-
-    Parameters
-    ----------
-    x : ndarray, shape (n, D)
-        Rows; NaN marks a missing feature (marginalized exactly).
-    noise : None or ndarray
-        ``None`` (kind ``"none"``), shared ``(D, D)``, diagonal variances ``(n, D)``
-        or full ``(n, D, D)``; data units squared.
-    kind : {"none", "shared", "diag", "full"}
-        Noise kind, see :func:`daskgmmis.kernels.noise_kind_of`.
-    amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
-        Mixture parameters (amplitudes may sum to ``1 - background amp``).
-    log_bg : ndarray, shape (n,), optional
-        ``log(amp_bg * U(x_i))`` per row (noise-convolved background density).
-    covariances : bool
-        Compute ``covars``/``covar`` (``False`` skips the ``(n, K, D, D)`` work, e.g.
-        for :func:`predict_missing`).
-    row_offset : int
-        Global index of the first row, for error messages.
-
-    Returns
-    -------
-    PosteriorBlock
-        float64 arrays; see its attributes for shapes and meaning.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    n, D = x.shape
-    K = mean.shape[0]
-    with np.errstate(divide="ignore"):
-        log_amp = np.log(np.asarray(amp, dtype=np.float64))
-    if kind in ("diag", "full"):
-        noise = np.asarray(noise, dtype=np.float64)
-    logp = np.empty((n, K))
-    means = np.empty((n, K, D))
-    covars = np.empty((n, K, D, D)) if covariances else None
-    covered = np.zeros(n, dtype=bool)
-    for obs, rows in kernels.missing_patterns(x):
-        sel = slice(None) if rows is None else rows
-        x_o = x if rows is None else x[np.ix_(rows, obs)]
-        noise_o = kernels._noise_rows(noise, kind, rows, obs)
-
-        def rows_global(local, rows=rows):
-            return row_offset + int(local if rows is None else rows[local])
-
-        lp, b, B = _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar,
-                                      covariances, rows_global)
-        logp[sel], means[sel] = lp, b
-        if covariances:
-            covars[sel] = B
-        covered[sel] = True
-    empty = ~covered
-    if empty.any():
-        # no observed feature: the posterior is the prior
-        logp[empty], means[empty] = log_amp, mean
-        if covariances:
-            covars[empty] = covar
-    lse = logsumexp(logp, axis=1)
-    resp = np.exp(logp - lse[:, None])
-    resp_bg = None
-    logL = lse
-    if log_bg is not None:
-        logL = np.logaddexp(lse, log_bg)
-        resp_bg = np.exp(log_bg - logL)
-    logL = np.where(empty, np.nan, logL)
-    post_mean = np.einsum("nk,nkd->nd", resp, means)
-    post_covar = None
-    if covariances:
-        # sum q (B + (b - m)(b - m)^T): same as sum q (B + b b^T) - m m^T, without the
-        # cancellation when the components' means are far from the origin
-        dev = means - post_mean[:, None, :]
-        post_covar = (np.einsum("nk,nkij->nij", resp, covars)
-                      + np.einsum("nk,nki,nkj->nij", resp, dev, dev))
-        post_covar = 0.5 * (post_covar + np.swapaxes(post_covar, 1, 2))
-    return PosteriorBlock(resp, resp_bg, means, covars, post_mean, post_covar, logL)
 
 
 # ------------------------------------------------------------------ input handling
@@ -299,19 +111,13 @@ def _block_task(x, idx, noise, params: _Params, covariances: bool) -> PosteriorB
         check_noise_block(noise, params.kind, x, offset)
     elif params.kind == "shared":
         noise = params.shared
-    log_bg = _log_background(params.background, x, noise, params.kind)
+    log_bg = log_background(params.background, x, noise, params.kind)
     return posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
                            log_bg, covariances=covariances, row_offset=offset)
 
 
-def _is_dask(a) -> bool:
-    return hasattr(a, "dask") and hasattr(a, "chunks")
-
-
 def _resolve(gmm, data, covar, background):
     """Validate arguments; return (params, x, noise, is_lazy, catalog or None)."""
-    from .catalog import Catalog, as_dask_input
-
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
     check_background(background, gmm.D, "gmm")
@@ -321,7 +127,6 @@ def _resolve(gmm, data, covar, background):
                          "empty and has no posterior.")
     lazy = _is_dask(data) or isinstance(data, (Catalog, str, os.PathLike))
     if isinstance(data, (str, os.PathLike)):
-        from .catalog import open_catalog
         data = open_catalog(data)
     cat = data if isinstance(data, Catalog) else None
     x, noise, kind = as_dask_input(data, covar)
@@ -635,23 +440,18 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
 
     Raises
     ------
-    OutputExistsError
-        ``path`` exists and ``overwrite`` is False.
+    StoreExistsError
+        ``path`` exists and ``overwrite`` is False (an :class:`OutputExistsError`).
     InputError
         An unknown suffix, or ``components`` with a Parquet or CSV path.
     """
     import dask.array as da
-    import zarr
-
-    from .catalog import (_is_url, check_not_input, default_row_chunk, install_store,
-                          stores_read_by)
 
     if not isinstance(post, Posterior):
         raise InputTypeError(f"post: expected a daskgmmis Posterior; found "
                              f"{type(post).__name__}.")
     path = os.fspath(path)
     check_not_input(path, stores_read_by(*vars(post).values()), "path")
-    url = _is_url(path)
     fmt = table_format(path)
     attrs = {"daskgmmis_format": POSTERIOR_FORMAT,
              "daskgmmis_format_version": POSTERIOR_FORMAT_VERSION, "K": post.K, "D": post.D,
@@ -664,9 +464,6 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
         arrays, names = posterior_table(post)
         write_table(path, arrays, attrs=attrs, names=names, overwrite=overwrite)
         return
-    exists = not url and os.path.exists(path)
-    if exists and not overwrite:
-        raise OutputExistsError(f"path: {path} exists; pass overwrite=True to replace it.")
     names = ["mean", "covar", "resp", "logL", "resp_bg", "row_index"]
     if components:
         names += ["means", "covars"]
@@ -681,21 +478,10 @@ def write_posterior(post: Posterior, path, overwrite: bool = False, *,
     # zarr chunks are regular: make the dask chunks match them, so that no two
     # tasks write into the same zarr chunk
     arrays = {n: da.asarray(a).rechunk({0: rows}) for n, a in arrays.items()}
-    target = path if url else f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        # "w-" refuses an existing store (URLs have no temporary name to rename)
-        group = zarr.open_group(target, mode="w" if url and overwrite else "w-",
-                                zarr_format=3)
+    with new_store(path, overwrite) as group:
         group.attrs.update(attrs)
         if post.ids is not None:
             group.attrs["id_name"] = post.id_name
-        targets = [group.create_array(n, shape=a.shape, dtype=a.dtype,
-                                      chunks=(rows,) + tuple(a.shape[1:]))
+        targets = [complete_array(group, n, a.shape, a.dtype, (rows,) + tuple(a.shape[1:]))
                    for n, a in arrays.items()]
         da.store(list(arrays.values()), targets, lock=False)
-    except BaseException:
-        if not url:
-            shutil.rmtree(target, ignore_errors=True)
-        raise
-    if not url:
-        install_store(target, path, overwrite)

@@ -25,6 +25,7 @@ from .catalog import as_dask_input
 from .errors import InputError, InputTypeError
 from .validation import check_background
 from .model import GMM
+from .em import _root_seed, child_seed, fit_best
 
 __all__ = ["n_parameters", "loglike", "bic", "aic", "score", "cv_fit", "CVResult", "stack"]
 
@@ -279,7 +280,6 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
     CVResult
         Per-fold held-out mean log-likelihood per row, fitted models and results.
     """
-    from .em import _root_seed, fit
 
     _check_model(gmm)
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
@@ -294,7 +294,8 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         raise InputError(f"n_folds: {n_folds} folds for {N} rows; expected n_folds <= N.")
     per_row = noise is not None and not isinstance(noise, np.ndarray)
     offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int).tolist()
-    split_seed, fit_seed = _root_seed(rng).spawn(2)
+    root = _root_seed(rng)
+    split_seed, fit_seed = child_seed(root, 0), child_seed(root, 1)
     base_seed = split_seed.generate_state(4).tolist()
 
     def split(fold, train):
@@ -303,16 +304,13 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         return xs, ns
 
     models, results, backgrounds, graphs = [], [], [], []
-    for fold, seeds in enumerate(fit_seed.spawn(n_folds)):
+    for fold in range(n_folds):
         x_train, n_train = split(fold, True)
-        best = None
-        for seed in seeds.spawn(n_init):
-            g = gmm.copy()
-            bg = None if background is None else Background.from_dict(background.to_dict())
-            res = fit(g, x_train, n_train, background=bg, rng=seed, **fit_kwargs)
-            if best is None or res.logL > best[1].logL:
-                best = (g, res, bg)
-        g, res, bg = best
+        g = gmm.copy()
+        bg = None if background is None else background.copy()
+        # the package's one multi-start loop (best training likelihood of n_init)
+        res = fit_best(g, x_train, n_train, n_init=n_init, background=bg,
+                       rng=child_seed(fit_seed, fold), **fit_kwargs)
         models.append(g)
         results.append(res)
         backgrounds.append(bg)

@@ -1,7 +1,9 @@
-"""The sufficient-statistics record of an EM iteration: add, scale, finalize.
+"""The records a pass over the row blocks sums: the sufficient statistics of an EM
+iteration (:class:`SuffStats`) and the first pass's data summary
+(:class:`DataSummary`).
 
-A block task returns one :class:`SuffStats`; records add exactly (float64 sums)
-so the cluster can tree-reduce them in any grouping of a fixed tree.
+A block task returns one record; records add exactly (float64 sums) so the
+cluster can tree-reduce them in any grouping of a fixed tree.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-__all__ = ["SuffStats", "sum_stats"]
+__all__ = ["DataSummary", "SuffStats", "sum_stats"]
 
 
 @dataclass
@@ -56,6 +58,38 @@ class SuffStats:
         """The record with its weighted sums (A, M1, M2, bg) multiplied by factor."""
         return SuffStats(self.A * factor, self.M1 * factor, self.M2 * factor,
                          self.bg * factor, self.logl, self.n, self.n_outside)
+
+
+@dataclass
+class DataSummary:
+    """Per-feature summary of a catalog, gathered in the first pass.
+
+    Attributes
+    ----------
+    n : int
+        Rows.
+    n_obs : ndarray, shape (D,)
+        Observed (non-NaN) entries per feature.
+    lo, hi : ndarray, shape (D,)
+        Smallest / largest observed value per feature (NaN where none observed).
+    total : ndarray, shape (D,)
+        Sum of observed values per feature.
+    max_noise_var : ndarray, shape (D,)
+        Largest noise variance per feature (0 without noise).
+    """
+
+    n: int
+    n_obs: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    total: np.ndarray
+    max_noise_var: np.ndarray
+
+    def __add__(self, other: "DataSummary") -> "DataSummary":
+        return DataSummary(self.n + other.n, self.n_obs + other.n_obs,
+                           np.fmin(self.lo, other.lo), np.fmax(self.hi, other.hi),
+                           self.total + other.total,
+                           np.fmax(self.max_noise_var, other.max_noise_var))
 
 
 def sum_stats(*parts):

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import zarr
 
-from .errors import InputError, OutputError, OutputExistsError
-from .catalog import _COMPLETE, check_not_input, install_store, stores_read_by
+from .catalog import check_not_input, complete_array, new_store, stores_read_by
+from .errors import InputError, StoreExistsError
+from .files import check_new_output, write_atomic
 
 __all__ = ["TABLE_FORMATS", "table_format", "write_table", "write_row_arrays", "flat_columns",
            "read_column"]
@@ -91,15 +89,6 @@ def flat_columns(arrays: Mapping, names: Mapping[str, Sequence[str]] | None = No
             raise InputError(f"{name}: a table column holds (N,) or (N, k) values; found "
                              f"shape {a.shape}: write it as .zarr.")
     return out
-
-
-def _check_target(path: str, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise OutputExistsError(f"out: {path} exists; pass overwrite=True (--overwrite) to "
-                                f"replace it.")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise OutputError(f"out: directory {parent} does not exist.")
 
 
 # Row blocks computed together when streaming a table out: enough to keep a cluster's
@@ -202,7 +191,8 @@ def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False
     if "://" in path:
         raise InputError(f"out: {path}: per-row outputs are written to local paths only.")
     check_not_input(path, stores_read_by(*arrays.values()), "path")
-    _check_target(path, overwrite)
+    check_new_output(path, overwrite, hint="overwrite=True (--overwrite)",
+                     exists_error=StoreExistsError)
     arrays = {k: da.asarray(v) for k, v in arrays.items()}
     if not arrays:
         raise InputError("arrays: nothing to write.")
@@ -214,20 +204,11 @@ def write_row_arrays(path, arrays: dict, attrs: dict, *, overwrite: bool = False
     rows = max(max(first.chunks[0], default=1), 1)
     # regular chunks on both sides: no two tasks write into one Zarr chunk
     arrays = {k: a.rechunk({0: rows}) for k, a in arrays.items()}
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        group = zarr.open_group(tmp, mode="w-", zarr_format=3)
+    with new_store(path, overwrite) as group:
         group.attrs.update(attrs)
-        targets = [group.create_array(k, shape=a.shape, dtype=a.dtype,
-                                      chunks=(rows,) + tuple(a.shape[1:]),
-                                      attributes=_COMPLETE,
-                                      config={"write_empty_chunks": True})
+        targets = [complete_array(group, k, a.shape, a.dtype, (rows,) + tuple(a.shape[1:]))
                    for k, a in arrays.items()]
         da.store(list(arrays.values()), targets, lock=False)
-        install_store(tmp, path, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_table(path, arrays: Mapping, *, attrs: Mapping | None = None,
@@ -275,20 +256,12 @@ def write_table(path, arrays: Mapping, *, attrs: Mapping | None = None,
         write_row_arrays(path, arrays, attrs, overwrite=overwrite)
         return fmt
     check_not_input(path, stores_read_by(*arrays.values()), "out")
-    _check_target(path, overwrite)
+    check_new_output(path, overwrite, hint="overwrite=True (--overwrite)")
     columns = flat_columns(arrays, names)
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        if fmt == "parquet":
-            _write_parquet(tmp, columns, attrs)
-        else:
-            _write_csv(tmp, columns)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if fmt == "parquet":
+        write_atomic(path, lambda tmp: _write_parquet(tmp, columns, attrs))
+    else:
+        write_atomic(path, lambda tmp: _write_csv(tmp, columns))
     return fmt
 
 

@@ -10,6 +10,7 @@ import numba
 import numpy as np
 
 from .errors import InputError, InputTypeError
+from .background import Background
 
 __all__ = [
     "check_model_params",
@@ -26,6 +27,11 @@ __all__ = [
 # within a few orders of magnitude of float64's largest number, and the M-step's
 # sums and determinants overflow.
 MAX_W = 1e150
+
+
+def is_dask(a) -> bool:
+    """Whether ``a`` is a dask collection with chunks (a dask array), by duck typing."""
+    return hasattr(a, "dask") and hasattr(a, "chunks")
 
 
 def check_numeric(arr, name: str) -> np.ndarray:
@@ -314,7 +320,6 @@ def check_background(background, D: int, against: str = "data") -> None:
     against : str
         What D belongs to, for the message (``"data"``, ``"gmm"``, ...).
     """
-    from .background import Background
 
     if background is None:
         return

@@ -384,7 +384,7 @@ CASES = [
 
     # -- write_catalog / open_catalog
     ("write_catalog", "existing store without overwrite", lambda d: (dg.write_catalog(d / "c.zarr", X), dg.write_catalog(d / "c.zarr", X)),
-     dg.CatalogError, ["path", "c.zarr exists", "pass overwrite=True"]),
+     dg.StoreExistsError, ["path", "c.zarr exists", "pass overwrite=True"]),
     ("write_catalog", "1-D data", lambda d: dg.write_catalog(d / "c.zarr", X[:, 0]),
      dg.InputError, ["data", "expected 2-D", "(200,)"]),
     ("write_catalog", "data of strings", lambda d: dg.write_catalog(d / "c.zarr", X.astype(str)),

@@ -20,15 +20,16 @@ SCRIPT = textwrap.dedent("""
     import daskgmmis as dg
     from daskgmmis.selection import Box
     catalog, ckpt, out, slow = sys.argv[1:5]
-    if slow == "1":
-        # slow each iteration down so the parent can kill the process mid-fit
-        class Slow(logging.Handler):
-            def emit(self, record):
-                if record.getMessage().startswith("iteration"):
-                    print(record.getMessage(), flush=True)
+    # every E-step performed is printed (the parent counts them); with slow == "1"
+    # each is slowed down so the parent can kill the process mid-fit
+    class Report(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("iteration"):
+                print(record.getMessage(), flush=True)
+                if slow == "1":
                     time.sleep(0.3)
-        logging.getLogger("daskgmmis").addHandler(Slow())
-        logging.getLogger("daskgmmis").setLevel(logging.INFO)
+    logging.getLogger("daskgmmis").addHandler(Report())
+    logging.getLogger("daskgmmis").setLevel(logging.INFO)
     g = dg.GMM(3, 2)
     warnings.simplefilter("ignore")
     dg.fit(g, catalog, init_method="minmax", rng=7, tol=0, maxiter=25,
@@ -58,6 +59,7 @@ def run_script(tmp_path, catalog, ckpt, out, slow):
 
 def test_killed_fit_resumes_bit_identical(tmp_path, catalog):
     ref = run_script(tmp_path, catalog, tmp_path / "ref.ckpt", tmp_path / "ref.npz", "0")
+    ref_steps = sum(line.startswith("iteration") for line in ref.stdout)
     assert ref.wait(timeout=300) == 0
     ckpt = tmp_path / "run.ckpt"
     proc = run_script(tmp_path, catalog, ckpt, tmp_path / "run.npz", "1")
@@ -70,25 +72,52 @@ def test_killed_fit_resumes_bit_identical(tmp_path, catalog):
     proc.wait(timeout=60)
     assert ckpt.exists() and not (tmp_path / "run.npz").exists()
     again = run_script(tmp_path, catalog, ckpt, tmp_path / "run.npz", "0")
+    again_steps = sum(line.startswith("iteration") for line in again.stdout)
     assert again.wait(timeout=300) == 0
+    # it resumed: at least the checkpointed iterations were not performed again (a
+    # seeded restart from scratch would also end bit-identical, with every E-step)
+    assert again_steps <= ref_steps - (seen - 1)
     a, b = dg.GMM.load(tmp_path / "ref.npz"), dg.GMM.load(tmp_path / "run.npz")
     for name in ("amp", "mean", "covar"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
-def test_in_process_resume_and_history(tmp_path, catalog):
-    kw = dict(init_method="minmax", rng=3, tol=0)
+def count_estep_blocks(monkeypatch):
+    """Count the E-step block tasks run in this process (threaded scheduler)."""
+    from daskgmmis import kernels
+
+    calls = []
+    real = kernels.estep_block
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("row_offset"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "estep_block", counting)
+    return calls
+
+
+def test_in_process_resume_and_history(tmp_path, catalog, monkeypatch):
+    kw = dict(init_method="minmax", rng=3, tol=0, client=None)
     full = dg.GMM(3, 2)
+    calls = count_estep_blocks(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r_full = dg.fit(full, catalog, maxiter=12, **kw)
+        n_blocks = len(set(calls))
+        full_steps = len(calls) / n_blocks
         part = dg.GMM(3, 2)
         dg.fit(part, catalog, maxiter=5, checkpoint=tmp_path / "c.ckpt", **kw)
         resumed = dg.GMM(3, 2)
+        del calls[:]
         r_res = dg.fit(resumed, catalog, maxiter=12, checkpoint=tmp_path / "c.ckpt", **kw)
+        resumed_steps = len(calls) / n_blocks
     np.testing.assert_array_equal(resumed.mean, full.mean)
     np.testing.assert_array_equal(resumed.covar, full.covar)
     assert r_res.history == r_full.history and r_res.n_iter == r_full.n_iter
+    # the resumed fit performed only the E-steps after the 5 checkpointed M-steps
+    # (13 E-steps for 12 M-steps, plus one per rejected SQUAREM step)
+    assert full_steps >= 13 and resumed_steps <= full_steps - 5
 
 
 @pytest.mark.parametrize("change, words", [

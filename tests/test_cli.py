@@ -258,16 +258,26 @@ def test_debug_shows_the_traceback(tmp_path):
     assert isinstance(result.exception, dg.CatalogNotFoundError)
 
 
-def test_fit_checkpoint(tmp_path, workdir):
+def test_fit_checkpoint(tmp_path, workdir, monkeypatch):
+    from daskgmmis import kernels
+
+    blocks = []                    # row offsets of the E-step block tasks run in-process
+    real = kernels.estep_block
+    monkeypatch.setattr(kernels, "estep_block",
+                        lambda *a, **kw: blocks.append(kw.get("row_offset")) or real(*a, **kw))
     ck = tmp_path / "state.ckpt"
     run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "m.npz", "--scheduler",
         "threads", "--seed", 1, "--checkpoint", ck)
     assert ck.exists()
-    # a rerun resumes from the finished state: same model
+    first, n_blocks = len(blocks), len(set(blocks))
+    del blocks[:]
+    # a rerun resumes from the finished state: same model, from one E-step (a
+    # seeded restart would give the same model after every E-step again)
     run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "m2.npz", "--scheduler",
         "threads", "--seed", 1, "--checkpoint", ck)
     a, b = dg.GMM.load(tmp_path / "m.npz"), dg.GMM.load(tmp_path / "m2.npz")
     assert np.array_equal(a.mean, b.mean)
+    assert first >= 3 * n_blocks and len(blocks) <= 2 * n_blocks
 
 
 # ------------------------------------------------------ score, posterior, sample

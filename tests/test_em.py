@@ -135,9 +135,15 @@ def test_active_client_is_used_and_catalog_untouched(shared_problem, cluster_cli
 def test_float32_catalog_matches_float64(tmp_path):
     truth = make_truth(2, 2, seed=12)
     X = truth.draw(20_000, rng=13).astype(np.float32)
+    path = tmp_path / "f32.zarr"
+    dg.write_catalog(path, X, chunks=5000)
+    cat = dg.open_catalog(path)
+    assert cat.data.dtype == np.float32             # stored and read as float32
     g32, g64 = truth.copy(), truth.copy()
-    quiet_fit(g32, X, init_method="none", maxiter=5, tol=0)
-    quiet_fit(g64, X.astype(np.float64), init_method="none", maxiter=5, tol=0)
+    quiet_fit(g32, cat, init_method="none", maxiter=5, tol=0)
+    # the same chunking, hence the same summation order, in float64
+    quiet_fit(g64, da.from_array(X.astype(np.float64), chunks=(5000, 2)), init_method="none",
+              maxiter=5, tol=0)
     np.testing.assert_array_equal(g32.covar, g64.covar)
 
 
@@ -169,6 +175,7 @@ def test_init_methods_give_finite_converged_fits():
     for method in ("random", "minmax"):
         g = dg.GMM(3, 2)
         res = quiet_fit(g, X, init_method=method, rng=1)
+        assert res.converged, method
         assert np.isfinite(g.covar).all() and abs(g.amp.sum() - 1) < 1e-12
         assert res.history[-1] >= res.history[0]
         assert all(b >= a - 1e-9 for a, b in zip(res.history, res.history[1:]))
@@ -180,6 +187,10 @@ def test_rng_reproducible():
     quiet_fit(a, X, rng=5, maxiter=5)
     quiet_fit(b, X, rng=np.random.SeedSequence(5), maxiter=5)
     np.testing.assert_array_equal(a.mean, b.mean)
+    # the seed is used: another seed gives another random start, hence other means
+    c = dg.GMM(3, 2)
+    quiet_fit(c, X, rng=6, maxiter=5)
+    assert not np.array_equal(a.mean, c.mean)
 
 
 # ----------------------------------------------------------------- bad input

@@ -103,6 +103,17 @@ def test_truncated_fit_with_prefit_and_background_not_mutated(noisy):
     est = GaussianMixture(3, sel_callback=sel, prefit=True, random_state=0, maxiter=100,
                           tol=1e-3).fit(x)
     assert est.N_orig_ > len(x)
+    # prefit is used: the recipe by hand (plain fit, then the truncated fit from it)
+    # gives the estimator's parameters, a fit without the prefit does not
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = dg.GMM(3, 2)
+        dg.fit(ref, x, rng=0, maxiter=100, tol=1e-3)
+        dg.fit(ref, x, sel_callback=sel, init_method="none", rng=0, maxiter=100, tol=1e-3)
+        direct = dg.GMM(3, 2)
+        dg.fit(direct, x, sel_callback=sel, rng=0, maxiter=100, tol=1e-3)
+    np.testing.assert_array_equal(est.means_, ref.mean)
+    assert not np.array_equal(est.means_, direct.mean)
     bg = dg.Background(([-20, -20], [20, 20]), amp=0.05, amp_min=0.02)
     est = GaussianMixture(3, background=bg, random_state=0, maxiter=30).fit(x)
     assert bg.amp == 0.05                                  # the parameter is untouched

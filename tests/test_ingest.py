@@ -225,7 +225,7 @@ def test_bad_correlation_and_drop_empty(tmp_path):
 def test_existing_output_needs_overwrite(tmp_path, csv_file, table):
     out = tmp_path / "c.zarr"
     ingest(csv_file, out, "b")
-    with pytest.raises(CatalogError, match="exists"):
+    with pytest.raises(dg.OutputExistsError, match="exists"):
         ingest(csv_file, out, "ea")
     assert dg.open_catalog(out).columns == ["b"]
     cat = ingest(csv_file, out, "ea", overwrite=True)

@@ -7,8 +7,9 @@ import numpy as np
 from scipy.special import gamma
 
 import daskgmmis as dg
-from daskgmmis import em, init
-from daskgmmis.em import _Plan, _compute, _summary_task
+from daskgmmis import init
+from daskgmmis.blocks import compute as _compute
+from daskgmmis.em import _Plan, _summary_task
 from daskgmmis.init import DataSummary, init_kmeans, init_minmax, init_random, sphere_scale
 
 
@@ -94,7 +95,7 @@ def test_kmeans_does_not_depend_on_the_number_of_workers(monkeypatch):
     X = _blobs(rng.uniform(-8, 8, size=(6, 3)), 500, rng)
     threaded = _kmeans(X, 6, seed=1, chunks=250)
     import dask
-    monkeypatch.setattr(em, "_compute",
+    monkeypatch.setattr(init, "compute",
                         lambda obj, client: dask.compute(obj, scheduler="synchronous")[0])
     serial = _kmeans(X, 6, seed=1, chunks=250)
     for a, b in zip(threaded, serial):

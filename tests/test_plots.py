@@ -101,10 +101,10 @@ def test_save_figure_checks_and_leaves_nothing(tmp_path):
     fig = plots.convergence([1.0, 2.0])
     with pytest.raises(dg.InputError, match=".png"):
         plots.save_figure(fig, tmp_path / "f.jpg")
-    with pytest.raises(dg.InputError, match="does not exist"):
+    with pytest.raises(dg.OutputError, match="does not exist"):
         plots.save_figure(fig, tmp_path / "nodir" / "f.png")
     plots.save_figure(fig, tmp_path / "f.png")
-    with pytest.raises(dg.InputError, match="exists"):
+    with pytest.raises(dg.OutputExistsError, match="exists"):
         plots.save_figure(fig, tmp_path / "f.png", overwrite=False)
     assert os.listdir(tmp_path) == ["f.png"]
 

@@ -1,0 +1,252 @@
+"""Unit tests of the pure modules: mstep, stats, acceleration, background, validation,
+imputation; and SQUAREM against plain EM."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+import daskgmmis as dg
+from daskgmmis.acceleration import extrapolate
+from daskgmmis.checkpoint import Theta
+from daskgmmis.errors import DeadComponentWarning, InputError, InputTypeError
+from daskgmmis.imputation import candidate_count, draw_candidates, impute_block
+from daskgmmis.mstep import mstep, parse_frozen
+from daskgmmis.selection import Box
+from daskgmmis.stats import SuffStats, sum_stats
+from daskgmmis.validation import (as_index_array, check_data_block, check_model_params,
+                                  check_numeric)
+from conftest import make_truth
+
+
+def hard_stats(x, labels, mean, K):
+    """Sufficient statistics of hard assignments, centred on ``mean`` (brute force)."""
+    D = x.shape[1]
+    s = SuffStats.zeros(K, D)
+    for k in range(K):
+        d = x[labels == k] - mean[k]
+        s.A[k], s.M1[k], s.M2[k] = len(d), d.sum(axis=0), d.T @ d
+    s.n = len(x)
+    return s
+
+
+@pytest.fixture(scope="module")
+def three():
+    rng = np.random.default_rng(0)
+    t = make_truth(3, 2, seed=1)
+    labels = rng.choice(3, size=3000, p=t.amp)
+    x = np.array([rng.multivariate_normal(t.mean[k], t.covar[k]) for k in labels])
+    start = Theta(np.full(3, 1 / 3), t.mean + 0.5, np.array([np.eye(2)] * 3), None)
+    return x, labels, start
+
+
+# ------------------------------------------------------------------------ mstep
+
+def test_mstep_is_sample_moments_plus_regularization(three):
+    x, labels, start = three
+    theta, dead = mstep(hard_stats(x, labels, start.mean, 3), start, w=0.3)
+    assert dead.size == 0
+    for k in range(3):
+        xk = x[labels == k]
+        np.testing.assert_allclose(theta.mean[k], xk.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(theta.covar[k], np.cov(xk.T, bias=True) + 0.09 * np.eye(2),
+                                   rtol=1e-10)
+        assert theta.amp[k] == pytest.approx(len(xk) / len(x), rel=1e-12)
+
+
+def test_mstep_frozen_parts_kept_bit_for_bit_and_amplitudes_shared(three):
+    x, labels, start = three
+    start = Theta(np.array([0.2, 0.5, 0.3]), start.mean, start.covar, None)
+    frozen = parse_frozen({"amp": [0], "mean": [1], "covar": [2]}, 3)
+    theta, _ = mstep(hard_stats(x, labels, start.mean, 3), start, frozen=frozen)
+    assert theta.amp[0] == 0.2
+    assert np.array_equal(theta.mean[1], start.mean[1])
+    assert np.array_equal(theta.covar[2], start.covar[2])
+    # the free amplitudes share what the frozen one leaves, in proportion to A
+    n1, n2 = (labels == 1).sum(), (labels == 2).sum()
+    np.testing.assert_allclose(theta.amp[1:], 0.8 * np.array([n1, n2]) / (n1 + n2), rtol=1e-12)
+    # a frozen mean's free covariance is the scatter about that mean
+    d = x[labels == 1] - start.mean[1]
+    np.testing.assert_allclose(theta.covar[1], d.T @ d / len(d), rtol=1e-10)
+
+
+def test_mstep_background_amplitude_clipped_and_shared(three):
+    x, labels, start = three
+    s = hard_stats(x, labels, start.mean, 3)
+    s.bg = 0.4 * len(x)
+    bg = dg.Background(([-20, -20], [20, 20]), amp=0.1, amp_max=0.25)
+    theta, _ = mstep(s, Theta(start.amp * 0.9, start.mean, start.covar, 0.1), background=bg)
+    assert theta.bg_amp == 0.25                                   # clipped at amp_max
+    assert theta.amp.sum() == pytest.approx(0.75, abs=1e-12)
+    held = dg.Background(([-20, -20], [20, 20]), amp=0.1, adjust_amp=False)
+    theta, _ = mstep(s, Theta(start.amp * 0.9, start.mean, start.covar, 0.1), background=held)
+    assert theta.bg_amp == 0.1
+
+
+def test_mstep_reseeds_a_dead_component_from_the_heaviest(three):
+    x, labels, start = three
+    labels = np.where(labels == 2, 1, labels)              # component 2 gets no rows
+    s = hard_stats(x, labels, start.mean, 3)
+    with pytest.warns(DeadComponentWarning, match=r"\[2\]"):
+        theta, dead = mstep(s, start)
+    assert dead.tolist() == [2]
+    assert np.all(np.isfinite(theta.mean)) and np.all(np.isfinite(theta.covar))
+    heavy = int(np.argmax([(labels == k).sum() for k in range(2)]))
+    # the donor and the re-seeded component are its two halves: same covariance,
+    # means mirrored about the donor's new mean, half the weight each
+    assert np.array_equal(theta.covar[2], theta.covar[heavy])
+    centre = x[labels == heavy].mean(axis=0)
+    np.testing.assert_allclose(0.5 * (theta.mean[2] + theta.mean[heavy]), centre, rtol=1e-10)
+    assert theta.amp[2] == pytest.approx(theta.amp[heavy], rel=1e-12)
+    assert theta.amp.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------------ stats
+
+def test_stats_add_scale_and_tree_sum():
+    rng = np.random.default_rng(1)
+    parts = [SuffStats(rng.random(2), rng.random((2, 3)), rng.random((2, 3, 3)), 1.5, -2.0,
+                       10, 1) for _ in range(5)]
+    total = sum_stats(*parts[:2], None, *parts[2:])
+    np.testing.assert_allclose(total.M2, sum(p.M2 for p in parts), rtol=1e-15)
+    assert total.n == 50 and total.n_outside == 5 and total.bg == 7.5
+    half = total.scaled(0.5)
+    np.testing.assert_allclose(half.A, total.A / 2)
+    assert half.bg == total.bg / 2 and half.logl == total.logl and half.n == total.n
+    pairs = sum_stats((parts[0], parts[1]), (parts[2], parts[3]))
+    np.testing.assert_array_equal(pairs[0].A, parts[0].A + parts[2].A)
+    assert sum_stats(None, None) is None
+    z = SuffStats.zeros(4, 2)
+    assert z.A.shape == (4,) and z.M2.shape == (4, 2, 2) and z.n == 0
+
+
+# ----------------------------------------------------------------- acceleration
+
+def geometric(target, start, rate, n):
+    return [start + (target - start) * (1 - rate**i) for i in range(n)]
+
+
+def test_squarem_step_is_exact_on_a_linear_path():
+    K, D = 2, 2
+    covar = np.array([np.eye(D)] * K)
+    amp = np.array([0.4, 0.6])
+    target = np.array([[1.0, 2.0], [-3.0, 0.5]])
+    means = geometric(target, np.zeros((K, D)), 0.9, 3)       # EM crawling at rate 0.9
+    t = [Theta(amp, m, covar, None) for m in means]
+    out = extrapolate(*t, parse_frozen(None, K), None)
+    np.testing.assert_allclose(out.mean, target, atol=1e-12)
+    # frozen values restored from the last iterate; a step not longer than EM's: None
+    out = extrapolate(*t, parse_frozen({"mean": [1]}, K), None)
+    assert np.array_equal(out.mean[1], means[2][1])
+    # an oscillating path (rate -0.5): the extrapolation is shorter than a plain step
+    fast = [Theta(amp, m, covar, None) for m in geometric(target, np.zeros((K, D)), -0.5, 3)]
+    assert extrapolate(*fast, parse_frozen(None, K), None) is None
+
+
+def test_squarem_refuses_to_leave_the_parameter_space():
+    covar = np.array([np.eye(1)] * 2)
+    m = np.zeros((2, 1))
+    amps = [np.array([0.5, 0.5]), np.array([0.3, 0.7]), np.array([0.15, 0.85])]
+    t = [Theta(a, m, covar, None) for a in amps]            # heads to a negative amplitude
+    assert extrapolate(*t, parse_frozen(None, 2), None) is None
+
+
+def test_squarem_and_plain_em_reach_the_same_fit_in_fewer_iterations():
+    # heavy noise (variance 2.25 against component variances ~1): EM crawls
+    truth = make_truth(2, 2, seed=5)
+    rng = np.random.default_rng(2)
+    X = truth.draw(2000, rng=rng) + 1.5 * rng.normal(size=(2000, 2))
+    var = np.full((2000, 2), 2.25)
+    start = truth.copy()
+    start.mean = start.mean + 0.5
+    fits = {}
+    for acc in (True, False):
+        g = start.copy()
+        res = dg.fit(g, X, var, init_method="none", tol=1e-9, maxiter=3000, accelerate=acc)
+        assert res.converged
+        fits[acc] = (g, res)
+    (ga, ra), (gp, rp) = fits[True], fits[False]
+    # plain EM stops while still crawling (steps below tol): the same optimum to that
+    assert ra.logL == pytest.approx(rp.logL, abs=1e-6)
+    np.testing.assert_allclose(ga.mean, gp.mean, atol=1e-3)
+    np.testing.assert_allclose(ga.covar, gp.covar, atol=1e-3)
+    assert len(ra.history) < 0.5 * len(rp.history)            # E-steps performed
+
+
+# ------------------------------------------------------------------- background
+
+def test_background_density_no_noise_diag_noise_and_missing():
+    bg = dg.Background(([0, -1], [2, 3]), amp=0.3)
+    x = np.array([[1.0, 0.0], [3.0, 0.0], [1.0, np.nan]])
+    ld = bg.log_density(x)
+    assert ld[0] == pytest.approx(-np.log(8)) and ld[1] == -np.inf
+    assert ld[2] == pytest.approx(-np.log(2))                 # marginal over feature 0
+    var = np.array([0.25, 0.5])
+    got = np.exp(bg.log_density(np.array([[1.9, 2.8]]), var)[0])
+    ref = 1.0
+    for j, (lo, hi, xj) in enumerate(zip(bg.lower, bg.upper, [1.9, 2.8])):
+        s = np.sqrt(var[j])
+        ref *= quad(lambda u: np.exp(-0.5 * ((u - xj) / s) ** 2) / (s * np.sqrt(2 * np.pi)),
+                    lo, hi, epsabs=0, epsrel=1e-12)[0] / (hi - lo)
+    assert got == pytest.approx(ref, rel=1e-9)
+    assert dg.Background.from_dict(bg.to_dict()).to_dict() == bg.to_dict()
+
+
+# ------------------------------------------------------------------- validation
+
+def test_validation_names_argument_row_and_column():
+    with pytest.raises(InputTypeError, match="coords: .*dtype <U"):
+        check_numeric(np.array(["a"]), "coords")
+    with pytest.raises(InputTypeError, match="dtype bool"):
+        check_numeric(np.array([True]), "x")
+    x = np.zeros((5, 2))
+    x[3, 1] = np.inf
+    with pytest.raises(InputError, match="data: row 13, column 1"):
+        check_data_block(x, 10)
+    x[3, 1] = np.nan
+    x[3, 0] = np.nan
+    with pytest.raises(InputError, match="row 3 has every feature missing"):
+        check_data_block(x, 0)
+    check_data_block(x, 0, allow_empty=True)
+    assert as_index_array([2, 0, 2, -1], 4, "frozen").tolist() == [0, 2, 3]
+    with pytest.raises(InputError, match=r"frozen: component indices must lie in \[0, 3\)"):
+        as_index_array([5], 3, "frozen")
+    with pytest.raises(InputTypeError, match="integer component indices"):
+        as_index_array([0.5], 3, "frozen")
+    with pytest.raises(InputError):
+        check_model_params(np.array([0.5, 0.5]), np.zeros((2, 2)),
+                           np.array([np.eye(2), -np.eye(2)]))
+
+
+# ------------------------------------------------------------------- imputation
+
+def test_candidate_count_scales_with_oversampling_and_unobserved_fraction():
+    assert candidate_count(100, 4.0, 0.5) == 800
+    assert candidate_count(100, 4.0, 1e-9) == 400_000          # f clipped at 1e-3
+    assert candidate_count(0, 4.0, 0.5) == 0
+
+
+def test_candidates_follow_the_model_and_are_keyed_by_block():
+    g = make_truth(2, 2, seed=7)
+    seed = np.random.SeedSequence(3)
+    y, noise, kind = draw_candidates(40_000, g.amp, g.mean, g.covar, None, None, seed, 0)
+    assert kind == "none" and noise is None
+    mix_mean = g.amp @ g.mean
+    np.testing.assert_allclose(y.mean(axis=0), mix_mean, atol=0.05)
+    again, _, _ = draw_candidates(40_000, g.amp, g.mean, g.covar, None, None, seed, 0)
+    other, _, _ = draw_candidates(40_000, g.amp, g.mean, g.covar, None, None, seed, 1)
+    assert np.array_equal(y, again) and not np.array_equal(y, other)
+
+
+def test_impute_block_weights_candidates_by_one_minus_omega():
+    g = make_truth(2, 2, seed=7)
+    seed = np.random.SeedSequence(3)
+    everything = Box(upper=[np.inf, np.inf])
+    stats, tally = impute_block(500, g.amp, g.mean, g.covar, None, everything, None, seed, 0)
+    assert tally.n == 500 and tally.omega == 500 and tally.weight == 0
+    assert np.all(stats.A == 0)
+    nothing = lambda c: np.zeros(len(c))                      # noqa: E731
+    stats, tally = impute_block(500, g.amp, g.mean, g.covar, None, nothing, None, seed, 0)
+    assert tally.weight == 500 and stats.A.sum() == pytest.approx(500, rel=1e-12)
+    assert stats.n == 0 and stats.logl == 0                   # candidates are not data
