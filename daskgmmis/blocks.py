@@ -1,4 +1,4 @@
-"""Graph helpers shared by every map-reduce over row blocks (DESIGN.md §3).
+"""Graph helpers shared by every map-reduce over row blocks (docs/design.md §3).
 
 A fit's passes (the first-pass summary, k-means||, the E-steps, the overlaps of
 split-and-merge) are all one task per row block and a fixed-shape tree reduction

@@ -428,7 +428,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         Selection function Ω(coords (n, D)) -> (n,) probabilities in [0, 1] (booleans
         accepted) that a row at noisy position ``coords`` is in the catalog. With it
         the fit recovers the population *before* selection by imputing the
-        unobserved rows (DESIGN.md §1.4); Ω enters the likelihood, not the
+        unobserved rows (docs/design.md §1.4); Ω enters the likelihood, not the
         responsibilities. Must be picklable for a distributed client.
     covar_callback : callable, optional
         Noise covariance of an unobserved row at arbitrary true positions:

@@ -1,4 +1,4 @@
-"""Imputation of the unobserved population of a truncated catalog (DESIGN.md §1.4).
+"""Imputation of the unobserved population of a truncated catalog (docs/design.md §1.4).
 
 Every block task draws its share of candidate rows from the current model (and
 background), adds noise from ``covar_callback``, evaluates the selection Ω at the

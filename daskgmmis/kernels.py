@@ -4,7 +4,7 @@ Everything in this module works on numpy blocks of rows and returns numpy arrays
 The EM driver (:mod:`daskgmmis.em`) and the model (:mod:`daskgmmis.model`) call it
 inside block tasks.
 
-Notation (DESIGN.md §1.1-1.2): for row ``i`` with observed dimensions ``o`` and
+Notation (docs/design.md §1.1-1.2): for row ``i`` with observed dimensions ``o`` and
 component ``k``, ``T_ik = V_k[o,o] + S_i[o,o]``, ``r_ik = x_i[o] - mu_k[o]``,
 ``u_ik = T_ik^-1 r_ik``. A block accumulates, per component and weighted by the
 responsibility ``q_ik`` (times an optional row weight),
@@ -440,7 +440,7 @@ def _gap_kernel(x, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_bg, 
     ``T_ik = V_k[o, o] + S_i[o, o]`` itself. The statistics are accumulated
     *embedded* in D dimensions (zeros at the missing features), so that one
     product with ``V_k`` per block, not per row, maps them to the moments
-    (DESIGN §1.2: ``V_k[:, o] u = V_k E_o u``).
+    (docs/design.md §1.2: ``V_k[:, o] u = V_k E_o u``).
 
     x (n, D) with NaN; noise_kind 0 none, 1 shared S_shared (D, D), 2 diagonal
     S_diag (n, D), 3 full S_full (n, D, D) (unused ones empty); V (K, D, D);
@@ -792,7 +792,7 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
             row_logl[rows] = out
         if not accumulate:
             continue
-        # embed into D dims and apply the component's own V (DESIGN.md §1.2)
+        # embed into D dims and apply the component's own V (docs/design.md §1.2)
         V_o = covar[:, :, obs]                           # (K, D, d)
         A += A_p
         M1 += np.einsum("kij,kj->ki", V_o, U_p)

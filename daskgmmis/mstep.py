@@ -1,4 +1,4 @@
-"""The M-step: new mixture parameters from summed sufficient statistics (DESIGN.md §1.3).
+"""The M-step: new mixture parameters from summed sufficient statistics (docs/design.md §1.3).
 
 Runs on the driver on K x D x D numbers. Covariances are the scatter about the
 *new* mean (about the held mean where the mean is frozen) plus the regularization

@@ -1,4 +1,4 @@
-"""Block summaries, component-reach tests and the spatial row order (DESIGN.md §1.5).
+"""Block summaries, component-reach tests and the spatial row order (docs/design.md §1.5).
 
 Pure numpy: no dask in here. The EM driver summarizes every block once (its
 :class:`BlockBox`) and, at every iteration, asks :class:`ReachTest` which

@@ -3,7 +3,7 @@
 For a row ``x_i = v_i + noise_i`` (``noise_i ~ N(0, S_i)``, NaN = missing feature)
 and the model ``p(v) = sum_k alpha_k N(v | mu_k, V_k)``, the posterior of the
 error-free vector ``v_i`` (all D dimensions, observed or not) is again a mixture
-of K Gaussians (DESIGN.md §1.1), with ``o`` the observed dimensions of the row:
+of K Gaussians (docs/design.md §1.1), with ``o`` the observed dimensions of the row:
 
 * ``T_ik = V_k[o,o] + S_i[o,o]``, Cholesky factor ``L_ik``;
 * weight ``q_ik`` proportional to ``alpha_k N(x_i[o] | mu_k[o], T_ik)``;

@@ -1,4 +1,4 @@
-"""The package's layering (DESIGN.md §3), enforced on the source with ``ast``.
+"""The package's layering (docs/design.md §3), enforced on the source with ``ast``.
 
 * the module-level imports between package modules form no cycle;
 * no function imports a package module (such an import hides a cycle or a
