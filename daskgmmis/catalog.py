@@ -221,11 +221,17 @@ def complete_array(group, name: str, shape, dtype, chunks, **kwargs):
     Zarr skips chunks equal to the fill value by default, and then a deleted chunk
     file reads back as zeros without an error. Writing every chunk (and saying so
     in the ``complete_chunks`` attribute) lets a reader tell a missing chunk from
-    an empty one (:func:`open_catalog` does).
+    an empty one (:func:`open_catalog` does). Text (numpy ``U``, object or
+    ``StringDType`` arrays: identifiers) is stored as Zarr v3's variable-length
+    UTF-8 strings, which have a specification, not as fixed-width UTF-32.
     """
+    if np.dtype(dtype).kind in "UOT":
+        dtype = str
     return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
                               attributes=_COMPLETE, config={"write_empty_chunks": True},
                               **kwargs)
+
+
 def _resolved(path) -> str:
     """``path`` with symlinks, ``..`` and relative parts resolved (URLs: as written,
     without a trailing slash)."""
