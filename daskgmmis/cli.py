@@ -417,6 +417,14 @@ def _model_and_catalog(model: str, catalog: str):
     return gmm, cat
 
 
+def _per_row_command(model: str, catalog: str, out: str, overwrite: bool):
+    """(GMM, Catalog, output format) of score / posterior / predict: the output is
+    new (or --overwrite), not an input, and has a known suffix."""
+    _check_output(out, overwrite, inputs=(model, catalog))
+    fmt = _table_arg(out)
+    return (*_model_and_catalog(model, catalog), fmt)
+
+
 def _table_arg(out: str) -> str:
     """The format of a per-row output from its suffix, as a usage error if unknown."""
 
@@ -755,9 +763,7 @@ def score(model, catalog, out, overwrite, no_background, scheduler, scheduler_fi
 
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite, inputs=(model, catalog))
-    _table_arg(out)
-    gmm, cat = _model_and_catalog(model, catalog)
+    gmm, cat, _ = _per_row_command(model, catalog, out, overwrite)
     bg = None if no_background else gmm.background
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         logl = gmm.logL(cat.data, cat.covar, background=bg)
@@ -1124,11 +1130,10 @@ def posterior(model, catalog, out, components, no_background, overwrite, schedul
     import dask
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite, inputs=(model, catalog))
-    if _table_arg(out) != "zarr" and components:
+    gmm, cat, fmt = _per_row_command(model, catalog, out, overwrite)
+    if fmt != "zarr" and components:
         raise click.BadParameter("--components writes (N, K, D, D) arrays: use a .zarr "
                                  "output.", param_hint="--components")
-    gmm, cat = _model_and_catalog(model, catalog)
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         post = compute_posterior(gmm, cat, background=None if no_background else gmm.background)
         with dask.config.set(scheduler=client if client is not None else "threads"):
@@ -1163,9 +1168,7 @@ def predict(model, catalog, out, overwrite, scheduler, scheduler_file, workers, 
     import dask
 
     _check_cluster_options(scheduler, scheduler_file, workers, memory_limit)
-    _check_output(out, overwrite, inputs=(model, catalog))
-    _table_arg(out)
-    gmm, cat = _model_and_catalog(model, catalog)
+    gmm, cat, _ = _per_row_command(model, catalog, out, overwrite)
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
         filled = predict_missing(gmm, cat)
         arrays = {**cat.row_keys(), **{c: filled[:, j] for j, c in enumerate(cat.columns)}}
