@@ -30,7 +30,7 @@ from . import kernels
 from .background import Background, log_background
 from .blocks import compute as _compute
 from .blocks import tree_reduce
-from .catalog import Catalog, as_dask_input, open_catalog
+from .catalog import Catalog, as_dask_input, as_dask_weights, open_catalog
 from .memory import check_candidates, plan_fit
 from .timelimit import check_timeout, time_limited
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
@@ -68,8 +68,8 @@ class FitResult:
         Mean log-likelihood per observed row at every E-step.
     N_orig : float
         Estimated size of the population before selection (N without selection).
-    N : int
-        Number of observed rows used.
+    N : int or float
+        Number of observed rows used (the sum of their weights for weighted rows).
     n_outside : int
         Rows outside every component's neighborhood at the final E-step.
     bg_amp : float or None
@@ -128,9 +128,10 @@ def _block_noise(noise, params_kind, shared):
     return None if noise is None else np.asarray(noise)
 
 
-def _summary_task(x, noise, kind, shared, row_offset):
+def _summary_task(x, noise, kind, shared, row_offset, weight=None):
     """First pass over a block: validation fused with the data summary."""
     x = np.asarray(x)
+    total_weight = x.shape[0] if weight is None else float(np.asarray(weight).sum())
     check_data_block(x, row_offset)
     D = x.shape[1]
     if kind in ("diag", "full"):
@@ -148,7 +149,7 @@ def _summary_task(x, noise, kind, shared, row_offset):
         lo = np.nanmin(x, axis=0).astype(np.float64)
         hi = np.nanmax(x, axis=0).astype(np.float64)
     return DataSummary(x.shape[0], observed.sum(axis=0), lo, hi,
-                       np.nansum(x, axis=0, dtype=np.float64), max_var)
+                       np.nansum(x, axis=0, dtype=np.float64), max_var, total_weight)
 
 
 def _selection_log(sel_callback, x, row_offset):
@@ -164,29 +165,42 @@ def _selection_log(sel_callback, x, row_offset):
     return np.log(omega)
 
 
-def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
+def _weighted_sum(values: np.ndarray, weight: np.ndarray | None, rows: np.ndarray) -> float:
+    """sum of ``weight * values`` over ``rows`` (a row of weight 0 adds nothing, even -inf)."""
+    if weight is None:
+        return float(values[rows].sum())
+    return float(np.dot(weight[rows], values[rows]))
+
+
+def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None, weight=None):
     """One block's E-step: (observed SuffStats, imputed SuffStats or None, tally or None).
 
     ``comps``: components that may reach the block (neighborhoods); None for all.
+    ``weight``: per-row weights (n,), or None for weight 1: a row of weight w counts
+    as w rows in every sum, ``n`` included.
     """
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
+    weight = None if weight is None else np.asarray(weight, dtype=np.float64)
     log_bg = log_background(params.background, x, noise, params.kind)
     if params.cutoff is None:
         row_logl, n_out, mom = kernels.estep_block(
             x, noise, params.kind, params.amp, params.mean, params.covar, log_bg=log_bg,
-            row_offset=row_offset)
+            weight=weight, row_offset=row_offset)
     else:
         row_logl, n_out, mom = estep_neighborhoods(
             x, noise, params.kind, params.amp, params.mean, params.covar,
-            cutoff=params.cutoff, comps=comps, log_bg=log_bg, row_offset=row_offset)
-    finite = np.isfinite(row_logl)
-    logl = float(row_logl[finite].sum())
+            cutoff=params.cutoff, comps=comps, log_bg=log_bg, weight=weight,
+            row_offset=row_offset)
+    counted = np.isfinite(row_logl)
+    if weight is not None:
+        counted &= weight > 0
+    logl = _weighted_sum(row_logl, weight, counted)
+    n = int(x.shape[0]) if weight is None else float(weight.sum())
     if params.sel_callback is None:
-        return (SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, int(x.shape[0]), int(n_out)),
-                None, None)
-    logl += float(_selection_log(params.sel_callback, x, row_offset)[finite].sum())
-    observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, int(x.shape[0]), int(n_out))
+        return SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, n, int(n_out)), None, None
+    logl += _weighted_sum(_selection_log(params.sel_callback, x, row_offset), weight, counted)
+    observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, n, int(n_out))
     m = candidate_count(x.shape[0], params.oversampling, params.observed_fraction)
     check_candidates(m, x.shape[1], params.covar_callback is not None, params.oversampling,
                      int(x.shape[0]))
@@ -196,16 +210,19 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
     return observed, imputed, tally
 
 
-def _overlap_task(x, noise, params: _IterParams):
-    """Responsibility overlap of a block: sum_i q_ik q_il, shape (K, K)."""
+def _overlap_task(x, noise, params: _IterParams, weight=None):
+    """Responsibility overlap of a block: sum_i w_i q_ik q_il, shape (K, K)."""
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
     log_bg = log_background(params.background, x, noise, params.kind)
     post = kernels.posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
                            log_bg, covariances=False)
     q = post.resp if post.resp_bg is None else post.resp * (1 - post.resp_bg)[:, None]
-    q = q[np.isfinite(q).all(axis=1)]
-    return q.T @ q
+    rows = np.isfinite(q).all(axis=1)
+    if weight is None:
+        return q[rows].T @ q[rows]
+    w = np.asarray(weight, dtype=np.float64)[rows]
+    return q[rows].T @ (w[:, None] * q[rows])
 
 
 # ---------------------------------------------------------------------- plan
@@ -214,7 +231,7 @@ def _overlap_task(x, noise, params: _IterParams):
 class _Plan:
     """Static per-fit description of the data as delayed blocks."""
 
-    def __init__(self, x, noise, kind):
+    def __init__(self, x, noise, kind, weights=None):
         self.N, self.D = (int(s) for s in x.shape)
         self.kind = kind
         self.shared = noise if kind == "shared" else None
@@ -223,19 +240,23 @@ class _Plan:
         self.x_blocks = list(x.to_delayed().ravel())
         self.noise_blocks = (list(self.noise.to_delayed().ravel()) if self.noise is not None
                              else [None] * len(self.x_blocks))
+        self.weights = weights
+        self.weight_blocks = (list(weights.to_delayed().ravel()) if weights is not None
+                              else [None] * len(self.x_blocks))
         self.offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int).tolist()
         self.nbytes = int(x.nbytes + (self.noise.nbytes if self.noise is not None else 0))
 
     def summary_graph(self):
-        parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off)
-                 for xb, nb, off in zip(self.x_blocks, self.noise_blocks, self.offsets)]
+        parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off, wb)
+                 for xb, nb, off, wb in zip(self.x_blocks, self.noise_blocks, self.offsets,
+                                            self.weight_blocks)]
         return tree_reduce(parts, sum_stats)
 
     def overlap_graph(self, params: _IterParams):
         """Summed responsibility overlaps (K, K) for split-and-merge (one pass)."""
         p = dask.delayed(params, pure=True)
-        parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p)
-                 for xb, nb in zip(self.x_blocks, self.noise_blocks)]
+        parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p, wb)
+                 for xb, nb, wb in zip(self.x_blocks, self.noise_blocks, self.weight_blocks)]
         return tree_reduce(parts, sum_stats)
 
     def box_graph(self):
@@ -251,9 +272,10 @@ class _Plan:
         """
         p = dask.delayed(params, pure=True)
         comps = comps if comps is not None else [None] * len(self.x_blocks)
-        parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b, c)
-                 for b, (xb, nb, off, c) in enumerate(zip(self.x_blocks, self.noise_blocks,
-                                                          self.offsets, comps))]
+        parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b, c, wb)
+                 for b, (xb, nb, off, c, wb) in enumerate(zip(
+                     self.x_blocks, self.noise_blocks, self.offsets, comps,
+                     self.weight_blocks))]
         return tree_reduce(parts, sum_stats)
 
 
@@ -279,23 +301,29 @@ def _memory_budget(client) -> float:
     return 0.25 * psutil.virtual_memory().available
 
 
-def _maybe_persist(x, noise, kind, persist, client):
-    """Persist the data once when it fits in memory (or when told); else stream."""
-    nbytes = x.nbytes + (noise.nbytes if kind in ("diag", "full") else 0)
+def _maybe_persist(x, noise, kind, persist, client, weights=None):
+    """Persist the data once when it fits in memory (or when told); else stream.
+
+    Returns (x, noise, weights).
+    """
+    per_row = kind in ("diag", "full")
+    arrays = [x] + ([noise] if per_row else []) + ([weights] if weights is not None else [])
+    nbytes = sum(a.nbytes for a in arrays)
     if persist is None:
         persist = nbytes <= _memory_budget(client)
     if not persist:
         log.info("streaming %.3g GB from storage every iteration", nbytes / 1e9)
-        return x, noise
-    arrays = [x] + ([noise] if kind in ("diag", "full") else [])
+        return x, noise, weights
     if client is not None:
-        persisted = client.persist(arrays)
+        persisted = list(client.persist(arrays))
     else:
-        persisted = dask.persist(*arrays, scheduler="threads")
-    x = persisted[0]
-    if kind in ("diag", "full"):
-        noise = persisted[1]
-    return x, noise
+        persisted = list(dask.persist(*arrays, scheduler="threads"))
+    x = persisted.pop(0)
+    if per_row:
+        noise = persisted.pop(0)
+    if weights is not None:
+        weights = persisted.pop(0)
+    return x, noise, weights
 
 
 def _quantize_fraction(f: float) -> float:
@@ -400,7 +428,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         background: Background | None = None, tol: float = 1e-3, maxiter: int = 1000,
         frozen=None, rng=None, client=None, checkpoint=None, split_n_merge: int = 0,
         oversampling: float = 4.0, persist: bool | None = None, accelerate: bool = True,
-        n_init: int = 1, callback_timeout: float | None = None) -> FitResult:
+        n_init: int = 1, callback_timeout: float | None = None, weights=None) -> FitResult:
     """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 
     Parameters
@@ -413,6 +441,12 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     covar : None, (D, D), (N, D) or (N, D, D)
         Noise covariances (shared, diagonal variances, full), data units squared.
         Taken from the catalog when ``data`` is one.
+    weights : None, array_like or dask array, shape (N,)
+        Per-row weights >= 0 (Bovy's XD ``weight``): a row of weight w counts as w
+        rows in every sum - an integer weight gives the fit of the row duplicated
+        w times, weight 0 leaves the row out. ``logL`` is then the weighted mean,
+        and ``N`` and ``N_orig`` are in units of weight. Taken from the catalog
+        when it carries weights. The initialization ignores them.
     init_method : {"kmeans", "random", "minmax", "none"}
         Initialization (see :mod:`daskgmmis.init`). The default, k-means|| on the
         data, finds the basin of the right answer where a random start does not:
@@ -522,6 +556,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
     x, noise, kind = as_dask_input(data, covar)
+    weights = as_dask_weights(data, weights, x)
     if x.shape[1] != D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={D}; build the "
                          f"model with GMM(K, D={x.shape[1]}).")
@@ -550,8 +585,10 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     # 0. memory plan: refuse (or shrink the blocks) before the first pass
     x, noise = plan_fit(x, noise, kind, K, D, client=client, n_init=n_init,
                         oversampling=oversampling if sel_callback is not None else None)
-    x, noise = _maybe_persist(x, noise, kind, persist, client)
-    plan = _Plan(x, noise, kind)
+    if weights is not None:
+        weights = weights.rechunk({0: x.chunks[0]})   # the memory plan may shrink blocks
+    x, noise, weights = _maybe_persist(x, noise, kind, persist, client, weights)
+    plan = _Plan(x, noise, kind, weights)
 
     # 1. first pass: validation + summary (+ block boxes for neighborhoods), one compute
     boxes = None
@@ -621,7 +658,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         background.amp = theta.bg_amp
     return FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,
                      history=list(state.history), N_orig=state.n_orig_history[-1],
-                     N=summary.n, n_outside=last.n_outside, bg_amp=theta.bg_amp,
+                     N=summary.n if weights is None else float(last.total.n),
+                     n_outside=last.n_outside, bg_amp=theta.bg_amp,
                      seconds=time.perf_counter() - t_start,
                      seconds_per_iter=list(state.seconds))
 
@@ -927,7 +965,8 @@ def _fingerprint(plan, summary, K, rng, **options) -> dict:
         "chunks": [int(c) for c in plan.x.chunks[0]],
         "data_summary": {"n": int(summary.n), "n_obs": np.asarray(summary.n_obs).tolist(),
                          "lo": hexes(summary.lo), "hi": hexes(summary.hi),
-                         "total": hexes(summary.total)},
+                         "total": hexes(summary.total),
+                         "weight": float(summary.weight).hex()},
         "shared_noise": None if plan.shared is None else hexes(plan.shared),
         "init_method": options["init_method"], "w": float(options["w"]).hex(),
         "cutoff": None if options["cutoff"] is None else float(options["cutoff"]).hex(),
