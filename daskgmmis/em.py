@@ -45,6 +45,7 @@ from .checkpoint import EMState, load_checkpoint, save_checkpoint
 from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
 from .stats import DataSummary, SuffStats, sum_stats
+from .stepwise import DEFAULT_ALPHA, RunningStats, block_groups, step_size
 from .validation import (check_background, check_data_block, check_model_params,
                          check_noise_block, check_regularization)
 
@@ -76,6 +77,14 @@ class FitResult:
         Fitted background amplitude.
     seconds : float
         Wall-clock time of the fit.
+    seconds_per_iter : list of float
+        Wall-clock time of every batch E-step (and M-step).
+    passes : float
+        Passes over the data by EM: stepwise passes (``stepwise``) plus batch
+        E-steps (the first pass, validation and summary, not counted).
+    stepwise_history : list of float
+        Mean log-likelihood per row of every stepwise group (empty without
+        ``stepwise``).
     """
 
     logL: float
@@ -88,6 +97,8 @@ class FitResult:
     bg_amp: float | None = None
     seconds: float = 0.0
     seconds_per_iter: list = field(default_factory=list)
+    passes: float = 0.0
+    stepwise_history: list = field(default_factory=list)
 
 
 @dataclass
@@ -265,17 +276,18 @@ class _Plan:
                                                    else nb, self.kind)
                 for xb, nb in zip(self.x_blocks, self.noise_blocks)]
 
-    def iteration_graph(self, params: _IterParams, comps=None):
+    def iteration_graph(self, params: _IterParams, comps=None, blocks=None):
         """The graph of one E-step: block tasks and their tree reduction.
 
         ``comps``: per block, the components that may reach it (or None).
+        ``blocks``: indices of the blocks to visit (stepwise EM); None for all.
         """
         p = dask.delayed(params, pure=True)
         comps = comps if comps is not None else [None] * len(self.x_blocks)
-        parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b, c, wb)
-                 for b, (xb, nb, off, c, wb) in enumerate(zip(
-                     self.x_blocks, self.noise_blocks, self.offsets, comps,
-                     self.weight_blocks))]
+        visit = range(len(self.x_blocks)) if blocks is None else blocks
+        parts = [dask.delayed(_estep_task, pure=True)(
+                     self.x_blocks[b], self.noise_blocks[b], p, self.offsets[b], b, comps[b],
+                     self.weight_blocks[b]) for b in visit]
         return tree_reduce(parts, sum_stats)
 
 
@@ -392,7 +404,9 @@ class _Evaluator:
         """(K, K) responsibility overlaps of the observed rows (one compute)."""
         return _compute(self.plan.overlap_graph(self.params(theta, 1.0)), self.client)
 
-    def __call__(self, theta: Theta, f_obs: float) -> _Evaluation:
+    def __call__(self, theta: Theta, f_obs: float, blocks=None) -> _Evaluation:
+        """E-step at ``theta`` over every block, or over ``blocks`` only (its own N,
+        N_orig and imputation, as if those blocks were the catalog)."""
         plan = self.plan
         params = self.params(theta, f_obs)
         comps = None
@@ -400,7 +414,8 @@ class _Evaluator:
             reach = ReachTest(theta.mean, theta.covar).matrix(
                 self.boxes, chi2_cuts(self.cutoff, plan.D))
             comps = [np.flatnonzero(r) for r in reach]
-        stats, imputed, tally = _compute(plan.iteration_graph(params, comps), self.client)
+        stats, imputed, tally = _compute(plan.iteration_graph(params, comps, blocks),
+                                         self.client)
         N = stats.n
         logL = stats.logl / N
         N_orig, total = float(N), stats
@@ -428,7 +443,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         background: Background | None = None, tol: float = 1e-3, maxiter: int = 1000,
         frozen=None, rng=None, client=None, checkpoint=None, split_n_merge: int = 0,
         oversampling: float = 4.0, persist: bool | None = None, accelerate: bool = True,
-        n_init: int = 1, callback_timeout: float | None = None, weights=None) -> FitResult:
+        n_init: int = 1, callback_timeout: float | None = None, weights=None,
+        stepwise: int = 0) -> FitResult:
     """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 
     Parameters
@@ -509,6 +525,14 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         Seconds one call of ``sel_callback`` or ``covar_callback`` may take;
         past that the fit stops with a ``CallbackError`` naming the callback
         (default: no limit).
+    stepwise : int or bool
+        Passes of stepwise (online) EM before batch EM (:mod:`daskgmmis.stepwise`):
+        blocks in a seeded random order, one block per worker thread per group,
+        an M-step after every group on running statistics blended with a decaying
+        step size. On large catalogs this reaches the batch answer's neighbourhood
+        in a couple of passes where batch EM needs tens; batch EM then polishes
+        (and decides convergence). ``0``/``False``: batch EM only; ``True``: 2.
+        The group size is fixed at the start (kept on resume).
     checkpoint : str or os.PathLike, optional
         File for the EM state, written atomically after every iteration. If it
         holds a checkpoint of the same problem the fit resumes from it and ends
@@ -551,6 +575,14 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
             and math.isfinite(oversampling)):
         raise InputError(f"oversampling: expected a finite number > 0; found {oversampling!r}.")
     check_timeout(callback_timeout)
+    if stepwise is True:
+        stepwise = 2
+    if isinstance(stepwise, bool):
+        stepwise = 0
+    if not (isinstance(stepwise, (int, np.integer)) and 0 <= stepwise <= 1000):
+        raise InputError(f"stepwise: expected a number of passes from 0 to 1000 (or True/"
+                         f"False); found {stepwise!r}.")
+    stepwise = int(stepwise)
     K, D = gmm.K, gmm.D
     check_regularization(w)
     if isinstance(data, (str, os.PathLike)):
@@ -605,7 +637,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
                                cutoff=cutoff, sel_callback=sel_callback,
                                covar_callback=covar_callback, background=background,
                                frozen=frozen_idx, oversampling=oversampling,
-                               accelerate=accelerate)
+                               accelerate=accelerate, stepwise=stepwise)
     state = load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
     if state is not None:
         seed = np.random.SeedSequence(int(state.seed[0]), spawn_key=tuple(state.seed[1:]))
@@ -623,17 +655,28 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     run = dict(evaluate=evaluate, tol=tol, maxiter=maxiter, w=w, frozen=frozen_idx,
                background=background, accelerate=accelerate, checkpoint=checkpoint,
                fingerprint=fingerprint)
+    # the anchor of the stepwise sums: the data's mean (NaN-free: init checked n_obs)
+    stepwise_run = dict(evaluate=evaluate, N_all=float(summary.weight),
+                        anchor=np.nan_to_num(summary.total / np.maximum(summary.n_obs, 1)),
+                        w=w, frozen=frozen_idx, background=background,
+                        checkpoint=checkpoint, fingerprint=fingerprint)
+
+    def em_from(start: EMState):
+        if stepwise:
+            groups = _stepwise_groups(start, plan, client, stepwise, seed)
+            start = _run_stepwise(start, groups, **stepwise_run)
+        return _run_em(start, **run)
 
     # 3. EM, from each start
     if state is not None:
-        best = _run_em(state, **run)
+        best = em_from(state)
     else:
         best = None
         for init_seed in init_seeds:
             theta = _initial_theta(gmm, init_method, K, plan, summary, x, client,
                                    np.random.default_rng(init_seed), bg_amp0, bg_seeded)
             seed_list = [str(seed.entropy), *map(int, seed.spawn_key)]
-            outcome = _run_em(EMState(theta=theta, seed=seed_list), **run)
+            outcome = em_from(EMState(theta=theta, seed=seed_list))
             if best is None or outcome[0].history[-1] > best[0].history[-1]:
                 best = outcome
     state, converged, last = best
@@ -661,7 +704,11 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
                      N=summary.n if weights is None else float(last.total.n),
                      n_outside=last.n_outside, bg_amp=theta.bg_amp,
                      seconds=time.perf_counter() - t_start,
-                     seconds_per_iter=list(state.seconds))
+                     seconds_per_iter=list(state.seconds),
+                     passes=len(state.history) + (
+                         state.sw_steps / -(-len(plan.x_blocks) // state.sw_group)
+                         if state.sw_group else 0.0),
+                     stepwise_history=list(state.sw_history))
 
 
 def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
@@ -949,6 +996,66 @@ def _run_em(state: EMState, *, evaluate, tol, maxiter, w, frozen, background, ac
     return state, converged, ev
 
 
+# Child key of the fit's root seed for the stepwise block order: far from the keys of
+# the imputation (0) and of the starts (1 .. n_init <= MAX_N_INIT).
+_STEPWISE_KEY = 2**32 - 1
+
+
+def _stepwise_group_size(client) -> int:
+    """Blocks per stepwise group: one per worker thread."""
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return max(1, os.cpu_count() or 1)
+
+
+def _stepwise_groups(state: EMState, plan, client, passes: int, root_seed) -> list:
+    """The groups of blocks of the stepwise phase (fixing the group size at the start)."""
+    n_blocks = len(plan.x_blocks)
+    if state.sw_group == 0:
+        state.sw_group = min(_stepwise_group_size(client), n_blocks)
+    rng = np.random.default_rng(child_seed(root_seed, _STEPWISE_KEY))
+    return block_groups(n_blocks, state.sw_group, passes, rng)
+
+
+def _run_stepwise(state: EMState, groups: list, *, evaluate, N_all, anchor, w, frozen,
+                  background, checkpoint, fingerprint) -> EMState:
+    """Stepwise EM over ``groups`` of blocks from ``state`` (resumes at ``state.sw_steps``).
+
+    Every group is one compute over its blocks; its statistics, scaled from the
+    group's rows to the catalog's ``N_all``, are blended into the running
+    statistics (:class:`~daskgmmis.stepwise.RunningStats`) and an M-step follows.
+    """
+    while state.sw_steps < len(groups):
+        t0 = time.perf_counter()
+        ev = evaluate(state.theta, state.f_obs, blocks=groups[state.sw_steps])
+        n_group = float(ev.total.n)
+        state.sw_steps += 1
+        if not n_group > 0:
+            continue     # every row of the group has weight 0: nothing to learn from
+        state.f_obs = ev.f_obs
+        scale = N_all / n_group
+        group_stats, n_orig = ev.total.scaled(scale), ev.N_orig * scale
+        if state.sw_running is None or state.sw_restart:
+            state.sw_running = RunningStats.start(group_stats, state.theta.mean, anchor, n_orig)
+        else:
+            state.sw_running = state.sw_running.blend(group_stats, state.theta.mean, n_orig,
+                                                      step_size(state.sw_steps - 1,
+                                                                DEFAULT_ALPHA))
+        running = state.sw_running
+        state.theta, dead = mstep(running.about(state.theta.mean), state.theta, w=w,
+                                  frozen=frozen, background=background,
+                                  N_total=running.n_orig)
+        # a re-seeded component's running sums describe the old one: start afresh
+        state.sw_restart = bool(dead.size)
+        state.sw_history.append(ev.logL)
+        log.info("stepwise group %d/%d (%d blocks): mean logL %.8g, N_orig %.6g, %.3f s",
+                 state.sw_steps, len(groups), len(groups[state.sw_steps - 1]), ev.logL,
+                 running.n_orig, time.perf_counter() - t0)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, state, fingerprint)
+    return state
+
+
 def _callback_name(cb):
     if cb is None:
         return None
@@ -978,6 +1085,7 @@ def _fingerprint(plan, summary, K, rng, **options) -> dict:
         "frozen": {k: v.tolist() for k, v in options["frozen"].items()},
         "oversampling": float(options["oversampling"]).hex(),
         "accelerate": bool(options["accelerate"]),
+        "stepwise": int(options["stepwise"]),
     }
     if rng is not None:
         seed = _root_seed(rng) if not isinstance(rng, np.random.Generator) else None

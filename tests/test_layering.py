@@ -16,7 +16,7 @@ import daskgmmis
 
 PKG = pathlib.Path(daskgmmis.__file__).parent
 PURE = ("kernels", "stats", "mstep", "neighborhoods", "background", "acceleration",
-        "validation")
+        "validation", "stepwise")
 OPTIONAL = {"plots"}          # needs matplotlib (the "plot" extra)
 
 
