@@ -42,6 +42,8 @@ from .catalog import (CATALOG_FORMAT, CATALOG_FORMAT_VERSION, check_not_input,
                       default_row_chunk, open_catalog)
 from .cluster import client_context
 from .em import fit_best
+from .progress import ProgressHandler
+from .options import SAME, FitOptions, Interval, OneOf, cli_help, option_fields
 from .ingest import CatalogWriter, ingest as run_ingest, table_parts
 from .model import GMM
 from .posterior import posterior as compute_posterior, predict_missing, write_posterior
@@ -58,42 +60,11 @@ _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # ------------------------------------------------------------------- runtime
 
 
-class _ProgressHandler(logging.Handler):
-    """Writes the library's log records to stderr, one line each.
-
-    EM iteration records (``"iteration %d: mean logL ..."`` with five arguments)
-    are laid out as aligned columns; N_orig is shown only for truncated fits.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.show_n_orig = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            args = record.args
-            if (isinstance(record.msg, str) and record.msg.startswith("iteration ")
-                    and isinstance(args, tuple) and len(args) == 5):
-                it, logl, change, n_orig, secs = args
-                line = f"  iter {it:5d}  mean logL {logl:12.6f}  change "
-                line += "         -" if change != change else f"{change:+10.3e}"
-                if self.show_n_orig:
-                    line += f"  N_orig {n_orig:12.1f}"
-                line += f"  {secs:7.3f} s"
-            else:
-                line = record.getMessage()
-                if record.levelno >= logging.WARNING:
-                    line = f"daskgmmis: warning: {line}"
-            click.echo(line, err=True)
-        except Exception:   # a log line must never break the command
-            self.handleError(record)
-
-
-def _show_n_orig(flag: bool) -> None:
-    """Show N_orig in the iteration lines (truncated fits)."""
+def _show_progress(iterations: bool, n_orig: bool) -> None:
+    """Show the iteration lines (``--progress``), with N_orig (truncated fits)."""
     for h in log.handlers:
-        if isinstance(h, _ProgressHandler):
-            h.show_n_orig = flag
+        if isinstance(h, ProgressHandler):
+            h.show_iterations, h.show_n_orig = iterations, n_orig
 
 
 def _one_line(text: str) -> str:
@@ -122,7 +93,10 @@ class _Group(click.Group):
                         if a.startswith("-") and not a.startswith("--") and set(a[1:]) <= {"v"})
         verbosity += args.count("--verbose")
         quiet = "-q" in args or "--quiet" in args
-        handler = _ProgressHandler()
+        # iteration lines by default on a terminal only (fit --progress/--no-progress);
+        # restart headers and summaries always
+        handler = ProgressHandler(show_iterations=sys.stderr.isatty(), show_n_orig=False,
+                                  warning_prefix="daskgmmis: warning: ")
         previous_level, previous_propagate = log.level, log.propagate
         log.addHandler(handler)
         log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbosity else logging.INFO)
@@ -205,6 +179,46 @@ def _cluster_options(f):
                      help="Address of a running scheduler (tcp://host:8786), or 'threads' "
                           "to run in this process on dask's threaded scheduler. Default: "
                           "a new LocalCluster.")(f)
+    return f
+
+
+def _click_type(f):
+    """The click type of a table option (ranges and choices from its constraint)."""
+    cli = f.metadata["cli"]
+    bounded = [c for c in f.metadata["constraints"] if isinstance(c, Interval)]
+    if cli.value == "choice":
+        return click.Choice([v for c in f.metadata["constraints"] if isinstance(c, OneOf)
+                             for v in c.values])
+    if cli.value in ("float", "int"):
+        rng_type = click.FloatRange if cli.value == "float" else click.IntRange
+        if not bounded:
+            return float if cli.value == "float" else int
+        c = bounded[0]
+        kw = {"min_open": c.low_open} if cli.value == "float" else {}
+        return rng_type(min=c.low, max=c.high, **kw)
+    if cli.value == "path":
+        return click.Path()
+    return str
+
+
+def _fit_options(f):
+    """The fit options of the table (:class:`daskgmmis.FitOptions`) as click options.
+
+    Spelling, type, range, default and help come from the table; an option
+    without a command-line spelling is Python-only (the table says why).
+    """
+    for field in reversed(option_fields()):
+        cli = field.metadata["cli"]
+        if cli is None:
+            continue
+        default = field.default if cli.default == SAME else cli.default
+        kwargs = dict(help=cli_help(field), default=default, metavar=cli.metavar,
+                      show_default=default is not None and cli.value != "flag")
+        if cli.value == "flag":
+            kwargs["is_flag"] = True
+        elif cli.value != "toggle":
+            kwargs["type"] = _click_type(field)
+        f = click.option(*cli.flags, cli.dest or field.name, **kwargs)(f)
     return f
 
 
@@ -568,39 +582,8 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Model file to write (.npz).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--init-method", type=click.Choice(["random", "minmax", "kmeans", "none"]),
-              default=None,
-              help="Initialization [default: kmeans, k-means|| on the data; with "
-                   "--init-model: that model].")
 @click.option("--init-model", type=click.Path(dir_okay=False), default=None,
               help="Start from this saved model (implies --init-method none).")
-@click.option("-w", "--w", "w", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Covariance regularization in data units (w^2 floor on variances).")
-@click.option("--cutoff", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Neighborhood size in 1-D sigmas (default: every row sees every "
-                   "component).")
-@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-              help="Stop when the mean log-likelihood per row changes by less.")
-@click.option("--maxiter", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Maximum EM iterations.")
-@click.option("--seed", type=int, default=None, help="Random seed (initialization, "
-                                                     "imputation, restarts).")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Fit from this many random starts; keep the highest likelihood.")
-@click.option("--frozen", default=None, metavar="JSON",
-              help='Components held fixed: \'{"amp": [0], "mean": [0, 2], "covar": []}\' '
-                   "or '[0, 2]' (all three); needs a start (--init-model).")
-@click.option("--selection", default=None, metavar="SPEC",
-              help="Selection function (truncated fit): built-in JSON such as "
-                   '\'{"type": "box", "lower": [0, 0], "upper": [10, 10]}\', @file.json, or '
-                   "module:function / file.py:function for your own Omega(coords).")
-@click.option("--covar-callback", default=None, metavar="SPEC",
-              help="Noise of unobserved rows: JSON (D, D) matrix, JSON list of D variances, "
-                   "or module:function / file.py:function.")
-@click.option("--oversampling", type=click.FloatRange(min=0, min_open=True), default=4.0,
-              show_default=True, help="Monte-Carlo precision of the imputation.")
-@click.option("--prefit", is_flag=True,
-              help="With --selection: start each truncated fit from a fit without it.")
 @click.option("--bg-lower", default=None, metavar="X0,X1,...",
               help="Uniform background: lower corner of its footprint.")
 @click.option("--bg-upper", default=None, metavar="X0,X1,...",
@@ -610,28 +593,21 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
 @click.option("--bg-amp-min", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--bg-amp-max", type=click.FloatRange(0, 1), default=1.0, show_default=True)
 @click.option("--bg-fixed", is_flag=True, help="Hold the background fraction at --bg-amp.")
-@click.option("--accelerate/--no-accelerate", default=True, show_default=True,
-              help="SQUAREM extrapolation of EM steps (--no-accelerate: textbook EM).")
-@click.option("--split-n-merge", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Split-and-merge attempts (when the library provides them).")
-@click.option("--checkpoint", type=click.Path(), default=None,
-              help="EM state file, written every iteration; a rerun resumes from it.")
-@click.option("--persist/--no-persist", default=None,
-              help="Keep the catalog in cluster memory (default: when it fits).")
+@_fit_options
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Write the fit's result (history, N_orig, timings, options) as JSON.")
 @_cluster_options
 @_global_options
-def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, maxiter, seed,
-        restarts, frozen, selection, covar_callback, oversampling, prefit, bg_lower, bg_upper,
-        bg_amp, bg_amp_min, bg_amp_max, bg_fixed, accelerate, split_n_merge, checkpoint,
-        persist, report, scheduler, scheduler_file, workers, memory_limit):
+def fit(catalog, K, out, overwrite, init_model, bg_lower, bg_upper, bg_amp, bg_amp_min,
+        bg_amp_max, bg_fixed, report, scheduler, scheduler_file, workers, memory_limit,
+        init_method, seed, selection, frozen, covar_callback, progress, **options):
     """Fit a Gaussian mixture to a catalog (extreme deconvolution, missing features,
     truncation, background) and save the model.
 
     The catalog's noise covariances are deconvolved; NaN values are marginalized.
     With --selection the fit recovers the population before the selection, and
-    reports its estimated size N_orig. One line per iteration shows progress.
+    reports its estimated size N_orig. Progress: a header and a one-line summary
+    per start (--n-init), and on a terminal (or with --progress) the iterations.
 
     \b
     Examples:
@@ -692,28 +668,25 @@ def fit(catalog, K, out, overwrite, init_method, init_model, w, cutoff, tol, max
     if noise_cb is not None and sel is None:
         raise click.UsageError("--covar-callback models the noise of unobserved rows; it "
                                "needs --selection.")
-    if prefit and sel is None:
-        raise click.UsageError("--prefit applies to truncated fits; it needs --selection.")
 
-    _show_n_orig(sel is not None)
+    if options["prefit"] and sel is None:
+        raise click.UsageError("--prefit applies to truncated fits; it needs --selection.")
+    opts = FitOptions.create(init_method=init_method, rng=seed, sel_callback=sel,
+                             covar_callback=noise_cb, frozen=frozen_value,
+                             background=background, **options)
+    _show_progress(sys.stderr.isatty() if progress is None else progress, sel is not None)
     log.info("fitting %s (N=%d, D=%d, noise: %s) with K=%d%s", catalog, N, D, cat.covar_kind,
              gmm.K, ", truncated" if sel is not None else "")
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
-        result = fit_best(
-            gmm, cat, n_init=restarts, rng=seed, background=background, prefit=prefit,
-            init_method=init_method, w=w, cutoff=cutoff, sel_callback=sel,
-            covar_callback=noise_cb, tol=tol, maxiter=maxiter, frozen=frozen_value,
-            client=client, checkpoint=checkpoint, oversampling=oversampling,
-            persist=persist, accelerate=accelerate, split_n_merge=split_n_merge)
+        result = fit_best(gmm, cat, options=opts.replace(client=client))
     if report is not None:
         info = dataclasses.asdict(result)
+        info.update(opts.report())
+        # the command-line spellings of the options given as text
         info.update({"catalog": os.path.abspath(catalog), "model": os.path.abspath(out),
-                     "K": gmm.K, "D": D, "tol": tol, "maxiter": maxiter, "w": w,
-                     "cutoff": cutoff, "seed": seed, "restarts": restarts,
-                     "init_method": init_method, "selection": selection,
-                     "covar_callback": covar_callback, "oversampling": oversampling,
-                     "accelerate": accelerate, "split_n_merge": split_n_merge,
-                     "background": None if background is None else background.to_dict()})
+                     "K": gmm.K, "D": D, "seed": seed, "restarts": opts.n_init,
+                     "selection": selection, "covar_callback": covar_callback,
+                     "frozen": frozen_value})
         _write_json(report, info)
     try:
         gmm.save(out, background=background, overwrite=overwrite)
@@ -1217,7 +1190,7 @@ def demo(out, seed, seeds, restarts, samples, maxiter, as_json, scheduler, sched
       daskgmmis demo --seeds 10 --json bench.json      # the benchmark over 10 seeds
     """
     seed = example.DEFAULT_SEED if seed is None else seed
-    _show_n_orig(True)        # two of the four fits are truncated
+    _show_progress(sys.stderr.isatty(), True)        # two of the four fits are truncated
     if workers is None and scheduler is None and scheduler_file is None:
         workers = 2
     with _client(scheduler, scheduler_file, workers, memory_limit) as client:
