@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from .progress import progress_display
 from .skcompat import (check_covariance_type, check_covariances, check_means, check_weights,
                        covariances_from_precisions, precision_cholesky, resolve_init_method,
                        resolve_maxiter, resolve_regularization)
-from .errors import DaskGMMisError, InputError, InputTypeError
+from .errors import ConvergenceWarning, DaskGMMisError, InputError, InputTypeError
 from .model import GMM
 from .validation import is_dask
 from .catalog import as_dask_input, Catalog, open_catalog
@@ -91,6 +92,22 @@ def _seed_of(random_state):
 # rng is scikit-learn's random_state, progress is verbose.
 OPTION_PARAMS = tuple(n for n in FitOptions.names() if n not in ("rng", "progress"))
 _DEFAULTS = FitOptions.defaults()
+
+
+# scikit-learn's wording of a fit that stopped at max_iter (its users search for it)
+_SK_NOT_CONVERGED = ("Best performing initialization did not converge. Try different init "
+                     "parameters, or increase max_iter, tol, or check for degenerate data.")
+
+
+def _reissue(caught) -> None:
+    """Issue the fit's warnings again from the estimator, the convergence one in
+    scikit-learn's words followed by the library's details; the user's filters apply."""
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning) and "did not converge" in str(w.message):
+            warnings.warn(f"{_SK_NOT_CONVERGED} ({w.message})", w.category, stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                   source=w.source)
 
 
 class GaussianMixture:
@@ -522,15 +539,18 @@ class GaussianMixture:
                              f"{interval!r}.")
         opts = self._fit_options(background=_copy_background(self.background))
         gmm, opts = self._start(X, covar, opts)
-        if verbose:
-            # verbose=1: a header and a summary per start; 2: also every
-            # verbose_interval-th iteration (on stderr, as the library's progress)
-            with progress_display(interval=interval if verbose > 1 else 1) as handler:
-                if handler is not None:
-                    handler.show_iterations = verbose > 1
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if verbose:
+                # verbose=1: a header and a summary per start; 2: also every
+                # verbose_interval-th iteration (on stderr, as the library's progress)
+                with progress_display(interval=interval if verbose > 1 else 1) as handler:
+                    if handler is not None:
+                        handler.show_iterations = verbose > 1
+                    result = fit_best(gmm, X, covar, options=opts)
+            else:
                 result = fit_best(gmm, X, covar, options=opts)
-        else:
-            result = fit_best(gmm, X, covar, options=opts)
+        _reissue(caught)
         bg = opts.background
         if bg is not None:
             gmm.background = bg
