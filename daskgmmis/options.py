@@ -466,8 +466,10 @@ class FitOptions:
                              if isinstance(value, dict) else np.asarray(value).tolist())
             elif name == "client":
                 out[name] = getattr(getattr(value, "scheduler", None), "address", repr(value))
-            else:
+            elif callable(value):
                 out[name] = callable_name(value)
+            else:                       # a Generator or SeedSequence seed
+                out[name] = repr(value)
         return out
 
     @classmethod

@@ -6,6 +6,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
+from ..em import child_seed
 from ..catalog import default_row_chunk
 from ..ingest import CatalogWriter
 from ..selection import evaluate_covar_callback
@@ -74,7 +75,9 @@ def sample(model, n, out, seed, noise, selection, columns, chunks, batch_rows, n
     bg = None if no_background else gmm.background
     source_kind, store_kind = _noise_layout(noise_cb, gmm)
     batches = [min(batch_rows, n - start) for start in range(0, n, batch_rows)]
-    seeds = np.random.SeedSequence(seed).spawn(len(batches))
+    # the package's one seed derivation (equal to SeedSequence(seed).spawn(n))
+    root = np.random.SeedSequence(seed)
+    seeds = [child_seed(root, i) for i in range(len(batches))]
     if fmt != "zarr":
         if store_kind == "full":
             raise click.BadParameter("correlated noise needs (N, D, D) covariances: write a "
