@@ -15,6 +15,7 @@ from .errors import (CallbackError, CatalogError, CatalogNotFoundError, Checkpoi
                      OutputExistsError, SchedulerFileError, SchedulerFileNotFoundError,
                      StoreExistsError)
 from .model import GMM
+from .options import FitOptions
 from .posterior import Posterior, posterior, predict_missing, write_posterior
 from .scoring import CVResult, aic, bic, cv_fit, score, stack
 from .simulate import draw
@@ -24,7 +25,7 @@ from . import selection
 __version__ = "0.1.0"
 
 __all__ = [
-    "GMM", "Background", "Catalog", "FitResult", "fit", "open_catalog", "write_catalog",
+    "GMM", "FitOptions", "Background", "Catalog", "FitResult", "fit", "open_catalog", "write_catalog",
     "DaskGMMisError", "InputError", "InputTypeError", "CatalogError", "CatalogNotFoundError",
     "ModelFileError", "NumericalError", "CallbackError", "CheckpointError", "ClusterError", "OutputError", "OutputExistsError",
     "StoreExistsError",

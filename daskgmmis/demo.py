@@ -24,6 +24,7 @@ Run: python examples/demo.py [--out DIR] [--seed S] [--seeds N] [--restarts R]
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 import warnings
@@ -35,6 +36,8 @@ import daskgmmis as dg
 from daskgmmis.cluster import dashboard_link, get_client
 from daskgmmis.em import fit_best
 from daskgmmis.selection import And, Box, Complement, Sphere
+
+log = logging.getLogger("daskgmmis")
 
 NOISE_SD = 0.5
 N_SAMPLES = 400
@@ -131,8 +134,10 @@ def fit_variants(observed, noise, *, seed: int, n_restarts: int = 5, w: float = 
     """Fit the observed rows the four ways; {key: (GMM, FitResult, seconds)}."""
     sel = selection()
     out = {}
-    for i, (key, _, deconvolve, truncate) in enumerate(VARIANTS):
+    for i, (key, title, deconvolve, truncate) in enumerate(VARIANTS):
         gmm = dg.GMM(K, 2)
+        # a label above each fit's progress lines (the command shows the log)
+        log.info("fit %d/%d: %s (%d starts)", i + 1, len(VARIANTS), title, n_restarts)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # a start that stops at maxiter is still a candidate: the best is kept

@@ -16,6 +16,8 @@ iterations (persisted data aside).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -32,18 +34,20 @@ from .blocks import compute as _compute
 from .blocks import tree_reduce
 from .catalog import Catalog, as_dask_input, as_dask_weights, open_catalog
 from .memory import check_candidates, plan_fit
-from .timelimit import check_timeout, time_limited
+from .timelimit import time_limited
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
-                     InputTypeError, NumericalError)
+                     InputTypeError, NumericalError, adopt_sklearn_warnings)
 from .imputation import candidate_count, impute_block
 from .selection import check_picklable, evaluate_selection
-from .init import INIT_METHODS, init_kmeans, init_minmax, init_random
+from .init import init_kmeans, init_minmax, init_random
 from .model import GMM, Theta
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .acceleration import extrapolate
 from .checkpoint import EMState, load_checkpoint, save_checkpoint
 from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
+from .options import FitOptions, callable_name, option_fields
+from .progress import progress_display
 from .stats import DataSummary, SuffStats, sum_stats
 from .stepwise import DEFAULT_ALPHA, RunningStats, block_groups, step_size
 from .validation import (check_background, check_data_block, check_model_params,
@@ -292,11 +296,7 @@ class _Plan:
 
 
 def _resolve_client(client):
-    if client is not None:
-        if not all(hasattr(client, a) for a in ("compute", "persist", "scheduler_info")):
-            raise InputTypeError(f"client: expected None or a distributed.Client; found "
-                                 f"{type(client).__name__}. Connect with "
-                                 f"distributed.Client(address) first.")
+    if client is not None:       # checked by FitOptions
         return client
     try:
         from distributed import default_client
@@ -438,14 +438,7 @@ class _Evaluator:
 # ----------------------------------------------------------------------- fit
 
 
-def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0.0,
-        cutoff: float | None = None, sel_callback=None, covar_callback=None,
-        background: Background | None = None, tol: float = 1e-3, maxiter: int = 1000,
-        frozen=None, rng=None, client=None, checkpoint=None, split_n_merge: int = 0,
-        oversampling: float = 4.0, persist: bool | None = None, accelerate: bool = True,
-        n_init: int = 1, callback_timeout: float | None = None, weights=None,
-        stepwise: int = 0) -> FitResult:
-    """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
+_FIT_DOC = """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 
     Parameters
     ----------
@@ -463,128 +456,72 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         w times, weight 0 leaves the row out. ``logL`` is then the weighted mean,
         and ``N`` and ``N_orig`` are in units of weight. Taken from the catalog
         when it carries weights. The initialization ignores them.
-    init_method : {"kmeans", "random", "minmax", "none"}
-        Initialization (see :mod:`daskgmmis.init`). The default, k-means|| on the
-        data, finds the basin of the right answer where a random start does not:
-        on pyGMMis's demo geometry (4,000 rows, noise sd 0.5, ~50 % cut away) it
-        gives KL(truth || fit) 0.015-0.038 and N_orig within 6 % over six seeds,
-        where random starts gave KL 1.4-2.6 and N_orig up to 8.5x the truth.
-    w : float
-        Covariance regularization in data units: ``w**2`` added to the diagonal.
-    cutoff : float, optional
-        Neighborhood size in 1-D-equivalent sigmas; ``None``: every row touches
-        every component.
-    sel_callback : callable, optional
-        Selection function Ω(coords (n, D)) -> (n,) probabilities in [0, 1] (booleans
-        accepted) that a row at noisy position ``coords`` is in the catalog. With it
-        the fit recovers the population *before* selection by imputing the
-        unobserved rows (docs/design.md §1.4); Ω enters the likelihood, not the
-        responsibilities. Must be picklable for a distributed client.
-    covar_callback : callable, optional
-        Noise covariance of an unobserved row at arbitrary true positions:
-        returns (n, D, D), (n, D) diagonal variances, or one (D, D) matrix. Default:
-        the shared noise matrix when ``covar`` is one, else no noise.
-    oversampling : float
-        Monte-Carlo precision of the imputation: candidates drawn per estimated
-        unobserved row (see :func:`daskgmmis.imputation.candidate_count`). The
-        imputed statistics' Monte-Carlo variance is ``1/oversampling`` of the
-        Poisson variance of the unobserved population. Cost: ``oversampling / f``
-        candidate E-steps per observed row, f the observed fraction.
-    split_n_merge : int
-        Split-and-merge attempts after EM converges (Ueda et al. 2000, as in Bovy's
-        XD and pyGMMis): merge the pair with the largest responsibility overlap,
-        split the broadest other component, run a partial EM on those three, then
-        a full EM; keep the result only if the likelihood improves by more than
-        ``tol``. Each attempt tries the next candidate triple. Needs K >= 3.
-    background : Background, optional
-        Uniform background fitted jointly; its ``amp`` is updated in place.
-    tol : float
-        Stop when the mean log-likelihood per row changes by less than ``tol``.
-    maxiter : int
-        Maximum number of EM iterations (M-steps).
-    frozen : dict or sequence of int, optional
-        ``{"amp": [...], "mean": [...], "covar": [...]}`` component indices whose
-        values are held; a plain sequence freezes all three.
-    rng : None, int, Generator or SeedSequence
-        Seed of every random choice (initialization, imputation).
-    client : distributed.Client, optional
-        Default: the active client if any, else dask's local threaded scheduler.
-    persist : bool, optional
-        Keep the data in (cluster) memory across iterations; default: when it
-        fits in half the workers' memory limits (a quarter of free RAM locally).
-    accelerate : bool
-        SQUAREM extrapolation of the EM map (Varadhan & Roland 2008): the same
-        fixed points in far fewer iterations where EM crawls (truncation, heavy
-        noise). An extrapolated step is kept only if the likelihood does not
-        drop. ``False`` gives textbook EM, step for step.
-    n_init : int
-        Number of starts (each from its own random stream); the fit with the
-        highest final likelihood is kept. At most
-        :data:`daskgmmis.memory.MAX_N_INIT`.
-    callback_timeout : float, optional
-        Seconds one call of ``sel_callback`` or ``covar_callback`` may take;
-        past that the fit stops with a ``CallbackError`` naming the callback
-        (default: no limit).
-    stepwise : int or bool
-        Passes of stepwise (online) EM before batch EM (:mod:`daskgmmis.stepwise`):
-        blocks in a seeded random order, one block per worker thread per group,
-        an M-step after every group on running statistics blended with a decaying
-        step size. On large catalogs this reaches the batch answer's neighbourhood
-        in a couple of passes where batch EM needs tens; batch EM then polishes
-        (and decides convergence). ``0``/``False``: batch EM only; ``True``: 2.
-        The group size is fixed at the start (kept on resume).
-    checkpoint : str or os.PathLike, optional
-        File for the EM state, written atomically after every iteration. If it
-        holds a checkpoint of the same problem the fit resumes from it and ends
-        bit-identical to an uninterrupted fit; a checkpoint of another problem
-        is refused (:class:`~daskgmmis.errors.CheckpointError`).
+    options : FitOptions, optional
+        The options below as one validated object (:class:`daskgmmis.FitOptions`);
+        keywords given as well replace its values.
+{options}
 
     Returns
     -------
     FitResult
+        The best start's result.
+
+    Notes
+    -----
+    The options are defined once, in :class:`daskgmmis.FitOptions`: this
+    signature and the list above are generated from it. With ``n_init`` starts,
+    start ``i`` is initialized from :func:`child_seed` ``(root, 1 + i)`` and the
+    imputation draws from ``child_seed(root, 0)``, ``root`` the seed of ``rng``.
+    Progress is logged on the ``daskgmmis`` logger (events ``restart_start``,
+    ``iteration``, ``restart_end`` in the records' ``daskgmmis_event``);
+    ``progress=True`` shows it on stderr.
     """
+
+
+def fit(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions | None = None,
+        **kwargs) -> FitResult:
+    opts = FitOptions.create(options, **kwargs)
+    if not opts.progress:
+        return _fit(gmm, data, covar, weights, opts)
+    with progress_display():
+        return _fit(gmm, data, covar, weights, opts)
+
+
+fit.__doc__ = _FIT_DOC.format(options=FitOptions.numpydoc())
+fit.__signature__ = inspect.Signature(
+    [inspect.Parameter("gmm", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=GMM),
+     inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("covar", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+     inspect.Parameter("weights", inspect.Parameter.KEYWORD_ONLY, default=None),
+     inspect.Parameter("options", inspect.Parameter.KEYWORD_ONLY, default=None,
+                       annotation="FitOptions | None"),
+     *FitOptions.signature_parameters()],
+    return_annotation=FitResult)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one EM run needs: the options, the E-step, and what a phase overrides."""
+
+    opts: FitOptions
+    evaluate: "_Evaluator"
+    frozen: dict
+    fingerprint: dict
+    checkpoint: object
+    maxiter: int
+
+
+def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
     t_start = time.perf_counter()
+    adopt_sklearn_warnings()     # this fit's warnings: scikit-learn's class if it is loaded
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
-    if init_method not in INIT_METHODS:
-        raise InputError(f"init_method: expected one of {INIT_METHODS}; found {init_method!r}.")
-    for name, value in (("tol", tol), ("w", w)):
-        if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value)
-                and value >= 0):
-            raise InputError(f"{name}: expected a finite number >= 0; found {value!r}.")
-    if not (isinstance(maxiter, (int, np.integer)) and maxiter >= 0):
-        raise InputError(f"maxiter: expected an integer >= 0; found {maxiter!r}.")
-    if cutoff is not None and not (isinstance(cutoff, (int, float, np.integer, np.floating))
-                                   and not isinstance(cutoff, bool) and cutoff > 0):
-        raise InputError(f"cutoff: expected None or a number of sigmas > 0; found {cutoff!r}.")
-    for name, value, allowed in (("persist", persist, "None, True or False"),
-                                 ("accelerate", accelerate, "True or False")):
-        # a truthy string such as "no" would silently mean True
-        if not (isinstance(value, (bool, np.bool_)) or (name == "persist" and value is None)):
-            raise InputTypeError(f"{name}: expected {allowed}; found {value!r}.")
-    if not (isinstance(split_n_merge, (int, np.integer)) and split_n_merge >= 0):
-        raise InputError(f"split_n_merge: expected an integer >= 0; found {split_n_merge!r}.")
-    if split_n_merge and gmm.K < 3:
+    init_method, n_init, cutoff = opts.init_method, opts.n_init, opts.cutoff
+    if opts.split_n_merge and gmm.K < 3:
         raise InputError(f"split_n_merge: needs K >= 3 components (merge two, split a third); "
                          f"found K={gmm.K}.")
-    for name, cb in (("sel_callback", sel_callback), ("covar_callback", covar_callback)):
-        if cb is not None and not callable(cb):
-            raise InputTypeError(f"{name}: expected a callable taking coords (n, D); found "
-                                 f"{type(cb).__name__}.")
-    if not (isinstance(oversampling, (int, float, np.floating)) and oversampling > 0
-            and math.isfinite(oversampling)):
-        raise InputError(f"oversampling: expected a finite number > 0; found {oversampling!r}.")
-    check_timeout(callback_timeout)
-    if stepwise is True:
-        stepwise = 2
-    if isinstance(stepwise, bool):
-        stepwise = 0
-    if not (isinstance(stepwise, (int, np.integer)) and 0 <= stepwise <= 1000):
-        raise InputError(f"stepwise: expected a number of passes from 0 to 1000 (or True/"
-                         f"False); found {stepwise!r}.")
-    stepwise = int(stepwise)
     K, D = gmm.K, gmm.D
-    check_regularization(w)
+    check_regularization(opts.w)
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
     x, noise, kind = as_dask_input(data, covar)
@@ -592,23 +529,22 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     if x.shape[1] != D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={D}; build the "
                          f"model with GMM(K, D={x.shape[1]}).")
-    check_background(background, D, "data")
-    frozen_idx = parse_frozen(frozen, K)
+    check_background(opts.background, D, "data")
+    frozen_idx = parse_frozen(opts.frozen, K)
     if init_method == "none":
         check_model_params(gmm.amp, gmm.mean, gmm.covar)
-    if not (isinstance(n_init, (int, np.integer)) and n_init >= 1):
-        raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
-    if n_init > 1 and (checkpoint is not None or init_method == "none"):
+    if n_init > 1 and (opts.checkpoint is not None or init_method == "none"):
         raise InputError("n_init: multiple starts need an initialization method other than "
                          "'none' and cannot be combined with a checkpoint; use n_init=1.")
-    client = _resolve_client(client)
+    client = _resolve_client(opts.client)
+    sel_callback, covar_callback = opts.sel_callback, opts.covar_callback
     if sel_callback is not None:
         if covar_callback is None and kind == "shared":
             covar_callback = _ConstantCovar(noise)
         elif covar_callback is None and kind in ("diag", "full"):
             warnings.warn("sel_callback without covar_callback: imputed rows get no noise while "
                           "the observed rows have per-row noise; pass covar_callback to model "
-                          "the noise of unobserved rows.", UserWarning, stacklevel=2)
+                          "the noise of unobserved rows.", UserWarning, stacklevel=3)
         if client is not None:
             check_picklable(sel_callback, "sel_callback")
             if covar_callback is not None:
@@ -616,10 +552,10 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
 
     # 0. memory plan: refuse (or shrink the blocks) before the first pass
     x, noise = plan_fit(x, noise, kind, K, D, client=client, n_init=n_init,
-                        oversampling=oversampling if sel_callback is not None else None)
+                        oversampling=opts.oversampling if sel_callback is not None else None)
     if weights is not None:
         weights = weights.rechunk({0: x.chunks[0]})   # the memory plan may shrink blocks
-    x, noise, weights = _maybe_persist(x, noise, kind, persist, client, weights)
+    x, noise, weights = _maybe_persist(x, noise, kind, opts.persist, client, weights)
     plan = _Plan(x, noise, kind, weights)
 
     # 1. first pass: validation + summary (+ block boxes for neighborhoods), one compute
@@ -633,50 +569,58 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
                          f"components or more data.")
 
     # 2. resume, or initialize
-    fingerprint = _fingerprint(plan, summary, K, rng, init_method=init_method, w=w,
-                               cutoff=cutoff, sel_callback=sel_callback,
-                               covar_callback=covar_callback, background=background,
-                               frozen=frozen_idx, oversampling=oversampling,
-                               accelerate=accelerate, stepwise=stepwise)
+    fingerprint = _fingerprint(plan, summary, K, opts, frozen_idx,
+                               isinstance(covar_callback, _ConstantCovar))
+    checkpoint = opts.checkpoint
     state = load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
     if state is not None:
         seed = np.random.SeedSequence(int(state.seed[0]), spawn_key=tuple(state.seed[1:]))
         log.info("resuming from checkpoint %s at iteration %d", checkpoint, state.n_iter)
     else:
-        seed = _root_seed(rng)
+        seed = _root_seed(opts.rng)
     # children keyed explicitly (SeedSequence.spawn would mutate a caller's object)
     impute_seed = child_seed(seed, 0)
     init_seeds = [child_seed(seed, 1 + i) for i in range(n_init)]
-    bg_amp0, bg_seeded = _background_start(background)
+    bg_amp0, bg_seeded = _background_start(opts.background)
+    timeout = opts.callback_timeout
     evaluate = _Evaluator(plan, client, cutoff,
-                          time_limited(sel_callback, callback_timeout, "sel_callback"),
-                          time_limited(covar_callback, callback_timeout, "covar_callback"),
-                          impute_seed, oversampling, background, boxes)
-    run = dict(evaluate=evaluate, tol=tol, maxiter=maxiter, w=w, frozen=frozen_idx,
-               background=background, accelerate=accelerate, checkpoint=checkpoint,
-               fingerprint=fingerprint)
+                          time_limited(sel_callback, timeout, "sel_callback"),
+                          time_limited(covar_callback, timeout, "covar_callback"),
+                          impute_seed, opts.oversampling, opts.background, boxes)
+    run = _Run(opts, evaluate, frozen_idx, fingerprint, checkpoint, opts.maxiter)
+    prefit = None
+    if opts.prefit and sel_callback is not None:
+        # the plain fit of pyGMMis's recipe: no selection, no imputation, no checkpoint
+        prefit = dataclasses.replace(run, checkpoint=None, evaluate=_Evaluator(
+            plan, client, cutoff, None, None, impute_seed, opts.oversampling,
+            opts.background, boxes))
+
     # the anchor of the stepwise sums: the data's mean (NaN-free: init checked n_obs)
-    stepwise_run = dict(evaluate=evaluate, N_all=float(summary.weight),
-                        anchor=np.nan_to_num(summary.total / np.maximum(summary.n_obs, 1)),
-                        w=w, frozen=frozen_idx, background=background,
-                        checkpoint=checkpoint, fingerprint=fingerprint)
+    anchor = np.nan_to_num(summary.total / np.maximum(summary.n_obs, 1))
 
     def em_from(start: EMState):
-        if stepwise:
-            groups = _stepwise_groups(start, plan, client, stepwise, seed)
-            start = _run_stepwise(start, groups, **stepwise_run)
-        return _run_em(start, **run)
+        if opts.stepwise:
+            groups = _stepwise_groups(start, plan, client, opts.stepwise, seed)
+            start = _run_stepwise(start, groups, run, float(summary.weight), anchor)
+        return _run_em(start, run)
 
-    # 3. EM, from each start
+    # 3. EM, from each start: the package's one multi-start loop
     if state is not None:
         best = em_from(state)
     else:
         best = None
-        for init_seed in init_seeds:
+        seed_list = [str(seed.entropy), *map(int, seed.spawn_key)]
+        for i, init_seed in enumerate(init_seeds):
+            log.info("restart %d/%d", i + 1, n_init,
+                     extra={"daskgmmis_event": "restart_start", "restart": i + 1,
+                            "n_init": n_init})
             theta = _initial_theta(gmm, init_method, K, plan, summary, x, client,
                                    np.random.default_rng(init_seed), bg_amp0, bg_seeded)
-            seed_list = [str(seed.entropy), *map(int, seed.spawn_key)]
+            if prefit is not None:
+                log.info("restart %d/%d: prefit without the selection", i + 1, n_init)
+                theta = _run_em(EMState(theta=theta, seed=seed_list), prefit)[0].theta
             outcome = em_from(EMState(theta=theta, seed=seed_list))
+            _log_restart_end(i + 1, n_init, outcome)
             if best is None or outcome[0].history[-1] > best[0].history[-1]:
                 best = outcome
     state, converged, last = best
@@ -684,105 +628,83 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         raise InputError(f"cutoff: with cutoff={cutoff:g} sigmas every row is outside every "
                          f"neighborhood ({last.n_outside} of {summary.n} rows), so nothing "
                          f"was fitted; expected a cutoff of a few sigmas (3 to 6).")
-    if split_n_merge:
-        state, converged, last = _split_and_merge(state, converged, last, split_n_merge, run)
-    if not converged and maxiter > 0:
+    if opts.split_n_merge:
+        state, converged, last = _split_and_merge(state, converged, last, opts.split_n_merge,
+                                                  run)
+    if not converged and opts.maxiter > 0:
         change = state.history[-1] - state.history[-2] if len(state.history) > 1 else np.nan
-        warnings.warn(f"EM did not converge in maxiter={maxiter} iterations (last change of "
-                      f"the mean logL: {change:.3g}, tol={tol}).", ConvergenceWarning,
-                      stacklevel=2)
+        warnings.warn(f"EM did not converge in maxiter={opts.maxiter} iterations (last change "
+                      f"of the mean logL: {change:.3g}, tol={opts.tol}).", ConvergenceWarning,
+                      stacklevel=3)
     theta = state.theta
     if kind == "none":
         _warn_singular(theta, summary, frozen_idx["covar"])
     gmm.amp, gmm.mean, gmm.covar = theta.amp, theta.mean, theta.covar
     if isinstance(data, Catalog):
         gmm.columns = list(data.columns)       # the model's features carry their names
-    if background is not None:
-        background.amp = theta.bg_amp
-    return FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,
-                     history=list(state.history), N_orig=state.n_orig_history[-1],
-                     N=summary.n if weights is None else float(last.total.n),
-                     n_outside=last.n_outside, bg_amp=theta.bg_amp,
-                     seconds=time.perf_counter() - t_start,
-                     seconds_per_iter=list(state.seconds),
-                     passes=len(state.history) + (
-                         state.sw_steps / -(-len(plan.x_blocks) // state.sw_group)
-                         if state.sw_group else 0.0),
-                     stepwise_history=list(state.sw_history))
+    if opts.background is not None:
+        opts.background.amp = theta.bg_amp
+    result = FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,
+                       history=list(state.history), N_orig=state.n_orig_history[-1],
+                       N=summary.n if weights is None else float(last.total.n),
+                       n_outside=last.n_outside, bg_amp=theta.bg_amp,
+                       seconds=time.perf_counter() - t_start,
+                       seconds_per_iter=list(state.seconds),
+                       passes=len(state.history) + (
+                           state.sw_steps / -(-len(plan.x_blocks) // state.sw_group)
+                           if state.sw_group else 0.0),
+                       stepwise_history=list(state.sw_history))
+    log.info("best of %d: mean logL %.10g after %d iterations (%s)%s", n_init, result.logL,
+             result.n_iter, "converged" if converged else "not converged",
+             f", N_orig {result.N_orig:.6g}" if sel_callback is not None else "",
+             extra={"daskgmmis_event": "fit_end", "n_init": n_init, "logL": result.logL,
+                    "n_iter": result.n_iter, "converged": converged,
+                    "N_orig": result.N_orig, "seconds": result.seconds})
+    return result
 
 
-def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
-             background: Background | None = None, prefit: bool = False,
+def _log_restart_end(i: int, n: int, outcome) -> None:
+    """The one-line summary of start ``i`` of ``n`` (a ``restart_end`` event)."""
+    state, converged, _ = outcome
+    secs = float(sum(state.seconds))
+    log.info("restart %d/%d: mean logL %.10g after %d iterations (%s), N_orig %.6g, %.2f s",
+             i, n, state.history[-1], state.n_iter,
+             "converged" if converged else "not converged", state.n_orig_history[-1], secs,
+             extra={"daskgmmis_event": "restart_end", "restart": i, "n_init": n,
+                    "logL": state.history[-1], "n_iter": state.n_iter,
+                    "converged": converged, "N_orig": state.n_orig_history[-1],
+                    "seconds": secs})
+
+
+def fit_best(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions | None = None,
              **fit_kwargs) -> FitResult:
     """:func:`daskgmmis.fit` from ``n_init`` starts, optionally prefitted without selection.
 
-    Without ``prefit`` this is ``fit(..., n_init=n_init)``. With ``prefit`` and a
-    ``sel_callback``, every start is two fits: one *without* the selection (and
-    its imputation), then the truncation-aware fit starting from its result
-    (``init_method="none"``) - pyGMMis's recipe: the plain fit puts the
-    components where the observed rows are and the imputation then extends them
-    into the unobserved region, where from a random start the weakly
-    constrained unobserved volume can attract runaway components. The start
-    with the highest final likelihood is kept.
+    The same as ``fit(gmm, data, covar, options=options, **fit_kwargs)``: kept
+    as the name the
+    command line, the demo and earlier code use. The multi-start loop, the
+    seeds and ``prefit`` (pyGMMis's recipe: every start is fitted first
+    without the selection, then with it from that result) are :func:`fit`'s.
 
     Parameters
     ----------
     gmm : GMM
         Model to fit; updated in place with the best start.
-    data, covar
+    data, covar, weights
         As for :func:`daskgmmis.fit`.
-    n_init : int
-        Number of starts (>= 1).
-    rng : None, int, Generator or SeedSequence
-        Root seed. With ``prefit`` and several starts, start ``i`` uses
-        :func:`child_seed` ``(root, i)``; one start uses ``rng`` itself, as
-        :func:`fit` would.
-    background : Background, optional
-        Fitted jointly; its ``amp`` is updated in place with the winner's.
-    prefit : bool
-        Prefit every start without the selection (only with ``sel_callback``).
-    **fit_kwargs
-        Passed to :func:`daskgmmis.fit` (``init_method``, ``w``, ``cutoff``,
-        ``sel_callback``, ``covar_callback``, ``tol``, ``maxiter``, ``frozen``,
-        ``client``, ``oversampling``, ``persist``, ``checkpoint``, ...).
+    options, **fit_kwargs
+        Fit options (:class:`daskgmmis.FitOptions`): ``n_init``, ``rng``,
+        ``background``, ``prefit``, ...
 
     Returns
     -------
     FitResult
         The winning start's result.
     """
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
-    if not isinstance(gmm, GMM):
-        raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
-    if not (prefit and fit_kwargs.get("sel_callback") is not None):
-        return fit(gmm, data, covar, n_init=n_init, rng=rng, background=background,
-                   **fit_kwargs)
-    if n_init > 1 and fit_kwargs.get("checkpoint") is not None:
-        raise InputError("checkpoint: one checkpoint file cannot hold several starts; use "
-                         "n_init=1 with a checkpoint.")
-    if n_init == 1:
-        seeds = [rng]
-    else:
-        root = _root_seed(rng)
-        seeds = [child_seed(root, i) for i in range(n_init)]
-    # the imputation's options (and the checkpoint) belong to the truncated fit only
-    plain = {k: v for k, v in fit_kwargs.items()
-             if k not in ("sel_callback", "covar_callback", "oversampling", "checkpoint")}
-    truncated = dict(fit_kwargs, init_method="none")
-    best = None
-    for seed in seeds:
-        g = gmm.copy()
-        bg = None if background is None else background.copy()
-        fit(g, data, covar, background=bg, rng=seed, **plain)
-        result = fit(g, data, covar, background=bg, rng=seed, **truncated)
-        if best is None or result.logL > best[0].logL:
-            best = (result, g, bg)
-    result, g, bg = best
-    gmm.amp, gmm.mean, gmm.covar = g.amp, g.mean, g.covar
-    if background is not None:
-        background.amp = bg.amp
-    return result
+    return fit(gmm, data, covar, weights=weights, options=options, **fit_kwargs)
+
+
+fit_best.__signature__ = fit.__signature__
 
 
 # A covariance whose extent along some direction is below 1e-7 of the data's range
@@ -837,8 +759,8 @@ def _merge_split(theta: Theta, i: int, j: int, k: int) -> Theta:
 
 def _split_and_merge(state, converged, last, attempts, run):
     """Try ``attempts`` split-and-merge moves; keep those that raise the likelihood."""
-    evaluate = run["evaluate"]
-    tol = run["tol"]
+    evaluate = run.evaluate
+    tol = run.opts.tol
     tried = 0
     while tried < attempts:
         theta = state.theta
@@ -858,14 +780,14 @@ def _split_and_merge(state, converged, last, attempts, run):
             tried += 1
             start = _merge_split(theta, i, j, int(k))
             others = np.setdiff1d(np.arange(K), [i, j, k])
-            partial = {key: np.union1d(run["frozen"][key], others) for key in run["frozen"]}
+            partial = {key: np.union1d(run.frozen[key], others) for key in run.frozen}
             seed = list(state.seed)
             p_state, _, _ = _run_em(EMState(theta=start, seed=seed),
-                                    **{**run, "frozen": partial, "checkpoint": None,
-                                       "maxiter": min(run["maxiter"], 50)})
+                                    dataclasses.replace(run, frozen=partial, checkpoint=None,
+                                                        maxiter=min(run.maxiter, 50)))
             f_state, f_conv, f_last = _run_em(
                 EMState(theta=p_state.theta, seed=seed, f_obs=p_state.f_obs),
-                **{**run, "checkpoint": None})
+                dataclasses.replace(run, checkpoint=None))
             log.info("split-and-merge: merge %d+%d, split %d: logL %.8g -> %.8g", i, j, k,
                      state.history[-1], f_state.history[-1])
             if f_state.history[-1] > state.history[-1] + tol:
@@ -926,8 +848,7 @@ def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_a
     return Theta(amp, np.array(mean, dtype=np.float64), np.array(cov, dtype=np.float64), bg_amp)
 
 
-def _run_em(state: EMState, *, evaluate, tol, maxiter, w, frozen, background, accelerate,
-            checkpoint, fingerprint):
+def _run_em(state: EMState, run: _Run):
     """Iterate EM (optionally SQUAREM-accelerated) from ``state`` until converged.
 
     Every loop is one E-step (one compute). An extrapolated point is accepted only
@@ -939,6 +860,9 @@ def _run_em(state: EMState, *, evaluate, tol, maxiter, w, frozen, background, ac
     -------
     (state, converged, last evaluation)
     """
+    evaluate, frozen, maxiter, checkpoint = run.evaluate, run.frozen, run.maxiter, run.checkpoint
+    opts, fingerprint = run.opts, run.fingerprint
+    tol, w, background, accelerate = opts.tol, opts.w, opts.background, opts.accelerate
     converged = False
     ev = None
     while True:
@@ -1017,14 +941,15 @@ def _stepwise_groups(state: EMState, plan, client, passes: int, root_seed) -> li
     return block_groups(n_blocks, state.sw_group, passes, rng)
 
 
-def _run_stepwise(state: EMState, groups: list, *, evaluate, N_all, anchor, w, frozen,
-                  background, checkpoint, fingerprint) -> EMState:
+def _run_stepwise(state: EMState, groups: list, run: _Run, N_all: float,
+                  anchor: np.ndarray) -> EMState:
     """Stepwise EM over ``groups`` of blocks from ``state`` (resumes at ``state.sw_steps``).
 
     Every group is one compute over its blocks; its statistics, scaled from the
     group's rows to the catalog's ``N_all``, are blended into the running
     statistics (:class:`~daskgmmis.stepwise.RunningStats`) and an M-step follows.
     """
+    evaluate, opts = run.evaluate, run.opts
     while state.sw_steps < len(groups):
         t0 = time.perf_counter()
         ev = evaluate(state.theta, state.f_obs, blocks=groups[state.sw_steps])
@@ -1042,8 +967,8 @@ def _run_stepwise(state: EMState, groups: list, *, evaluate, N_all, anchor, w, f
                                                       step_size(state.sw_steps - 1,
                                                                 DEFAULT_ALPHA))
         running = state.sw_running
-        state.theta, dead = mstep(running.about(state.theta.mean), state.theta, w=w,
-                                  frozen=frozen, background=background,
+        state.theta, dead = mstep(running.about(state.theta.mean), state.theta, w=opts.w,
+                                  frozen=run.frozen, background=opts.background,
                                   N_total=running.n_orig)
         # a re-seeded component's running sums describe the old one: start afresh
         state.sw_restart = bool(dead.size)
@@ -1051,21 +976,21 @@ def _run_stepwise(state: EMState, groups: list, *, evaluate, N_all, anchor, w, f
         log.info("stepwise group %d/%d (%d blocks): mean logL %.8g, N_orig %.6g, %.3f s",
                  state.sw_steps, len(groups), len(groups[state.sw_steps - 1]), ev.logL,
                  running.n_orig, time.perf_counter() - t0)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, state, fingerprint)
+        if run.checkpoint is not None:
+            save_checkpoint(run.checkpoint, state, run.fingerprint)
     return state
 
 
-def _callback_name(cb):
-    if cb is None:
-        return None
-    if hasattr(cb, "to_dict"):
-        return cb.to_dict()
-    return f"{getattr(cb, '__module__', '?')}.{getattr(cb, '__qualname__', type(cb).__name__)}"
+def _fingerprint(plan, summary, K, opts: FitOptions, frozen: dict,
+                 constant_noise: bool = False) -> dict:
+    """JSON description of a fit problem: what a checkpoint must match.
 
-
-def _fingerprint(plan, summary, K, rng, **options) -> dict:
-    """JSON description of a fit problem: what a checkpoint must match."""
+    The data (shape, chunks, summary, shared noise) and every option the table
+    marks as part of the problem (:class:`FitOptions`, ``problem=True``):
+    floats as hex (bit-exact), callbacks by name, the background without its
+    fitted amplitude, ``frozen`` as parsed. ``constant_noise``: the
+    covar_callback is the shared noise matrix put there by :func:`fit`.
+    """
     hexes = lambda a: [float(v).hex() for v in np.ravel(a)]  # noqa: E731
     fp = {
         "N": plan.N, "D": plan.D, "K": K, "noise": plan.kind,
@@ -1075,20 +1000,28 @@ def _fingerprint(plan, summary, K, rng, **options) -> dict:
                          "total": hexes(summary.total),
                          "weight": float(summary.weight).hex()},
         "shared_noise": None if plan.shared is None else hexes(plan.shared),
-        "init_method": options["init_method"], "w": float(options["w"]).hex(),
-        "cutoff": None if options["cutoff"] is None else float(options["cutoff"]).hex(),
-        "sel_callback": _callback_name(options["sel_callback"]),
-        "covar_callback": (None if isinstance(options["covar_callback"], _ConstantCovar)
-                           else _callback_name(options["covar_callback"])),
-        "background": (None if options["background"] is None else
-                       {k: v for k, v in options["background"].to_dict().items() if k != "amp"}),
-        "frozen": {k: v.tolist() for k, v in options["frozen"].items()},
-        "oversampling": float(options["oversampling"]).hex(),
-        "accelerate": bool(options["accelerate"]),
-        "stepwise": int(options["stepwise"]),
     }
-    if rng is not None:
-        seed = _root_seed(rng) if not isinstance(rng, np.random.Generator) else None
-        fp["seed"] = ("generator" if seed is None else
-                      [str(seed.entropy), *map(int, seed.spawn_key)])
+    for f in option_fields():
+        if not f.metadata["problem"]:
+            continue
+        value = getattr(opts, f.name)
+        if f.name == "frozen":
+            fp["frozen"] = {k: v.tolist() for k, v in frozen.items()}
+        elif f.name == "rng":
+            if value is not None:
+                seed = _root_seed(value) if not isinstance(value, np.random.Generator) else None
+                fp["seed"] = ("generator" if seed is None else
+                              [str(seed.entropy), *map(int, seed.spawn_key)])
+        elif f.name == "covar_callback" and constant_noise:
+            fp[f.name] = None
+        elif isinstance(value, Background):
+            fp[f.name] = {k: v for k, v in value.to_dict().items() if k != "amp"}
+        elif isinstance(value, (float, np.floating)) or (isinstance(value, (int, np.integer))
+                                                         and not isinstance(value, bool)):
+            fp[f.name] = float(value).hex()
+        elif value is None or isinstance(value, (bool, np.bool_, str)):
+            fp[f.name] = None if value is None else (value if isinstance(value, str)
+                                                     else bool(value))
+        else:
+            fp[f.name] = callable_name(value)
     return fp

@@ -8,6 +8,8 @@ ours. Messages name the argument, what was expected, what was found and the fix.
 
 from __future__ import annotations
 
+import sys
+
 __all__ = [
     "DaskGMMisError",
     "InputError",
@@ -26,6 +28,7 @@ __all__ = [
     "StoreExistsError",
     "ConvergenceWarning",
     "DeadComponentWarning",
+    "adopt_sklearn_warnings",
 ]
 
 
@@ -93,10 +96,54 @@ class StoreExistsError(OutputExistsError, CatalogError):
     """
 
 
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``maxiter`` before reaching ``tol``."""
+class _WarningBase(UserWarning):
+    """Base of the package's warnings until scikit-learn's ``ConvergenceWarning``
+    replaces it (a heap class like scikit-learn's, so that the two layouts agree
+    and ``__bases__`` may be reassigned)."""
 
 
-class DeadComponentWarning(UserWarning):
+class ConvergenceWarning(_WarningBase):
+    """EM stopped at ``maxiter`` before reaching ``tol``.
+
+    A subclass of ``sklearn.exceptions.ConvergenceWarning`` whenever
+    scikit-learn is imported (see :func:`adopt_sklearn_warnings`), so that
+    warning filters written for scikit-learn catch it.
+    """
+
+
+class DeadComponentWarning(_WarningBase):
     """A component lost (almost) all responsibility and was re-seeded, or collapsed
-    onto a numerically singular covariance (identical rows, a constant feature)."""
+    onto a numerically singular covariance (identical rows, a constant feature).
+
+    Like :class:`ConvergenceWarning`, a subclass of scikit-learn's
+    ``ConvergenceWarning`` whenever scikit-learn is imported.
+    """
+
+
+def adopt_sklearn_warnings() -> bool:
+    """Make the package's warnings subclasses of scikit-learn's ``ConvergenceWarning``.
+
+    daskgmmis never imports scikit-learn (its import costs seconds and it is an
+    optional dependency). A user who filters on scikit-learn's class has
+    imported it, so this is called where it matters - when daskgmmis is
+    imported, by the estimator, and before every warning the fit issues - and,
+    if ``sklearn.exceptions`` is loaded, it puts scikit-learn's class in the
+    bases of :class:`ConvergenceWarning` and :class:`DeadComponentWarning`
+    (classes are mutable; both derive from ``UserWarning`` either way).
+
+    Returns
+    -------
+    bool
+        Whether scikit-learn's class is a base now.
+    """
+    sk = sys.modules.get("sklearn.exceptions")
+    base = getattr(sk, "ConvergenceWarning", None)
+    if base is None:
+        return False
+    for cls in (ConvergenceWarning, DeadComponentWarning):
+        if not issubclass(cls, base):
+            cls.__bases__ = (base,)
+    return True
+
+
+adopt_sklearn_warnings()

@@ -19,12 +19,18 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import warnings
 
 import numpy as np
 
 from .background import Background
 from .em import _root_seed, fit_best
-from .errors import DaskGMMisError, InputError, InputTypeError
+from .options import FitOptions
+from .progress import progress_display
+from .skcompat import (check_covariance_type, check_covariances, check_means, check_weights,
+                       covariances_from_precisions, precision_cholesky, resolve_init_method,
+                       resolve_maxiter, resolve_regularization)
+from .errors import ConvergenceWarning, DaskGMMisError, InputError, InputTypeError
 from .model import GMM
 from .validation import is_dask
 from .catalog import as_dask_input, Catalog, open_catalog
@@ -82,6 +88,28 @@ def _seed_of(random_state):
     return random_state
 
 
+# The fit options that are estimator parameters under their own name; the others:
+# rng is scikit-learn's random_state, progress is verbose.
+OPTION_PARAMS = tuple(n for n in FitOptions.names() if n not in ("rng", "progress"))
+_DEFAULTS = FitOptions.defaults()
+
+
+# scikit-learn's wording of a fit that stopped at max_iter (its users search for it)
+_SK_NOT_CONVERGED = ("Best performing initialization did not converge. Try different init "
+                     "parameters, or increase max_iter, tol, or check for degenerate data.")
+
+
+def _reissue(caught) -> None:
+    """Issue the fit's warnings again from the estimator, the convergence one in
+    scikit-learn's words followed by the library's details; the user's filters apply."""
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning) and "did not converge" in str(w.message):
+            warnings.warn(f"{_SK_NOT_CONVERGED} ({w.message})", w.category, stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                   source=w.source)
+
+
 class GaussianMixture:
     """Gaussian mixture for noisy, incomplete, truncated data, scikit-learn style.
 
@@ -89,11 +117,55 @@ class GaussianMixture:
     ----------
     n_components : int
         Number of Gaussian components K.
+    covariance_type : {"full"}
+        scikit-learn's name; only full covariances are fitted (anything else is
+        an :class:`InputError`).
+    tol : float
+        Convergence threshold on the change of the mean log-likelihood per row
+        (scikit-learn's per-sample lower bound is the same quantity).
+    reg_covar : float, optional
+        scikit-learn's regularization: a variance added to every covariance's
+        diagonal. It adds to ``w**2``: the fit runs with
+        ``w = sqrt(reg_covar + w**2)``. Default None: ``w`` alone (0, i.e. no
+        regularization - scikit-learn's default is 1e-6).
+    max_iter : int, optional
+        scikit-learn's name of ``maxiter`` (None: ``maxiter``).
+    n_init : int
+        Number of starts; the one with the highest likelihood is kept.
+    init_params : {"kmeans", "k-means++", "random_from_data", "random"}, optional
+        scikit-learn's name of the start: "kmeans" and "k-means++" are
+        ``init_method="kmeans"`` (k-means||), "random_from_data" is "random"
+        (components at random rows), "random" (scikit-learn: random
+        responsibilities, starts spread over the data) is "minmax". None:
+        ``init_method``.
+    weights_init, means_init : array_like, optional
+        Starting weights (K,) - in [0, 1], summing to 1 (scaled by
+        ``1 - background.amp`` with a background) - and means (K, D). Any subset
+        of the starting parameters may be given: the others come from the
+        initialization (scikit-learn's rule).
+    precisions_init : array_like, optional
+        Starting precisions (K, D, D) (inverse covariances), scikit-learn's
+        name; or give ``covariances_init``.
+    random_state : None, int, numpy Generator, SeedSequence or RandomState
+        Seed of every random choice (the fit option ``rng``).
+    warm_start : bool
+        Start ``fit`` from the previous fit's parameters (one start).
+    verbose : int
+        0: silent; 1: a header and a one-line summary per start; 2: also the
+        iterations (every ``verbose_interval``-th) - on stderr (the fit option
+        ``progress``; scikit-learn prints to stdout).
+    verbose_interval : int
+        Iterations between progress lines with ``verbose=2``.
     init_method : {"kmeans", "random", "minmax", "none"}
         Initialization (see :func:`daskgmmis.fit`). ``"none"`` starts from
-        ``weights_init``, ``means_init`` and ``covariances_init``.
+        ``weights_init``, ``means_init`` and ``covariances_init`` (or
+        ``precisions_init``).
     w : float
-        Covariance regularization in data units (``w**2`` floor on the variances).
+        Covariance regularization in data units (``w**2`` added to the variances).
+    maxiter : int
+        Maximum number of EM iterations.
+    covariances_init : array_like, optional
+        Starting covariances (K, D, D).
     cutoff : float, optional
         Neighborhood size in 1-D-equivalent sigmas (None: all rows).
     sel_callback : callable, optional
@@ -104,31 +176,25 @@ class GaussianMixture:
     background : Background, optional
         Uniform background fitted jointly. Not modified: the fitted copy is
         ``background_``.
-    tol : float
-        Convergence threshold on the change of the mean log-likelihood per row.
-    maxiter : int
-        Maximum number of EM iterations.
     frozen : dict or sequence of int, optional
         Components whose amplitude/mean/covariance are held (with
         ``init_method="none"``).
     oversampling : float
         Monte-Carlo precision of the imputation (truncated fits).
-    n_init : int
-        Number of starts; the one with the highest likelihood is kept.
     prefit : bool
-        Start truncation-aware fits from a fit without the selection (see
-        :func:`fit_best`).
-    weights_init, means_init, covariances_init : array_like, optional
-        Starting parameters, shapes (K,), (K, D), (K, D, D); required (all three)
-        with ``init_method="none"``.
+        Start truncation-aware fits from a fit without the selection.
     accelerate : bool
         SQUAREM extrapolation of the EM map (see :func:`daskgmmis.fit`).
-    random_state : None, int, numpy Generator, SeedSequence or RandomState
-        Seed of every random choice.
     client : distributed.Client, optional
         Cluster to run on (default: the active client, else threads).
     persist : bool, optional
         Keep the data in (cluster) memory across iterations (default: when it fits).
+    split_n_merge, callback_timeout, checkpoint, stepwise
+        As for :func:`daskgmmis.fit`.
+
+    Every fit option of :class:`daskgmmis.FitOptions` is a parameter here, under
+    its own name and with its default (tested), except ``rng`` - scikit-learn's
+    ``random_state`` - and ``progress`` - ``verbose``.
 
     Attributes
     ----------
@@ -137,12 +203,19 @@ class GaussianMixture:
     means_ : ndarray, shape (K, D)
     covariances_ : ndarray, shape (K, D, D)
         Covariances of the error-free population (deconvolved).
+    precisions_ : ndarray, shape (K, D, D)
+        Inverse covariances.
+    precisions_cholesky_ : ndarray, shape (K, D, D)
+        Upper-triangular ``U_k`` with ``precisions_[k] = U_k U_k^T``
+        (scikit-learn's convention).
     converged_ : bool
     n_iter_ : int
         EM iterations of the best start.
     lower_bound_ : float
         Mean log-likelihood per observed row of the best start (selection
         included; :attr:`FitResult.logL`).
+    lower_bounds_ : list of float
+        ``lower_bound_`` at every E-step of the best start.
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when fitted on a :class:`Catalog` (its column names).
@@ -167,31 +240,47 @@ class GaussianMixture:
     >>> est.predict_proba(X, covar=noise)
     """
 
-    def __init__(self, n_components=1, *, init_method="kmeans", w=0.0, cutoff=None,
-                 sel_callback=None, covar_callback=None, background=None, tol=1e-3,
-                 maxiter=1000, frozen=None, oversampling=4.0, n_init=1, prefit=False,
-                 weights_init=None, means_init=None, covariances_init=None,
-                 accelerate=True, random_state=None, client=None, persist=None):
+    def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=None,
+                 max_iter=None, n_init=1, init_params=None, weights_init=None,
+                 means_init=None, precisions_init=None, random_state=None, warm_start=False,
+                 verbose=0, verbose_interval=10, init_method="kmeans", w=0.0,
+                 maxiter=1000, covariances_init=None, cutoff=None, sel_callback=None,
+                 covar_callback=None, background=None, frozen=None, oversampling=4.0,
+                 prefit=False, accelerate=True, client=None, persist=None,
+                 split_n_merge=0, callback_timeout=None, checkpoint=None, stepwise=0):
+        # scikit-learn's names first, then daskgmmis's; stored as given (validated at fit)
         self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
         self.init_method = init_method
         self.w = w
+        self.maxiter = maxiter
+        self.covariances_init = covariances_init
         self.cutoff = cutoff
         self.sel_callback = sel_callback
         self.covar_callback = covar_callback
         self.background = background
-        self.tol = tol
-        self.maxiter = maxiter
         self.frozen = frozen
         self.oversampling = oversampling
-        self.n_init = n_init
         self.prefit = prefit
-        self.weights_init = weights_init
-        self.means_init = means_init
-        self.covariances_init = covariances_init
         self.accelerate = accelerate
-        self.random_state = random_state
         self.client = client
         self.persist = persist
+        self.split_n_merge = split_n_merge
+        self.callback_timeout = callback_timeout
+        self.checkpoint = checkpoint
+        self.stepwise = stepwise
 
     # ------------------------------------------------------------ parameters
 
@@ -285,6 +374,24 @@ class GaussianMixture:
 
     # ------------------------------------------------------------ validation
 
+    def _fit_options(self, **changes) -> FitOptions:
+        """The fit options from the hyper-parameters (validated by the table).
+
+        Every :class:`FitOptions` name is a parameter of the same name, except
+        ``rng`` (``random_state``) and ``progress`` (``verbose``).
+        """
+        check_covariance_type(self.covariance_type)
+        values = {name: getattr(self, name) for name in FitOptions.names()
+                  if name in OPTION_PARAMS}
+        values["rng"] = _seed_of(self.random_state)
+        values["w"] = resolve_regularization(self.w, self.reg_covar)
+        values["maxiter"] = resolve_maxiter(self.maxiter, self.max_iter, _DEFAULTS["maxiter"])
+        values["init_method"] = resolve_init_method(self.init_method, self.init_params,
+                                                    _DEFAULTS["init_method"])
+        values.update(changes)
+        return FitOptions.create(**values)
+
+
     def _check_is_fitted(self) -> None:
         if not hasattr(self, "gmm_"):
             raise _not_fitted(self)
@@ -334,21 +441,64 @@ class GaussianMixture:
                              f"{self.n_features_in_} features as input.")
         return X
 
-    def _initial_gmm(self, D: int) -> GMM:
-        gmm = GMM(self.n_components, D)
-        given = [v is not None for v in (self.weights_init, self.means_init,
-                                         self.covariances_init)]
-        if self.init_method == "none":
-            if not all(given):
-                raise InputError("init_method='none': give weights_init, means_init and "
-                                 "covariances_init (the starting parameters).")
-            gmm.amp = np.array(self.weights_init, dtype=np.float64)
-            gmm.mean = np.array(self.means_init, dtype=np.float64)
-            gmm.covar = np.array(self.covariances_init, dtype=np.float64)
-        elif any(given):
-            raise InputError(f"weights_init/means_init/covariances_init: only used with "
-                             f"init_method='none'; found init_method={self.init_method!r}.")
-        return gmm
+    def _given_start(self, K: int, D: int) -> dict:
+        """The user's starting parameters, checked: {"amp"|"mean"|"covar": array}."""
+        if self.precisions_init is not None and self.covariances_init is not None:
+            raise InputError("precisions_init and covariances_init: give one (the "
+                             "precisions are the inverse covariances).")
+        given = {}
+        if self.weights_init is not None:
+            given["amp"] = check_weights(self.weights_init, K)
+        if self.means_init is not None:
+            given["mean"] = check_means(self.means_init, K, D)
+        if self.precisions_init is not None:
+            given["covar"] = covariances_from_precisions(self.precisions_init, K, D)
+        if self.covariances_init is not None:
+            given["covar"] = check_covariances(self.covariances_init, K, D)
+        return given
+
+    def _start(self, X, covar, opts: FitOptions):
+        """(starting GMM, options of the fit from it).
+
+        * ``warm_start`` with a previous fit: that fit's parameters (one start);
+        * every starting parameter given (or ``init_method="none"``): them;
+        * some given: the others from the initialization ``opts.init_method``
+          (its parameters after zero EM iterations), then the given ones put in
+          - scikit-learn's rule.
+
+        Weights sum to 1; with a background they are scaled by ``1 - amp``.
+        """
+        K, D = self.n_components, self.n_features_in_
+        if self.warm_start and hasattr(self, "gmm_") and self.gmm_.K == K \
+                and self.gmm_.D == D:
+            gmm = self.gmm_.copy()
+            bg = opts.background
+            if bg is not None and self.background_ is not None:
+                bg.amp = self.background_.amp
+            return gmm, opts.replace(init_method="none", n_init=1)
+        gmm = GMM(K, D)
+        given = self._given_start(K, D)
+        if opts.init_method == "none" and len(given) < 3:
+            raise InputError("init_method='none': give weights_init, means_init and "
+                             "covariances_init (or precisions_init), the starting parameters.")
+        if not given:
+            return gmm, opts
+        if len(given) < 3:
+            if opts.n_init > 1:
+                raise InputError(f"n_init={opts.n_init} with some of weights_init/means_init/"
+                                 f"precisions_init: every start would begin from the given "
+                                 f"parameters; use n_init=1 or give none of them.")
+            # the missing parameters from the initialization (no EM iteration)
+            fit_best(gmm, X, covar, options=opts.replace(
+                maxiter=0, sel_callback=None, covar_callback=None, prefit=False,
+                checkpoint=None, progress=False, split_n_merge=0,
+                background=_copy_background(opts.background)))
+        for key, value in given.items():
+            setattr(gmm, key, value.copy())
+        bg = opts.background
+        if "amp" in given and bg is not None:
+            gmm.amp = gmm.amp * (1.0 - bg.amp)
+        return gmm, opts.replace(init_method="none", n_init=1)
 
     # -------------------------------------------------------------------- fit
 
@@ -379,26 +529,46 @@ class GaussianMixture:
             if isinstance(self.n_components, (int, np.integer)) and n < self.n_components:
                 raise InputError(f"Expected n_samples >= n_components but got "
                                  f"n_components = {self.n_components}, n_samples = {n}.")
-        gmm = self._initial_gmm(self.n_features_in_)
-        bg = _copy_background(self.background)
-        result = fit_best(
-            gmm, X, covar, n_init=self.n_init, rng=_seed_of(self.random_state),
-            background=bg, prefit=self.prefit, init_method=self.init_method, w=self.w,
-            cutoff=self.cutoff, sel_callback=self.sel_callback,
-            covar_callback=self.covar_callback, tol=self.tol, maxiter=self.maxiter,
-            frozen=self.frozen, oversampling=self.oversampling, client=self.client,
-            persist=self.persist, accelerate=self.accelerate)
+        verbose = self.verbose
+        if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) \
+                or verbose < 0:
+            raise InputError(f"verbose: expected an integer >= 0; found {verbose!r}.")
+        interval = self.verbose_interval
+        if isinstance(interval, bool) or not isinstance(interval, (int, np.integer)) \
+                or interval < 1:
+            raise InputError(f"verbose_interval: expected an integer >= 1; found "
+                             f"{interval!r}.")
+        opts = self._fit_options(background=_copy_background(self.background))
+        gmm, opts = self._start(X, covar, opts)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if verbose:
+                # verbose=1: a header and a summary per start; 2: also every
+                # verbose_interval-th iteration (on stderr, as the library's progress)
+                with progress_display(interval=interval if verbose > 1 else 1) as handler:
+                    if handler is not None:
+                        handler.show_iterations = verbose > 1
+                    result = fit_best(gmm, X, covar, options=opts)
+            else:
+                result = fit_best(gmm, X, covar, options=opts)
+        _reissue(caught)
+        bg = opts.background
         if bg is not None:
             gmm.background = bg
         self.gmm_ = gmm
         self.background_ = bg
         self.result_ = result
-        self.weights_ = np.array(gmm.amp)
-        self.means_ = np.array(gmm.mean)
-        self.covariances_ = np.array(gmm.covar)
+        dtype = X.dtype if isinstance(X, np.ndarray) and X.dtype == np.float32 else np.float64
+        self.weights_ = np.asarray(gmm.amp, dtype=dtype)
+        self.means_ = np.asarray(gmm.mean, dtype=dtype)
+        self.covariances_ = np.asarray(gmm.covar, dtype=dtype)
+        chol = precision_cholesky(gmm.covar)
+        self.precisions_cholesky_ = chol.astype(dtype)
+        self.precisions_ = (chol @ np.swapaxes(chol, 1, 2)).astype(dtype)
         self.converged_ = bool(result.converged)
         self.n_iter_ = int(result.n_iter)
         self.lower_bound_ = float(result.logL)
+        self.lower_bounds_ = list(result.history)
         self.N_orig_ = float(result.N_orig)
         cat = open_catalog(X) if isinstance(X, (str, os.PathLike)) else X
         if isinstance(cat, Catalog):
@@ -406,6 +576,22 @@ class GaussianMixture:
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
         return self
+
+    def fit_predict(self, X, y=None, *, covar=None):
+        """Fit, then return the most probable component of each row.
+
+        Parameters
+        ----------
+        X, y, covar
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        ndarray or dask array of int, shape (N,)
+            ``self.fit(X, covar=covar).predict(X, covar=covar)``: the labels of the
+            fitted parameters (scikit-learn's rule).
+        """
+        return self.fit(X, y, covar=covar).predict(X, covar=covar)
 
     # --------------------------------------------------------------- predict
 
@@ -429,7 +615,9 @@ class GaussianMixture:
         X = self._validate_X(X, reset=False)
         if _is_lazy(X):
             X, covar, _ = as_dask_input(X, covar)
-        return self.gmm_.logL(X, covar, background=self.background_)
+        out = self.gmm_.logL(X, covar, background=self.background_)
+        # scikit-learn's rule: float32 data give float32 results
+        return out.astype(np.float32) if getattr(X, "dtype", None) == np.float32 else out
 
     def score(self, X, y=None, *, covar=None) -> float:
         """Mean log-likelihood per row (rows with an observed feature).
@@ -509,7 +697,9 @@ class GaussianMixture:
         self._check_is_fitted()
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
                 or n_samples < 1:
-            raise InputError(f"n_samples: expected an integer >= 1; found {n_samples!r}.")
+            raise InputError(f"Invalid value for 'n_samples': {n_samples!r}. n_samples: "
+                             f"expected an integer >= 1 (the sampling requires at least "
+                             f"one sample).")
         rng = np.random.default_rng(_root_seed(_seed_of(self.random_state)))
         amp = np.asarray(self.gmm_.amp, dtype=np.float64)
         bg = self.background_

@@ -25,7 +25,8 @@ from .catalog import as_dask_input, as_dask_weights
 from .errors import InputError, InputTypeError
 from .validation import check_background
 from .model import GMM
-from .em import _root_seed, child_seed, fit_best
+from .em import _root_seed, child_seed, fit
+from .options import FitOptions
 
 __all__ = ["n_parameters", "loglike", "bic", "aic", "score", "cv_fit", "CVResult", "stack"]
 
@@ -259,8 +260,8 @@ class CVResult:
         return float((self.scores * self.n_heldout).sum() / self.n_heldout.sum())
 
 
-def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: int = 1,
-           **fit_kwargs) -> CVResult:
+def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: int | None = None,
+           weights=None, options: FitOptions | None = None, **fit_kwargs) -> CVResult:
     """K-fold cross-validated fit: held-out likelihood of the model class of ``gmm``.
 
     Rows are split into ``n_folds`` balanced folds, drawn per row chunk from
@@ -282,13 +283,18 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         Number of folds, ``2 <= n_folds <= N``.
     rng : None, int, Generator or SeedSequence
         Seeds the split and every fit (each fold's fits get their own child seeds).
-    n_init : int
+    n_init : int, optional
         Fits per fold from different seeds; the one with the highest training
-        likelihood is kept (as a user would).
+        likelihood is kept (as a user would). Default: ``options.n_init`` (1).
+    weights : None, array_like or dask array, shape (N,)
+        Per-row weights (see :func:`daskgmmis.fit`), split with the rows: they
+        weight both the fits and the held-out scores.
+    options : FitOptions, optional
+        The fits' options (validated once, here); ``rng`` is replaced per fold.
     **fit_kwargs
-        Passed to :func:`daskgmmis.fit` (``init_method``, ``tol``, ``maxiter``, ``w``,
-        ``background`` - copied per fold -, ...). ``weights`` (N,) are split with
-        the rows: they weight both the fits and the held-out scores.
+        Fit options (:class:`daskgmmis.FitOptions`: ``init_method``, ``tol``,
+        ``maxiter``, ``w``, ``background`` - copied per fold -, ...), replacing
+        those of ``options``.
 
     Returns
     -------
@@ -299,11 +305,12 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
     _check_model(gmm)
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
         raise InputError(f"n_folds: expected an integer >= 2; found {n_folds!r}.")
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
-    background = fit_kwargs.pop("background", None)
+    if n_init is not None:
+        fit_kwargs["n_init"] = n_init
+    opts = FitOptions.create(options, **fit_kwargs)
+    background = opts.background
     check_background(background, gmm.D, "the model")
-    x, noise, weights = _resolve_data(gmm, data, covar, fit_kwargs.pop("weights", None))
+    x, noise, weights = _resolve_data(gmm, data, covar, weights)
     N = int(x.shape[0])
     if n_folds > N:
         raise InputError(f"n_folds: {n_folds} folds for {N} rows; expected n_folds <= N.")
@@ -326,8 +333,8 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         g = gmm.copy()
         bg = None if background is None else background.copy()
         # the package's one multi-start loop (best training likelihood of n_init)
-        res = fit_best(g, x_train, n_train, n_init=n_init, background=bg,
-                       rng=child_seed(fit_seed, fold), weights=w_train, **fit_kwargs)
+        res = fit(g, x_train, n_train, weights=w_train,
+                  options=opts.replace(background=bg, rng=child_seed(fit_seed, fold)))
         models.append(g)
         results.append(res)
         backgrounds.append(bg)

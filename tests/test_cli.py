@@ -165,14 +165,27 @@ def test_fit_matches_library_and_writes_report(workdir):
 
 def test_fit_progress_lines_and_quiet(tmp_path, workdir):
     res = run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "m.npz",
-              "--scheduler", "threads", "--seed", 1)
-    iters = [line for line in res.stderr.splitlines() if line.strip().startswith("iter")]
-    assert len(iters) >= 2 and "mean logL" in iters[0] and " s" in iters[0]
+              "--scheduler", "threads", "--seed", 1, "--progress", "--n-init", 2)
+    lines = res.stderr.splitlines()
+    iters = [line for line in lines if line.strip().startswith("iter")]
+    assert len(iters) >= 4 and "mean logL" in iters[0] and " s/iter" in iters[0]
     assert "N_orig" not in iters[0]                 # only shown for truncated fits
+    # a header per start, its iterations, its one-line summary, then the best
+    heads = [i for i, line in enumerate(lines) if line in ("restart 1/2", "restart 2/2")]
+    ends = [i for i, line in enumerate(lines) if line.startswith(("  restart 1/2: mean logL",
+                                                                  "  restart 2/2: mean logL"))]
+    assert len(heads) == 2 and len(ends) == 2, res.stderr
+    assert heads[0] < ends[0] < heads[1] < ends[1]
+    assert any(line.strip().startswith("iter") for line in lines[heads[1]:ends[1]])
+    assert lines[-1].startswith("best of 2: mean logL")
     assert "converged" in res.stdout and "wrote" in res.stdout
+    # not on a terminal (CliRunner), by default: the starts' summaries, no iterations
+    res = run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "m.npz",
+              "--scheduler", "threads", "--overwrite", "--restarts", 2)
+    assert "restart 2/2: mean logL" in res.stderr and "iter " not in res.stderr
     res = run("-q", "fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "m.npz",
-              "--scheduler", "threads", "--overwrite")
-    assert "iter" not in res.stderr
+              "--scheduler", "threads", "--overwrite", "--progress")
+    assert "iter" not in res.stderr and "restart" not in res.stderr
 
 
 def test_fit_truncated_with_builtin_and_user_selection(tmp_path, workdir, monkeypatch):
@@ -390,6 +403,12 @@ def test_demo_small(tmp_path):
     res = run("demo", "--out", tmp_path / "demo", "--scheduler", "threads", "--samples", 120,
               "--restarts", 1, "--maxiter", 8, "--seed", 2, "--json", tmp_path / "d.json")
     assert "truth" in res.output and "EM + truncation + deconvolution" in res.output
+    # each fit is labelled above its progress, with its starts' summaries below
+    labels = [line for line in res.stderr.splitlines() if line.startswith("fit ")]
+    assert labels == ["fit 1/4: EM (1 starts)", "fit 2/4: EM + deconvolution (1 starts)",
+                      "fit 3/4: EM + truncation (1 starts)",
+                      "fit 4/4: EM + truncation + deconvolution (1 starts)"]
+    assert res.stderr.count("  restart 1/1: mean logL") == 4
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 20_000
     numbers = json.loads((tmp_path / "d.json").read_text())
     assert set(numbers["fits"]) == {"plain", "deconvolution", "truncation", "both"}
@@ -408,7 +427,7 @@ def test_installed_entry_point_on_a_local_cluster(tmp_path, workdir):
                            str(tmp_path / "m.npz"), "--workers", "1", "--seed", "3"],
                           capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "LocalCluster" in proc.stderr and "iter" in proc.stderr
+    assert "LocalCluster" in proc.stderr and "restart 1/1: mean logL" in proc.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = dg.GMM.load(workdir / "model.npz")
