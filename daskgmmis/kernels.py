@@ -429,39 +429,43 @@ def _rowcov_kernel(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, ch
     return n_out, -1
 
 
-# Rows per tile of the per-row-noise kernel: the K factors (K, d, d, tile) of one tile
-# stay in L2 (K = 20, d = 5: 128 kB at 32 rows) while the loops over the tile's rows
-# vectorize.
-_RTILE = 32
+# Rows per tile of the per-row-noise kernel: long loops over rows amortize the cost of
+# starting each vectorized loop (measured at D=5, K=20: 16 rows 1.4x slower than 128),
+# as long as the K factors of a tile, K d (d + 2) tile values, stay within ~1 MB of
+# cache. See _rowcov_tile.
+_RTILE_MAX = 128
+_RTILE_MIN = 16
+_RTILE_BYTES = 1 << 20
 # Private switch for benchmarks/bench_em.py: False runs the scalar kernel it replaced.
 _ROWCOV_TILED = True
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi2_cut,
-                  accumulate, row_logl, A, U, WP, bg_acc, tile):  # pragma: no cover - compiled
+                  accumulate, row_logl, A, U, WP, bg_acc, tile):  # pragma: no cover
     """E-step with per-row noise, one component over a tile of rows at a time.
 
     Same contract as :func:`_rowcov_kernel` (T_ik = V_k + S_i factored per (row,
-    component)), but the scratch is laid out structure-of-arrays, (d, d, tile), so
-    that every innermost loop runs over the tile's rows and compiles to SIMD. The
-    last tile is padded with copies of its last row (responsibility 0), so every
-    such loop has the same constant trip count.
+    component)), plus ``tile``, the number of rows per tile. The scratch is laid
+    out structure-of-arrays, (d, d, tile), so that every innermost loop runs over
+    the tile's rows and compiles to SIMD. The last tile is padded with copies of its
+    last row (responsibility 0), so every such loop has the same trip count.
 
-    1. Per component: Cholesky of T_ik, forward solve z = L^-1 r, Mahalanobis
-       distance m_ik and 1 / det L_ik (product of the reciprocal pivots).
+    1. Per component: T_ik = L D L^T with unit lower L (no square roots; D_a are the
+       squared Cholesky pivots), y = L^-1 r, Mahalanobis distance
+       m_ik = sum_a y_a^2 / D_a and det(T_ik) = prod_a D_a.
     2. Responsibilities without a log per (row, component): with
-       h_i = min_k m_ik / 2, ``e_ik = amp_k (2 pi)^(-d/2) / det L_ik *
+       h_i = min_k m_ik / 2, ``e_ik = amp_k (2 pi)^(-d/2) det(T_ik)^(-1/2)
        exp(h_i - m_ik / 2)`` and ``row_logl_i = log(sum_k e_ik) - h_i``. A row whose
-       sum or pivot product leaves [1e-250, 1e250] (extreme scales, rows far from
-       every component, a background far above the components) is redone by the
-       log-sum-exp over per-pivot logs instead.
-    3. Per component with a responsibility in the tile: u = L^-T z, L^-1 and
-       T^-1 = L^-T L^-1, accumulated with u u^T into the lower triangle of WP.
+       sum leaves [1e-250, 1e250] (extreme scales, rows outside every
+       neighborhood, a background far above the components) is redone by the
+       log-sum-exp over per-pivot logs.
+    3. Per component with a responsibility in the tile: u = L^-T D^-1 y,
+       T^-1 = L^-T D^-1 L^-1, accumulated with u u^T into the lower triangle of WP.
 
     The noise kind is chosen per matrix entry, outside the loops over rows. The
-    arithmetic of steps 1 and 3 is in the precision of ``x`` (float32 or float64);
-    responsibilities, row_logl, A, U and WP are float64.
+    arithmetic of the factorization and solves is in the precision of ``x``
+    (float32 or float64); responsibilities, row_logl, A, U and WP are float64.
     Returns (n_outside, failing_row) with failing_row = -1 when every T_ik was
     positive definite, else the first row (in row order) with a T_ik that is not.
     """
@@ -472,18 +476,21 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
     TL = tile
-    L = np.empty((K, d, d, TL), dtype=ft)         # Cholesky factors, lower triangle
-    Linv = np.empty((K, d, TL), dtype=ft)         # 1 / diag(L)
-    z = np.empty((K, d, TL), dtype=ft)
+    L = np.empty((K, d, d, TL), dtype=ft)         # unit lower L; D on the diagonal
+    Dinv = np.empty((K, d, TL), dtype=ft)         # 1 / D
+    y = np.empty((K, d, TL), dtype=ft)
     m = np.empty((K, TL))                           # Mahalanobis distance (inf: cut)
-    e = np.empty((K, TL))                           # 1 / det L, then unnormalized q
+    e = np.empty((K, TL))                           # 1 / det T, then unnormalized q
     xt = np.empty((d, TL), dtype=ft)
     St = np.zeros((d, d, TL), dtype=ft)
     Vk = np.empty((d, d), dtype=ft)
+    W = np.empty((d, d, TL), dtype=ft)            # L D, row by row
     t = np.empty(TL, dtype=ft)
+    mk = np.empty(TL, dtype=ft)
     u = np.empty((d, TL), dtype=ft)
     Li = np.empty((d, d, TL), dtype=ft)
-    mk = np.empty(TL, dtype=ft)
+    uq = np.empty((d, TL))
+    Lq = np.empty((d, d, TL))
     q = np.empty(TL)
     h = np.empty(TL)
     s = np.empty(TL)
@@ -509,8 +516,8 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
         bad = 0
         for k in range(K):
             Lk = L[k]
-            Ik = Linv[k]
-            zk = z[k]
+            Dk = Dinv[k]
+            yk = y[k]
             ek = e[k]
             for a in range(d):
                 for b in range(a + 1):
@@ -528,21 +535,23 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
                             t[i] = vab + St[a, b, i]
                     for c in range(b):
                         for i in range(TL):
-                            t[i] -= Lk[a, c, i] * Lk[b, c, i]
+                            t[i] -= W[a, c, i] * Lk[b, c, i]
                     if a == b:
                         for i in range(TL):
                             if not t[i] > 0.0:
                                 bad += 1
                         for i in range(TL):
-                            p = math.sqrt(t[i])
-                            Lk[a, a, i] = p
-                            ri = one / p
-                            Ik[a, i] = ri
+                            ti = t[i]
+                            Lk[a, a, i] = ti
+                            ri = one / ti
+                            Dk[a, i] = ri
                             ek[i] *= ri
                     else:
                         for i in range(TL):
-                            Lk[a, b, i] = t[i] * Ik[b, i]
+                            W[a, b, i] = t[i]
+                            Lk[a, b, i] = t[i] * Dk[b, i]
             for i in range(TL):
+                ek[i] = math.sqrt(ek[i])
                 mk[i] = 0.0
             for a in range(d):
                 mua = mu[k, a]
@@ -550,11 +559,11 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
                     t[i] = xt[a, i] - mua
                 for c in range(a):
                     for i in range(TL):
-                        t[i] -= Lk[a, c, i] * zk[c, i]
+                        t[i] -= Lk[a, c, i] * yk[c, i]
                 for i in range(TL):
-                    v = t[i] * Ik[a, i]
-                    zk[a, i] = v
-                    mk[i] += v * v
+                    v = t[i]
+                    yk[a, i] = v
+                    mk[i] += v * v * Dk[a, i]
             for i in range(TL):
                 mi = mk[i]
                 m[k, i] = mi if mi <= chi2_cut else np.inf
@@ -600,7 +609,7 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
                     if m[k, i] < np.inf:
                         lk = logamp[k] - 0.5 * d * LOG_2PI - 0.5 * m[k, i]
                         for a in range(d):
-                            lk += math.log(Linv[k, a, i])
+                            lk -= 0.5 * math.log(L[k, a, a, i])
                     e[k, i] = lk
                     if lk > off:
                         off = lk
@@ -617,6 +626,9 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
                     si += v
                 s[i] = si
                 row_logl[start + i] = off + math.log(si) if si > 0.0 else -np.inf
+        for k in range(K):
+            for i in range(nb, TL):                     # padding: may hold inf * 0
+                e[k, i] = 0.0
         for i in range(TL):
             if i < nb and s[i] > 0.0:
                 inv_s[i] = 1.0 / s[i]
@@ -643,44 +655,57 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
                 continue
             A[k] += acc
             Lk = L[k]
-            Ik = Linv[k]
-            zk = z[k]
-            # u = L^-T z
+            Dk = Dinv[k]
+            yk = y[k]
+            # u = L^-T D^-1 y = T^-1 r
             for a in range(d - 1, -1, -1):
                 for i in range(TL):
-                    t[i] = zk[a, i]
+                    t[i] = yk[a, i] * Dk[a, i]
                 for c in range(a + 1, d):
                     for i in range(TL):
                         t[i] -= Lk[c, a, i] * u[c, i]
                 for i in range(TL):
-                    u[a, i] = t[i] * Ik[a, i]
-            # Li = L^-1, column by column (lower)
+                    u[a, i] = t[i]
+            # Li = L^-1 (unit lower), column by column
             for b in range(d):
-                for i in range(TL):
-                    Li[b, b, i] = Ik[b, i]
                 for a in range(b + 1, d):
                     for i in range(TL):
-                        t[i] = 0.0
-                    for c in range(b, a):
+                        t[i] = -Lk[a, b, i]
+                    for c in range(b + 1, a):
                         for i in range(TL):
                             t[i] -= Lk[a, c, i] * Li[c, b, i]
                     for i in range(TL):
-                        Li[a, b, i] = t[i] * Ik[a, i]
+                        Li[a, b, i] = t[i]
+            # q u and q D^-1 L^-1 (rows c >= a of column a): every sum below is then
+            # one product per row
             for a in range(d):
                 acc = 0.0
                 for i in range(TL):
-                    acc += q[i] * u[a, i]
+                    v = q[i] * u[a, i]
+                    uq[a, i] = v
+                    acc += v
                 U[k, a] += acc
-                # WP_ab += sum_i q (u_a u_b - sum_{c >= a} Li_ca Li_cb), b <= a
-                for b in range(a + 1):
+                for i in range(TL):
+                    Lq[a, a, i] = q[i] * Dk[a, i]
+                for c in range(a + 1, d):
                     for i in range(TL):
-                        t[i] = u[a, i] * u[b, i]
-                    for c in range(a, d):
-                        for i in range(TL):
-                            t[i] -= Li[c, a, i] * Li[c, b, i]
+                        Lq[c, a, i] = q[i] * Dk[c, i] * Li[c, a, i]
+            # WP_ab += sum_i q (u_a u_b - (T^-1)_ab), b <= a, with
+            # (T^-1)_ab = sum_{c >= a} Li_ca D^-1_c Li_cb
+            for a in range(d):
+                for b in range(a + 1):
                     acc = 0.0
                     for i in range(TL):
-                        acc += q[i] * t[i]
+                        acc += uq[a, i] * u[b, i]
+                    if a == b:
+                        for i in range(TL):
+                            acc -= Lq[a, a, i]
+                    else:
+                        for i in range(TL):
+                            acc -= Lq[a, a, i] * Li[a, b, i]
+                    for c in range(a + 1, d):
+                        for i in range(TL):
+                            acc -= Lq[c, a, i] * Li[c, b, i]
                     WP[k, a, b] += acc
     return n_out, -1
 
@@ -933,7 +958,7 @@ def _pattern_estep(x_o, noise_o, kind, obs, mean, covar, log_amp, log_bg, weight
         n_out, bad = _rowcov_tiled(
             np.ascontiguousarray(x_o), S_full, S_diag, is_diag, V_oo.astype(ft),
             mu_o.astype(ft), log_amp, lb, w, chi2_cut, accumulate, row_logl, A, U, WP,
-            bg_acc, _RTILE)
+            bg_acc, _rowcov_tile(K, d, np.dtype(ft).itemsize))
     else:
         S_full = np.empty((0, 0, 0)) if is_diag else np.ascontiguousarray(noise_o, np.float64)
         S_diag = np.ascontiguousarray(noise_o, np.float64) if is_diag else np.empty((0, 0))
@@ -949,6 +974,14 @@ def _pattern_estep(x_o, noise_o, kind, obs, mean, covar, log_amp, log_bg, weight
     if not accumulate:
         return n_out, None, None, None, 0.0
     return n_out, A, U, _symmetrize_lower(WP), bg_acc[0]
+
+
+def _rowcov_tile(K: int, d: int, itemsize: int) -> int:
+    """Rows per tile of :func:`_rowcov_tiled`: a power of two in [16, 128]."""
+    tile = _RTILE_MAX
+    while tile > _RTILE_MIN and K * d * (d + 2) * tile * itemsize > _RTILE_BYTES:
+        tile //= 2
+    return tile
 
 
 def _rowcov_float32(x, noise, kind) -> bool:
