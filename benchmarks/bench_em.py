@@ -52,21 +52,22 @@ def problem(N, D, K, seed=0):
 def xd_flops(d: int, diag: bool) -> int:
     """Floating-point operations of one (row, component) pair of the XD kernel.
 
-    Counted from the algorithm (a multiply-add is 2): T = V + S (d or d(d+1)/2 adds),
-    Cholesky (sum_a a(a+1) for the updates, d square roots, d reciprocals, d(d-1)/2
-    scalings), forward solve and Mahalanobis distance (d^2 + 2d), responsibility (4
-    plus one exp); accumulation: back solve (d^2), L^-1 (d(d-1)(d+1)/3 + d(d-1)/2),
-    u u^T - T^-1 and its weighted sum over the lower triangle
-    (sum_a (a+1)(2(d-a) + 3)), U and A (2d + 2). Transcendental functions count 1.
+    Counted from the algorithm of ``kernels._rowcov_tiled`` (a multiply-add is 2, a
+    reciprocal, square root or exp is 1): T = V + S (d or d(d+1)/2 adds); T = L D L^T
+    (sum_a a(a+1) for the updates, d reciprocals, d(d-1)/2 scalings, d + 1 for
+    det^-1/2); r, y = L^-1 r and m = sum y^2 / D (d + d(d-1) + 3d); responsibility (6);
+    accumulation: u = T^-1 r (d + d(d-1)), unit L^-1 (sum_g (d-g)(2g-1)), q u and
+    q D^-1 L^-1 (2d + d(d-1)), the lower triangle of sum q (u u^T - T^-1)
+    (sum_a (a+1)(4 + 2(d-1-a)) + d(d+1)/2), U and A (d + 3).
     """
     build = d if diag else d * (d + 1) // 2
-    chol = sum(a * (a + 1) for a in range(d)) + 2 * d + d * (d - 1) // 2
-    solve = d * d + 2 * d
-    resp = 5
-    back = d * d
-    linv = d * (d - 1) * (d + 1) // 3 + d * (d - 1) // 2
-    wp = sum((a + 1) * (2 * (d - a) + 3) for a in range(d))
-    return build + chol + solve + resp + back + linv + wp + 2 * d + 2
+    ldl = sum(a * (a + 1) for a in range(d)) + d + d * (d - 1) // 2 + d + 1
+    solve = d + d * (d - 1) + 3 * d
+    back = d + d * (d - 1)
+    linv = sum((d - g) * (2 * g - 1) for g in range(1, d))
+    scale = 2 * d + d * (d - 1)
+    wp = sum((a + 1) * (4 + 2 * (d - 1 - a)) for a in range(d)) + d * (d + 1) // 2
+    return build + ldl + solve + 6 + back + linv + scale + wp + d + 3
 
 
 def matmul_flops(n=2000, repeat=3):
@@ -183,18 +184,26 @@ def xd_section(args, flops_rate):
           f"{peer('astroML', lambda: time_astroml(gs, Xn[:n], S[:n], args.repeat), n)}")
 
 
-def missing_section(args):
+def gap_problem(N, D, K, gaps):
+    """Rows with random gaps (fraction ``gaps`` missing) and diagonal noise variances.
+
+    Returns (x, var, truth); rows with nothing observed are dropped.
+    """
     rng = np.random.default_rng(0)
-    N, Dm, Km = args.gap_rows, 20, 5
-    truth = dg.GMM(Km, Dm)
-    truth.mean = rng.normal(size=(Km, Dm)) * 3
-    A = rng.normal(size=(Km, Dm, Dm)) * 0.3
-    truth.covar = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(Dm)
+    truth = dg.GMM(K, D)
+    truth.mean = rng.normal(size=(K, D)) * 3
+    A = rng.normal(size=(K, D, D)) * 0.3
+    truth.covar = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(D)
     x = truth.draw(N, rng=1)
     var = rng.uniform(0.05, 0.2, size=x.shape)
-    x[rng.random(x.shape) < 0.2] = np.nan
+    x[rng.random(x.shape) < gaps] = np.nan
     keep = ~np.isnan(x).all(axis=1)
-    x, var = x[keep], var[keep]
+    return x[keep], var[keep], truth
+
+
+def missing_section(args):
+    Dm, Km = 20, 5
+    x, var, truth = gap_problem(args.gap_rows, Dm, Km, 0.2)
     n = len(x)
     n_pat = len(kernels.missing_patterns(x))
     call = (x, var, "diag", truth.mean, truth.covar, truth.amp, None, None, None, True, 0)
@@ -213,7 +222,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--xd-rows", type=int, default=200_000)
-    ap.add_argument("--peer-rows", type=int, default=10_000)
+    ap.add_argument("--peer-rows", type=int, default=5_000)
     ap.add_argument("--gap-rows", type=int, default=5_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of sections: plain,xd,missing")

@@ -28,8 +28,12 @@ Two numba kernels do the per-row work:
   pattern (no noise, or one shared noise matrix). It works on transposed tiles so
   that the loops over rows vectorize (SIMD), accumulating the whitened moments
   ``Z1 = sum q z``, ``Z2 = sum q z z^T`` with ``z = L^-1 r``.
-* :func:`_rowcov_kernel` - per-row noise (diagonal or full): one Cholesky
-  factorization of ``T_ik`` per (row, component), as extreme deconvolution needs.
+* :func:`_rowcov_tiled` - per-row noise (diagonal or full): one factorization
+  ``T_ik = L D L^T`` per (row, component), as extreme deconvolution needs, one
+  component over a tile of rows at a time so that the loops over rows vectorize;
+  float32 rows with float32 noise are factored in float32 (moments in float64).
+  :func:`_rowcov_kernel` is the scalar per-(row, component) kernel it replaced,
+  kept for ``benchmarks/bench_em.py`` to measure against (``_ROWCOV_TILED``).
 
 The per-row posteriors (:func:`posterior_block`: responsibilities, ``b_ik``,
 ``B_ik``) are the same algebra, batched in numpy; :mod:`daskgmmis.posterior`
@@ -210,6 +214,17 @@ def cholesky_lower(mats: np.ndarray, what: str = "covariance", *,
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _scaled_sum(e, inv_s, q, n):  # pragma: no cover - compiled
+    """q[:n] = e[:n] * inv_s[:n] (responsibilities of a tile); returns their sum."""
+    acc = 0.0
+    for i in range(n):
+        qi = e[i] * inv_s[i]
+        q[i] = qi
+        acc += qi
+    return acc
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _shared_kernel(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                    row_logl, A, Z1, Z2, bg_acc):  # pragma: no cover - compiled
     """E-step for rows sharing T_k = L_k L_k^T; see module docstring.
@@ -291,16 +306,9 @@ def _shared_kernel(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumul
         if not accumulate:
             continue
         if has_bg:
-            acc = 0.0
-            for i in range(nb):
-                acc += ebg[i] * inv_s[i]
-            bg_acc[0] += acc
+            bg_acc[0] += _scaled_sum(ebg, inv_s, q, nb)
         for k in range(K):
-            acc = 0.0
-            for i in range(nb):
-                qi = lp[k, i] * inv_s[i]
-                q[i] = qi
-                acc += qi
+            acc = _scaled_sum(lp[k], inv_s, q, nb)
             if acc == 0.0:
                 continue
             A[k] += acc
@@ -629,28 +637,22 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
         for k in range(K):
             for i in range(nb, TL):                     # padding: may hold inf * 0
                 e[k, i] = 0.0
+        bg_sum = 0.0                                    # (ebg is 0 without a background)
         for i in range(TL):
             if i < nb and s[i] > 0.0:
                 inv_s[i] = 1.0 / s[i]
                 if has_w:
                     inv_s[i] *= weight[start + i]
+                bg_sum += ebg[i] * inv_s[i]
             else:
                 inv_s[i] = 0.0
                 if i < nb:
                     n_out += 1
         if not accumulate:
             continue
-        if has_bg:
-            acc = 0.0
-            for i in range(nb):
-                acc += ebg[i] * inv_s[i]
-            bg_acc[0] += acc
+        bg_acc[0] += bg_sum
         for k in range(K):
-            acc = 0.0
-            for i in range(TL):
-                qi = e[k, i] * inv_s[i]
-                q[i] = qi
-                acc += qi
+            acc = _scaled_sum(e[k], inv_s, q, TL)
             if acc == 0.0:
                 continue
             A[k] += acc
