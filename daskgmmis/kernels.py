@@ -31,7 +31,7 @@ Two numba kernels do the per-row work:
 * :func:`_rowcov_tiled` - per-row noise (diagonal or full): one factorization
   ``T_ik = L D L^T`` per (row, component), as extreme deconvolution needs, one
   component over a tile of rows at a time so that the loops over rows vectorize;
-  float32 rows with float32 noise are factored in float32 (moments in float64).
+  float32 rows are factored in float32 (moments in float64).
   :func:`_rowcov_kernel` is the scalar per-(row, component) kernel it replaced,
   kept for ``benchmarks/bench_em.py`` to measure against (``_ROWCOV_TILED``).
 
@@ -987,9 +987,12 @@ def _rowcov_tile(K: int, d: int, itemsize: int) -> int:
 
 
 def _rowcov_float32(x, noise, kind) -> bool:
-    """Whether the per-row kernel runs in float32: float32 rows and per-row noise."""
-    return (_ROWCOV_TILED and kind in ("diag", "full") and x.dtype == np.float32
-            and noise.dtype == np.float32)
+    """Whether the per-row kernel runs in float32: float32 rows with per-row noise.
+
+    The noise is then rounded to float32 whatever its dtype (catalogs store it in
+    float64): the rows carry float32 precision anyway.
+    """
+    return _ROWCOV_TILED and kind in ("diag", "full") and x.dtype == np.float32
 
 
 def _noise_rows(noise, kind, rows, obs):
@@ -1055,8 +1058,8 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
     """
     n, D = x.shape
     K = mean.shape[0]
-    # float32 rows with float32 per-row noise keep float32 arithmetic in the per-row
-    # kernel (_rowcov_tiled accumulates in float64); everything else is float64
+    # float32 rows with per-row noise keep float32 arithmetic in the per-row kernel
+    # (_rowcov_tiled accumulates in float64); everything else is float64
     f32 = _rowcov_float32(x, noise, kind)
     if x.dtype != np.float64 and not f32:
         x = x.astype(np.float64)

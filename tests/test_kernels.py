@@ -254,7 +254,7 @@ def test_rowcov_names_the_first_failing_row_across_tiles(kind):
 
 @pytest.mark.parametrize("kind", ["diag", "full"])
 def test_float32_per_row_noise_is_computed_in_float32_to_stated_tolerance(kind):
-    # float32 rows and noise: factorization and solves in float32, responsibilities and
+    # float32 rows: factorization and solves in float32, responsibilities and
     # moments accumulated in float64; stated tolerance against float64 arithmetic on
     # the same (float32) values: log-densities 1e-4 absolute, moments 1e-5 relative
     x, amp, mean, covar, noises = random_problem(14, n=500, D=4, K=3)
@@ -271,6 +271,11 @@ def test_float32_per_row_noise_is_computed_in_float32_to_stated_tolerance(kind):
         assert r32.dtype == m32.A.dtype == m32.M2.dtype == np.float64
         assert n_out32 == n_out64 and (n_out64 > 0) == ("cutoff" in kw)
         np.testing.assert_allclose(r32, r64, rtol=0, atol=1e-4)
+        # catalogs store float32 data with float64 noise: the same float32 arithmetic
+        r_cat, _, m_cat = kernels.estep_block(x32, n32.astype(np.float64), kind, amp, mean,
+                                              covar, **kw)
+        np.testing.assert_array_equal(r_cat, r32)
+        np.testing.assert_array_equal(m_cat.M2, m32.M2)
         for name in ("A", "M1", "M2"):
             got, want = getattr(m32, name), getattr(m64, name)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
