@@ -31,7 +31,8 @@ Two numba kernels do the per-row work:
 * :func:`_rowcov_tiled` - per-row noise (diagonal or full): one factorization
   ``T_ik = L D L^T`` per (row, component), as extreme deconvolution needs, one
   component over a tile of rows at a time so that the loops over rows vectorize;
-  float32 rows are factored in float32 (moments in float64).
+  with ``_ROWCOV_FLOAT32`` on, float32 rows are factored in float32 (moments
+  in float64).
   :func:`_rowcov_kernel` is the scalar per-(row, component) kernel it replaced,
   kept for ``benchmarks/bench_em.py`` to measure against (``_ROWCOV_TILED``).
 
@@ -446,6 +447,11 @@ _RTILE_MIN = 16
 _RTILE_BYTES = 1 << 20
 # Private switch for benchmarks/bench_em.py: False runs the scalar kernel it replaced.
 _ROWCOV_TILED = True
+# Private switch: float32 arithmetic in _rowcov_tiled for float32 rows (1.2-1.5x at
+# D=5, K=20 in benchmarks/bench_em.py; log-densities within 1e-4, moments within 1e-5
+# relative). Off: the default promotes float32 rows exactly to float64, so a float32
+# fit equals the float64 fit of the same values (tests/test_robustness.py).
+_ROWCOV_FLOAT32 = False
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
@@ -989,10 +995,11 @@ def _rowcov_tile(K: int, d: int, itemsize: int) -> int:
 def _rowcov_float32(x, noise, kind) -> bool:
     """Whether the per-row kernel runs in float32: float32 rows with per-row noise.
 
-    The noise is then rounded to float32 whatever its dtype (catalogs store it in
-    float64): the rows carry float32 precision anyway.
+    Only with ``_ROWCOV_FLOAT32`` on. The noise is then rounded to float32 whatever
+    its dtype (catalogs store it in float64): the rows carry float32 precision anyway.
     """
-    return _ROWCOV_TILED and kind in ("diag", "full") and x.dtype == np.float32
+    return (_ROWCOV_FLOAT32 and _ROWCOV_TILED and kind in ("diag", "full")
+            and x.dtype == np.float32)
 
 
 def _noise_rows(noise, kind, rows, obs):
@@ -1058,8 +1065,8 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
     """
     n, D = x.shape
     K = mean.shape[0]
-    # float32 rows with per-row noise keep float32 arithmetic in the per-row kernel
-    # (_rowcov_tiled accumulates in float64); everything else is float64
+    # float32 rows with per-row noise may keep float32 arithmetic in the per-row kernel
+    # (_ROWCOV_FLOAT32; _rowcov_tiled accumulates in float64); otherwise float64
     f32 = _rowcov_float32(x, noise, kind)
     if x.dtype != np.float64 and not f32:
         x = x.astype(np.float64)

@@ -253,12 +253,14 @@ def test_rowcov_names_the_first_failing_row_across_tiles(kind):
 
 
 @pytest.mark.parametrize("kind", ["diag", "full"])
-def test_float32_per_row_noise_is_computed_in_float32_to_stated_tolerance(kind):
+def test_float32_per_row_noise_is_computed_in_float32_to_stated_tolerance(kind, monkeypatch):
     # float32 rows: factorization and solves in float32, responsibilities and
     # moments accumulated in float64; stated tolerance against float64 arithmetic on
     # the same (float32) values: log-densities 1e-4 absolute, moments 1e-5 relative
     x, amp, mean, covar, noises = random_problem(14, n=500, D=4, K=3)
     x32, n32 = x.astype(np.float32), noises[kind][0].astype(np.float32)
+    assert not kernels._rowcov_float32(x32, n32, kind)      # off by default
+    monkeypatch.setattr(kernels, "_ROWCOV_FLOAT32", True)
     assert kernels._rowcov_float32(x32, n32, kind)
     rng = np.random.default_rng(0)
     log_bg = np.log(0.05) + rng.normal(size=len(x)) - 6.0
