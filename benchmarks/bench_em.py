@@ -1,13 +1,27 @@
-"""Per-iteration EM time against scikit-learn, and XD throughput, measured in one run.
+"""EM cost per (row, component), with the peers and the arithmetic floor in the same run.
 
-Plain case: N=1e6 rows, D=5, K=20, float64, no noise. scikit-learn's
-GaussianMixture iteration is timed as one E-step plus one M-step on the same data
-and the same starting parameters; daskgmmis's as the median wall time of an EM
-iteration of ``dg.fit`` (threaded scheduler, all cores). XD case: per-row full
-(D, D) noise covariances, reported as nanoseconds per (row, component) per
-iteration.
+Every figure is wall time of one EM iteration divided by rows x components, measured in
+one process on the same data (the machine may be shared: compare the ratios printed on
+one run, not figures from different runs):
 
-Run: python benchmarks/bench_em.py [--rows N] [--xd-rows N] [--repeat R]
+* plain data (N rows, D=5, K=20, no noise): ``dg.fit`` (threaded scheduler, all
+  cores) against scikit-learn's ``GaussianMixture`` (one E-step plus one M-step);
+* extreme deconvolution, full (D, D) and diagonal per-row noise: ``dg.fit`` with the
+  tiled kernel (float64 rows; float32 rows with float64 noise as a catalog stores
+  them, under the private switch ``kernels._ROWCOV_FLOAT32``), with the scalar kernel
+  it replaced
+  (``kernels._ROWCOV_TILED = False``), pyGMMis and astroML's ``XDGMM`` (timed on a
+  subset: their cost is linear in the rows);
+* many-pattern missing data (20-D, 20% random gaps, diagonal noise): one E-step of
+  the row-wise kernel against the per-pattern path of ``kernels._run_patterns``;
+* the arithmetic floor: the flops of one (row, component) pair of the XD E-step and
+  moment accumulation at D=5 (counted below, :func:`xd_flops`) divided by the flop
+  rate of a large float64 numpy matrix product on all cores (BLAS near peak).
+
+Projected data (issue 15 item 2) is not built yet and not measured.
+The peers are optional: ``pip install -e .[bench]``; a missing one is reported, not timed.
+
+Run: python benchmarks/bench_em.py [--rows N] [--xd-rows N] [--peer-rows N] [--repeat R]
 """
 
 import argparse
@@ -19,6 +33,9 @@ import warnings
 import numpy as np
 
 import daskgmmis as dg
+from daskgmmis import kernels
+
+D, K = 5, 20
 
 
 def problem(N, D, K, seed=0):
@@ -34,9 +51,46 @@ def problem(N, D, K, seed=0):
     return X, start
 
 
+def xd_flops(d: int, diag: bool) -> int:
+    """Floating-point operations of one (row, component) pair of the XD kernel.
+
+    Counted from the algorithm of ``kernels._rowcov_tiled`` (a multiply-add is 2, a
+    reciprocal, square root or exp is 1): T = V + S (d or d(d+1)/2 adds); T = L D L^T
+    (sum_a a(a+1) for the updates, d reciprocals, d(d-1)/2 scalings, d + 1 for
+    det^-1/2); r, y = L^-1 r and m = sum y^2 / D (d + d(d-1) + 3d); responsibility (6);
+    accumulation: u = T^-1 r (d + d(d-1)), unit L^-1 (sum_g (d-g)(2g-1)), q u and
+    q D^-1 L^-1 (2d + d(d-1)), the lower triangle of sum q (u u^T - T^-1)
+    (sum_a (a+1)(4 + 2(d-1-a)) + d(d+1)/2), U and A (d + 3).
+    """
+    build = d if diag else d * (d + 1) // 2
+    ldl = sum(a * (a + 1) for a in range(d)) + d + d * (d - 1) // 2 + d + 1
+    solve = d + d * (d - 1) + 3 * d
+    back = d + d * (d - 1)
+    linv = sum((d - g) * (2 * g - 1) for g in range(1, d))
+    scale = 2 * d + d * (d - 1)
+    wp = sum((a + 1) * (4 + 2 * (d - 1 - a)) for a in range(d)) + d * (d + 1) // 2
+    return build + ldl + solve + 6 + back + linv + scale + wp + d + 3
+
+
+def matmul_flops(n=2000, repeat=3):
+    """Flop rate of a float64 (n, n) @ (n, n) product (BLAS, all threads)."""
+    a = np.random.default_rng(0).random((n, n))
+    b = a.T.copy()
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeat))
+    return 2.0 * n ** 3 / best
+
+
+def _timed(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
 def time_daskgmmis(g, X, covar=None, iters=5):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # two blocks or more, so the threaded scheduler keeps both cores busy
         res = dg.fit(g.copy(), X, covar, init_method="none", maxiter=iters, tol=0)
     return statistics.median(res.seconds_per_iter[1:])  # first one includes JIT warm-up
 
@@ -61,32 +115,139 @@ def time_sklearn(g, X, repeat):
     return statistics.median(times)
 
 
+def time_pygmmis(g, X, S):
+    """Seconds per pyGMMis EM iteration (its own process pool on all cores)."""
+    import pygmmis
+
+    def run(iters):
+        gm = pygmmis.GMM(K=g.K, D=g.D)
+        gm.amp, gm.mean, gm.covar = g.amp.copy(), g.mean.copy(), g.covar.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            pygmmis.fit(gm, X, covar=S, init_method="none", tol=0.0, miniter=iters,
+                        maxiter=iters, rng=np.random.RandomState(0))
+            return time.perf_counter() - t
+
+    # the difference of two runs removes the set-up (shared arrays, pool start)
+    return (run(3) - run(1)) / 2.0
+
+
+def time_astroml(g, X, S, repeat):
+    """Seconds per astroML XDGMM EM step (numpy, one process)."""
+    from astroML.density_estimation import XDGMM
+
+    xd = XDGMM(g.K, max_iter=1)
+    times = []
+    for _ in range(repeat):
+        xd.mu, xd.alpha, xd.V = g.mean.copy(), g.amp.copy(), g.covar.copy()
+        times.append(_timed(lambda: xd._EMstep(X, S)))
+    return statistics.median(times)
+
+
+def ns(seconds, rows, comps=K):
+    return seconds / (rows * comps) * 1e9
+
+
+def peer(name, f, rows):
+    try:
+        return f"{ns(f(), rows):8.1f}"
+    except ImportError as exc:
+        return f"not installed ({exc.name})"
+
+
+def xd_section(args, flops_rate):
+    N = args.xd_rows
+    Xs, gs = problem(N, D, K, seed=1)
+    rng = np.random.default_rng(2)
+    B = rng.normal(size=(N, D, D)) * 0.4
+    S = B @ B.transpose(0, 2, 1) + 0.05 * np.eye(D)
+    Xn = Xs + np.einsum("nij,nj->ni", np.linalg.cholesky(S), rng.normal(size=Xs.shape))
+    var = np.einsum("nii->ni", S).copy()
+    print(f"\nXD, N={N} D={D} K={K}: ns per (row, component) per EM iteration "
+          f"(dg.fit, threaded, {os.cpu_count()} cores)")
+    X32 = Xn.astype(np.float32)
+    for label, noise in (("full", S), ("diagonal", var)):
+        # interleaved, best of `repeat` fits each: load from other processes hits all three
+        old = new = new32 = np.inf
+        for _ in range(args.repeat):
+            kernels._ROWCOV_TILED = False
+            old = min(old, time_daskgmmis(gs, Xn, noise, 3))
+            kernels._ROWCOV_TILED = True
+            new = min(new, time_daskgmmis(gs, Xn, noise, 3))
+            kernels._ROWCOV_FLOAT32 = True
+            new32 = min(new32, time_daskgmmis(gs, X32, noise, 3))
+            kernels._ROWCOV_FLOAT32 = False
+        floor = xd_flops(D, label == "diagonal") / flops_rate * 1e9
+        print(f"  {label:8s}: scalar kernel {ns(old, N):6.1f}, tiled float64 {ns(new, N):6.1f} "
+              f"({old / new:.1f}x), tiled float32 {ns(new32, N):6.1f} ({old / new32:.1f}x); "
+              f"floor {floor:.1f} ({xd_flops(D, label == 'diagonal')} flops)")
+    n = min(args.peer_rows, N)
+    print(f"  peers on the first {n} rows, full noise:")
+    print(f"    pyGMMis       {peer('pygmmis', lambda: time_pygmmis(gs, Xn[:n], S[:n]), n)}")
+    print(f"    astroML XDGMM "
+          f"{peer('astroML', lambda: time_astroml(gs, Xn[:n], S[:n], args.repeat), n)}")
+
+
+def gap_problem(N, D, K, gaps):
+    """Rows with random gaps (fraction ``gaps`` missing) and diagonal noise variances.
+
+    Returns (x, var, truth); rows with nothing observed are dropped.
+    """
+    rng = np.random.default_rng(0)
+    truth = dg.GMM(K, D)
+    truth.mean = rng.normal(size=(K, D)) * 3
+    A = rng.normal(size=(K, D, D)) * 0.3
+    truth.covar = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(D)
+    x = truth.draw(N, rng=1)
+    var = rng.uniform(0.05, 0.2, size=x.shape)
+    x[rng.random(x.shape) < gaps] = np.nan
+    keep = ~np.isnan(x).all(axis=1)
+    return x[keep], var[keep], truth
+
+
+def missing_section(args):
+    Dm, Km = 20, 5
+    x, var, truth = gap_problem(args.gap_rows, Dm, Km, 0.2)
+    n = len(x)
+    n_pat = len(kernels.missing_patterns(x))
+    call = (x, var, "diag", truth.mean, truth.covar, truth.amp, None, None, None, True, 0)
+    kernels._run_patterns(*call, rowwise=True)                         # compile
+    t = {"per-pattern": np.inf, "row-wise": np.inf}
+    for _ in range(args.repeat):                       # interleaved, best of `repeat`
+        for name, rowwise in (("per-pattern", False), ("row-wise", True)):
+            t[name] = min(t[name],
+                          _timed(lambda: kernels._run_patterns(*call, rowwise=rowwise)))
+    print(f"\nmissing data, {n} rows, D={Dm}, K={Km}, 20% random gaps ({n_pat} patterns), "
+          f"diagonal noise, one E-step (one thread): per-pattern {ns(t['per-pattern'], n, Km):.0f}, "
+          f"row-wise {ns(t['row-wise'], n, Km):.0f} ns per (row, component): "
+          f"{t['per-pattern'] / t['row-wise']:.0f}x")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--xd-rows", type=int, default=200_000)
+    ap.add_argument("--peer-rows", type=int, default=5_000)
+    ap.add_argument("--gap-rows", type=int, default=5_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list of sections: plain,xd,missing")
     args = ap.parse_args(argv)
-    D, K = 5, 20
-    print(f"cores: {os.cpu_count()}")
+    skip = set(args.skip.split(","))
+    rate = matmul_flops()
+    print(f"cores: {os.cpu_count()}; float64 matmul (all cores): {rate / 1e9:.1f} GFLOP/s")
 
-    X, g = problem(args.rows, D, K)
-    ours = time_daskgmmis(g, X, iters=args.repeat + 2)
-    theirs = time_sklearn(g, X, args.repeat)
-    print(f"plain N={args.rows} D={D} K={K}: daskgmmis {ours:.3f} s/iter, scikit-learn "
-          f"{theirs:.3f} s/iter, ratio {theirs / ours:.1f}x")
-
-    Xs, gs = problem(args.xd_rows, D, K, seed=1)
-    rng = np.random.default_rng(2)
-    B = rng.normal(size=(args.xd_rows, D, D)) * 0.4
-    S = B @ B.transpose(0, 2, 1) + 0.05 * np.eye(D)
-    t = time_daskgmmis(gs, Xs + rng.normal(size=Xs.shape), S, iters=args.repeat + 2)
-    print(f"XD full per-row covariances N={args.xd_rows} D={D} K={K}: {t:.3f} s/iter, "
-          f"{t / (args.xd_rows * K) * 1e9:.1f} ns per (row, component)")
-    var = np.einsum("nii->ni", S)
-    t = time_daskgmmis(gs, Xs, var, iters=args.repeat + 2)
-    print(f"XD diagonal per-row variances N={args.xd_rows} D={D} K={K}: {t:.3f} s/iter, "
-          f"{t / (args.xd_rows * K) * 1e9:.1f} ns per (row, component)")
+    if "plain" not in skip:
+        X, g = problem(args.rows, D, K)
+        ours = time_daskgmmis(g, X, iters=args.repeat + 2)
+        theirs = time_sklearn(g, X, args.repeat)
+        print(f"plain N={args.rows} D={D} K={K}: daskgmmis {ns(ours, args.rows):.1f}, "
+              f"scikit-learn {ns(theirs, args.rows):.1f} ns per (row, component) "
+              f"({ours:.3f} vs {theirs:.3f} s/iter, {theirs / ours:.1f}x)")
+    if "xd" not in skip:
+        xd_section(args, rate)
+    if "missing" not in skip:
+        missing_section(args)
 
 
 if __name__ == "__main__":

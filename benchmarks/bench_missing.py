@@ -17,6 +17,8 @@ import numpy as np
 import daskgmmis as dg
 from daskgmmis import kernels
 
+from bench_em import gap_problem  # noqa: E402  (same directory)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,17 +28,8 @@ def main(argv=None):
     ap.add_argument("-K", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
-    rng = np.random.default_rng(0)
     N, D, K = args.rows, args.dims, args.K
-    truth = dg.GMM(K, D)
-    truth.mean = rng.normal(size=(K, D)) * 3
-    A = rng.normal(size=(K, D, D)) * 0.3
-    truth.covar = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(D)
-    x = truth.draw(N, rng=1)
-    var = rng.uniform(0.05, 0.2, size=x.shape)
-    x[rng.random(x.shape) < args.gaps] = np.nan
-    x = x[~np.isnan(x).all(axis=1)]
-    var = var[: len(x)]
+    x, var, truth = gap_problem(N, D, K, args.gaps)
     n_patterns = len(kernels.missing_patterns(x))
     print(f"{len(x)} rows, D={D}, K={K}, {args.gaps:.0%} gaps: {n_patterns} patterns")
     args_ = (x, var, "diag", truth.mean, truth.covar, truth.amp, None, None, None, True, 0)

@@ -203,3 +203,82 @@ def test_rowwise_kernel_names_the_failing_row():
     with pytest.raises(kernels.NumericalError, match="row 117"):
         kernels._run_patterns(x, full, "full", mean, covar, amp, None, None, None, True, 100,
                               rowwise=True)
+
+
+@pytest.mark.parametrize("kind", ["diag", "full"])
+@pytest.mark.parametrize("scale", [1e-100, 1e100])
+def test_rowcov_extreme_scales_match_the_unscaled_problem(kind, scale):
+    # |T| = scale^(2D) leaves float64 in 1/sqrt(det T): the kernel's log-free fast
+    # path must hand these rows to its log-sum-exp fallback. Scaling the data by s
+    # shifts every log-density by -D log s and scales M1 by s, M2 by s^2 (exactly).
+    x, amp, mean, covar, noises = random_problem(11, n=300, D=4, K=3)
+    noise, _ = noises[kind]
+    row, n_out, mom = kernels.estep_block(x, noise, kind, amp, mean, covar)
+    noise_s = noise * scale ** 2
+    row_s, n_out_s, mom_s = kernels.estep_block(x * scale, noise_s, kind, amp, mean * scale,
+                                                covar * scale ** 2)
+    assert n_out == n_out_s == 0
+    np.testing.assert_allclose(row_s, row - 4 * np.log(scale), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(mom_s.A, mom.A, rtol=1e-10)
+    np.testing.assert_allclose(mom_s.M1 / scale, mom.M1, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(mom_s.M2 / scale ** 2, mom.M2, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["diag", "full"])
+def test_rowcov_far_rows_with_background_match_brute_force(kind):
+    # rows thousands of sigmas from every component: exp(log_bg + min m / 2) overflows
+    # in the fast path; the background takes them entirely
+    x, amp, mean, covar, noises = random_problem(12, n=200, D=3, K=3)
+    noise, S = noises[kind]
+    x[::7] += 3e3
+    log_bg = np.full(len(x), np.log(0.1) - 20.0)
+    row, _, mom = kernels.estep_block(x, noise, kind, amp * 0.9, mean, covar, log_bg=log_bg)
+    ref_row, A, M1, M2, bg = brute_force(x, S, amp * 0.9, mean, covar, log_bg=log_bg)
+    np.testing.assert_allclose(row, ref_row, rtol=1e-12, atol=1e-10)
+    for got, want in ((mom.A, A), (mom.M1, M1), (mom.M2, M2), (mom.bg, bg)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["diag", "full"])
+def test_rowcov_names_the_first_failing_row_across_tiles(kind):
+    x, amp, mean, covar, noises = random_problem(13, n=300, D=3, K=2)
+    noise = noises[kind][0].copy()
+    for bad in (299, 201):                        # last (padded) tile, then an earlier one
+        if kind == "diag":
+            noise[bad, 1] = -50.0
+        else:
+            noise[bad] = -50.0 * np.eye(3)
+        with pytest.raises(kernels.NumericalError, match=f"row {1000 + bad}:"):
+            kernels.estep_block(x, noise, kind, amp, mean, covar, row_offset=1000)
+
+
+@pytest.mark.parametrize("kind", ["diag", "full"])
+def test_float32_per_row_noise_is_computed_in_float32_to_stated_tolerance(kind, monkeypatch):
+    # float32 rows: factorization and solves in float32, responsibilities and
+    # moments accumulated in float64; stated tolerance against float64 arithmetic on
+    # the same (float32) values: log-densities 1e-4 absolute, moments 1e-5 relative
+    x, amp, mean, covar, noises = random_problem(14, n=500, D=4, K=3)
+    x32, n32 = x.astype(np.float32), noises[kind][0].astype(np.float32)
+    assert not kernels._rowcov_float32(x32, n32, kind)      # off by default
+    monkeypatch.setattr(kernels, "_ROWCOV_FLOAT32", True)
+    assert kernels._rowcov_float32(x32, n32, kind)
+    rng = np.random.default_rng(0)
+    log_bg = np.log(0.05) + rng.normal(size=len(x)) - 6.0
+    weight = rng.uniform(0.5, 2.0, len(x))
+    for kw in (dict(log_bg=log_bg, weight=weight), dict(weight=weight, cutoff=1.5)):
+        r32, n_out32, m32 = kernels.estep_block(x32, n32, kind, amp, mean, covar, **kw)
+        r64, n_out64, m64 = kernels.estep_block(x32.astype(np.float64),
+                                                n32.astype(np.float64), kind, amp, mean,
+                                                covar, **kw)
+        assert r32.dtype == m32.A.dtype == m32.M2.dtype == np.float64
+        assert n_out32 == n_out64 and (n_out64 > 0) == ("cutoff" in kw)
+        np.testing.assert_allclose(r32, r64, rtol=0, atol=1e-4)
+        # catalogs store float32 data with float64 noise: the same float32 arithmetic
+        r_cat, _, m_cat = kernels.estep_block(x32, n32.astype(np.float64), kind, amp, mean,
+                                              covar, **kw)
+        np.testing.assert_array_equal(r_cat, r32)
+        np.testing.assert_array_equal(m_cat.M2, m32.M2)
+        for name in ("A", "M1", "M2"):
+            got, want = getattr(m32, name), getattr(m64, name)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+        assert abs(m32.bg - m64.bg) <= 1e-5 * max(m64.bg, 1.0)
