@@ -36,13 +36,12 @@ import zarr
 from .errors import (CatalogError, CatalogNotFoundError, DaskGMMisError, InputError,
                      InputTypeError, OutputError, StoreExistsError)
 from .files import check_new_output
-from .kernels import noise_kind_of
-from .validation import check_shared_noise
+from .noise import STORED_KINDS, Noise, kind_of, noise_class, per_row_noise
 from .neighborhoods import spatial_order
 from .memory import machine_memory_limit
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk",
-           "as_dask_input", "check_ids", "check_not_input", "stores_read_by",
+           "as_dask_input", "dask_input", "check_ids", "check_not_input", "stores_read_by",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
@@ -73,7 +72,7 @@ def default_row_chunk(N: int, D: int, covar_kind: str = "none") -> int:
     int
         Rows per block (at least 1).
     """
-    per_row = 8 * D * {"none": 1, "shared": 1, "diag": 2, "full": 1 + D}[covar_kind]
+    per_row = 8 * (D + noise_class(covar_kind).row_floats(D))
     rows = max(_MIN_ROWS, _BLOCK_BYTES // per_row)
     # at least ~8 blocks for parallelism when the catalog is not tiny
     rows = min(rows, max(_MIN_ROWS, -(-N // 8)))
@@ -130,9 +129,13 @@ class Catalog:
 
     @property
     def covar_kind(self) -> str:
-        if self.covar is None:
-            return "none"
-        return "diag" if self.covar.ndim == 2 else "full"
+        """Kind of the stored noise (``"none"``, ``"diag"`` or ``"full"``)."""
+        return self.noise.kind
+
+    @property
+    def noise(self) -> Noise:
+        """The stored noise as a :class:`~daskgmmis.noise.Noise` (lazy per-row array)."""
+        return per_row_noise(self.covar)
 
     @property
     def shape(self) -> tuple:
@@ -449,8 +452,8 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
     kind = "none"
     if covar is not None:
         covar = _check_array(covar, "covar", ndim=(2, 3))
-        kind = noise_kind_of(covar, N, D)
-        if kind == "shared":
+        kind = kind_of(covar, N, D)
+        if kind not in STORED_KINDS:
             raise InputError("covar: a catalog stores per-row noise, (N, D) or (N, D, D); "
                              "pass a shared (D, D) matrix to fit() instead.")
     if columns is None:
@@ -589,10 +592,11 @@ def open_catalog(path) -> Catalog:
     if "data" not in names:
         raise CatalogError(f"catalog: {path} has no 'data' array (found {sorted(names)}).")
     kind = attrs.get("covar_kind", "none")
-    if kind not in ("none", "diag", "full"):
+    if kind not in STORED_KINDS:
         raise CatalogError(f"catalog: {path} has covar_kind={kind!r}; expected 'none', 'diag' "
                            f"or 'full'. The group attributes are corrupted.")
-    if kind == "none" and "covar" in names:
+    stored = noise_class(kind)
+    if not stored.noisy and "covar" in names:
         raise CatalogError(f"catalog: {path} declares covar_kind='none' but has a 'covar' "
                            f"array; reading it as noise-free would silently drop the noise. "
                            f"Set covar_kind to 'diag' or 'full' (as the array's shape says) "
@@ -606,12 +610,12 @@ def open_catalog(path) -> Catalog:
     N, D = zdata.shape
     data = _checked_dask(zdata, path, "data")
     covar = None
-    if kind != "none":
+    if stored.noisy:
         if "covar" not in names:
             raise CatalogError(f"catalog: {path} declares covar_kind={kind!r} but has no "
                                f"'covar' array.")
         zc = _open_array(group, path, "covar")
-        expected = (N, D) if kind == "diag" else (N, D, D)
+        expected = stored.array_shape(N, D)
         if zc.shape != expected:
             raise CatalogError(f"catalog: {path}/covar has shape {zc.shape}; expected "
                                f"{expected} for covar_kind={kind!r}.")
@@ -828,6 +832,31 @@ def as_dask_input(data, covar=None):
     noise : None, ndarray (D, D), or dask array (N, D) / (N, D, D) chunked like ``x``
     kind : str
         Noise kind.
+
+    See Also
+    --------
+    dask_input : the same with the noise as one :class:`~daskgmmis.noise.Noise`.
+    """
+    x, noise = dask_input(data, covar, _stacklevel=5)
+    return x, noise.array, noise.kind
+
+
+def dask_input(data, covar=None, *, _stacklevel: int = 4):
+    """Resolve the ``data``/``covar`` arguments of fit-like functions.
+
+    Parameters
+    ----------
+    data : array_like, dask array, Catalog, or str / os.PathLike (catalog path or URL)
+    covar : None or array
+        Ignored (must be None) when ``data`` is a catalog, which carries its own.
+
+    Returns
+    -------
+    x : dask array, shape (N, D)
+        Row-chunked, one chunk across columns.
+    noise : Noise
+        A checked shared (D, D) matrix, or per-row noise whose :attr:`~Noise.array`
+        is a dask array (N, D) / (N, D, D) chunked like ``x``.
     """
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
@@ -855,19 +884,20 @@ def as_dask_input(data, covar=None):
         raise InputError(f"data: expected at least one row and one feature; found {x.shape}.")
     if covar is not None and not hasattr(covar, "dask"):
         covar = _check_array(covar, "covar", ndim=(2, 3))
-    kind = noise_kind_of(covar, N, D, warn_ambiguous=True)
+    noise = noise_class(kind_of(covar, N, D, warn_ambiguous=True, stacklevel=_stacklevel)
+                        ).from_array(covar)
     if isinstance(x, np.ndarray):
-        rows = default_row_chunk(N, D, kind)
+        rows = default_row_chunk(N, D, noise.kind)
         x = da.from_array(x, chunks=(rows, D))
     else:
         x = x.rechunk({1: -1})
     if x.dtype.kind in "iu":
         x = x.astype(np.float64)
-    noise = None
-    if kind == "shared":
-        noise = np.asarray(covar, dtype=np.float64)
-        check_shared_noise(noise, "covar")
-    elif kind in ("diag", "full"):
-        c = covar if hasattr(covar, "dask") else _check_array(covar, "covar", ndim=(2, 3))
-        noise = da.asarray(c).rechunk((x.chunks[0],) + tuple((s,) for s in c.shape[1:]))
-    return x, noise, kind
+    if noise.shared_matrix is not None:
+        noise.validate(name="covar")
+
+    def chunked(c):
+        c = c if hasattr(c, "dask") else _check_array(c, "covar", ndim=(2, 3))
+        return da.asarray(c).rechunk((x.chunks[0],) + tuple((s,) for s in c.shape[1:]))
+
+    return x, noise.map_rows(chunked)

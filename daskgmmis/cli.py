@@ -44,6 +44,7 @@ from .cluster import client_context
 from .em import fit_best
 from .ingest import CatalogWriter, ingest as run_ingest, table_parts
 from .model import GMM
+from .noise import noise_class
 from .posterior import posterior as compute_posterior, predict_missing, write_posterior
 from .selection import evaluate_covar_callback, selection_from_dict
 from .simulate import draw
@@ -898,12 +899,7 @@ def _noise_layout(noise_cb, gmm) -> tuple[str, str]:
     if noise_cb is None:
         return "none", "none"
     kind, value = evaluate_covar_callback(noise_cb, gmm.mean, where="--noise")
-    if kind == "shared":
-        off = value - np.diag(np.diag(value))
-        return kind, "full" if off.any() else "diag"
-    if kind == "full":
-        return kind, "full"
-    return kind, "diag"
+    return kind, noise_class(kind).from_array(value).stored_kind()
 
 
 def _catalog_noise(cov, source_kind: str, store_kind: str, n: int, D: int):

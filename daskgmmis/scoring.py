@@ -21,7 +21,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from .background import Background
-from .catalog import as_dask_input
+from .catalog import dask_input
 from .errors import InputError, InputTypeError
 from .validation import check_background
 from .model import GMM
@@ -39,7 +39,8 @@ def _check_model(gmm, name: str = "gmm") -> None:
 
 
 def _resolve_data(gmm: GMM, data, covar):
-    x, noise, kind = as_dask_input(data, covar)
+    """(x, Noise) of the data (see :func:`daskgmmis.catalog.dask_input`)."""
+    x, noise = dask_input(data, covar)
     if x.shape[1] != gmm.D:
         raise InputError(f"data: has D={x.shape[1]} features but the model has D={gmm.D}.")
     return x, noise
@@ -49,7 +50,7 @@ def _loglike_graph(gmm: GMM, x, noise, background):
     """Lazy (sum of per-row logL, number of rows with an observed feature)."""
     import dask.array as da
 
-    ll = gmm._density(x, noise, True, background, name="data")   # messages name 'data'
+    ll = gmm._density(x, noise.array, True, background, name="data")   # messages name 'data'
     used = ~da.isnan(ll)            # NaN: no observed feature, carries no information
     return da.where(used, ll, 0.0).sum(), used.sum()
 
@@ -292,7 +293,6 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
     N = int(x.shape[0])
     if n_folds > N:
         raise InputError(f"n_folds: {n_folds} folds for {N} rows; expected n_folds <= N.")
-    per_row = noise is not None and not isinstance(noise, np.ndarray)
     offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int).tolist()
     root = _root_seed(rng)
     split_seed, fit_seed = child_seed(root, 0), child_seed(root, 1)
@@ -300,8 +300,8 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
 
     def split(fold, train):
         xs = _fold_split(x, n_folds, fold, train, base_seed, offsets)
-        ns = _fold_split(noise, n_folds, fold, train, base_seed, offsets) if per_row else noise
-        return xs, ns
+        ns = noise.map_rows(lambda a: _fold_split(a, n_folds, fold, train, base_seed, offsets))
+        return xs, ns.array
 
     models, results, backgrounds, graphs = [], [], [], []
     for fold in range(n_folds):
