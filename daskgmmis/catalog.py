@@ -817,25 +817,14 @@ def _checked_dask(z, path: str, name: str) -> da.Array:
 
 
 def as_dask_input(data, covar=None):
-    """Resolve the ``data``/``covar`` arguments of fit-like functions.
-
-    Parameters
-    ----------
-    data : array_like, dask array, Catalog, or str / os.PathLike (catalog path or URL)
-    covar : None or array
-        Ignored (must be None) when ``data`` is a catalog, which carries its own.
+    """:func:`dask_input` with the noise as ``(raw array, kind)``.
 
     Returns
     -------
     x : dask array, shape (N, D)
-        Row-chunked, one chunk across columns.
     noise : None, ndarray (D, D), or dask array (N, D) / (N, D, D) chunked like ``x``
     kind : str
         Noise kind.
-
-    See Also
-    --------
-    dask_input : the same with the noise as one :class:`~daskgmmis.noise.Noise`.
     """
     x, noise = dask_input(data, covar, _stacklevel=5)
     return x, noise.array, noise.kind

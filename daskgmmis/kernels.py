@@ -70,29 +70,14 @@ _TILE = 128
 def noise_kind_of(covar, n_rows: int | None, D: int, *, warn_ambiguous: bool = False) -> str:
     """Classify a noise covariance argument by shape.
 
-    Parameters
-    ----------
-    covar : None or array
-        ``None``; ``(D, D)`` shared; ``(n, D)`` diagonal variances; ``(n, D, D)`` full.
-    n_rows : int or None
-        Number of data rows it must match (``None``: not checked).
-    D : int
-        Number of features.
-    warn_ambiguous : bool
-        Warn when a ``(D, D)`` array with ``n_rows == D`` is read as diagonal
-        variances (it could be a shared matrix).
+    Parameters and the reading of ambiguous shapes as in
+    :meth:`daskgmmis.noise.Noise.of`, of which this is the kind alone (a thin
+    wrapper of :func:`daskgmmis.noise.kind_of`; nothing is converted or computed).
 
     Returns
     -------
     str
         One of ``"none"``, ``"shared"``, ``"diag"``, ``"full"``.
-
-    Notes
-    -----
-    A thin wrapper of :func:`daskgmmis.noise.kind_of`; :meth:`daskgmmis.noise.Noise.of`
-    builds the noise itself. With ``n_rows == D`` a ``(D, D)`` array is ambiguous: a
-    numpy array with a negative entry cannot hold variances and is read as a shared
-    matrix; any other is read as ``(n, D)`` diagonal variances.
     """
     return kind_of(covar, n_rows, D, warn_ambiguous=warn_ambiguous, stacklevel=5)
 

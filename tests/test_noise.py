@@ -37,6 +37,16 @@ def make(kind, rng, n=N):
     return FullNoise(S), S
 
 
+def dense_of(nz, n):
+    """The (n, D, D) matrices a Noise stands for, by its array's shape alone."""
+    if nz.array is None:
+        return np.zeros((n, D, D))
+    a = np.asarray(nz.array)
+    if a.shape == (D, D) and not nz.per_row:
+        return np.broadcast_to(a, (n, D, D))
+    return a[:, :, None] * np.eye(D) if a.ndim == 2 else a
+
+
 def missing_mask(rng, n=N, frac=0.3):
     observed = rng.random((n, D)) > frac
     observed[:, 0] |= ~observed.any(axis=1)     # every row observes something
@@ -86,6 +96,7 @@ def test_rows_and_observed_subsets_match_brute_force_slicing(kind):
     rows = np.array([3, 0, 17, 17, 39])
     sub = nz.rows(rows)
     assert type(sub) is type(nz)
+    np.testing.assert_array_equal(dense_of(sub, len(rows)), dense[rows])
     for obs in (np.ones(D, bool), np.array([True, False, True, True]),
                 np.array([False, False, False, True])):
         for r in (None, rows):
