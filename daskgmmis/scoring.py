@@ -301,7 +301,7 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
     def split(fold, train):
         xs = _fold_split(x, n_folds, fold, train, base_seed, offsets)
         ns = noise.map_rows(lambda a: _fold_split(a, n_folds, fold, train, base_seed, offsets))
-        return xs, ns.array
+        return xs, ns
 
     models, results, backgrounds, graphs = [], [], [], []
     for fold in range(n_folds):
@@ -309,7 +309,7 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         g = gmm.copy()
         bg = None if background is None else background.copy()
         # the package's one multi-start loop (best training likelihood of n_init)
-        res = fit_best(g, x_train, n_train, n_init=n_init, background=bg,
+        res = fit_best(g, x_train, n_train.array, n_init=n_init, background=bg,
                        rng=child_seed(fit_seed, fold), **fit_kwargs)
         models.append(g)
         results.append(res)
