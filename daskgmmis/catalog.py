@@ -8,6 +8,8 @@ Layout of a catalog (a Zarr v3 group):
 * ``ids`` - optional (N,) row identifiers, int64 or strings, carried with the rows
   (in any row order) so that every per-row output can be joined back to the
   user's table; group attribute ``id_name`` is the identifier column's name;
+* ``weights`` - optional (N,) float64 per-row weights >= 0: a row of weight w
+  counts as w rows in a fit and in the scores (0 leaves it out);
 * ``row_index`` - (N,) int64, the row's position in the input, when the rows were
   reordered (``order="spatial"``);
 * group attributes ``daskgmmis_format`` (``"daskgmmis-catalog"``),
@@ -37,11 +39,13 @@ from .errors import (CatalogError, CatalogNotFoundError, DaskGMMisError, InputEr
                      InputTypeError, OutputError, StoreExistsError)
 from .files import check_new_output
 from .noise import STORED_KINDS, Noise, kind_of, noise_class, per_row_noise
+from .validation import check_weights_block
 from .neighborhoods import spatial_order
 from .memory import machine_memory_limit
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk",
-           "as_dask_input", "dask_input", "check_ids", "check_not_input", "stores_read_by",
+           "as_dask_input", "as_dask_weights", "dask_input", "check_ids", "check_not_input",
+           "stores_read_by",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
@@ -99,6 +103,8 @@ class Catalog:
         Row identifiers (int64 or strings) carried with the rows.
     id_name : str or None
         Name of the identifier column (e.g. ``"source_id"``).
+    weights : dask array or None, shape (N,)
+        Per-row weights (float64, >= 0), used by every fit and score of the catalog.
     """
 
     data: da.Array
@@ -108,6 +114,7 @@ class Catalog:
     row_index: da.Array | None = None
     ids: da.Array | None = None
     id_name: str | None = None
+    weights: da.Array | None = None
 
     def row_keys(self) -> dict:
         """The column that joins a per-row output back to the user's table.
@@ -143,6 +150,7 @@ class Catalog:
 
     def __repr__(self) -> str:
         ids = f", ids={self.id_name!r}" if self.ids is not None else ""
+        ids += ", weights" if self.weights is not None else ""
         return (f"Catalog(path={self.path!r}, N={self.data.shape[0]}, D={self.data.shape[1]}, "
                 f"covar_kind={self.covar_kind!r}, chunks={self.data.chunksize[0]} rows{ids})")
 
@@ -412,7 +420,7 @@ def _id_array_dtype(ids: np.ndarray):
 
 def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=None,
                   order: str = "input", overwrite: bool = False, ids=None,
-                  id_name: str = "id") -> Catalog:
+                  id_name: str = "id", weights=None) -> Catalog:
     """Write a catalog to a Zarr v3 store.
 
     Parameters
@@ -437,6 +445,9 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         and written first in every per-row output (:meth:`Catalog.row_keys`).
     id_name : str
         Name of the identifier column in those outputs.
+    weights : array_like or dask array, shape (N,), optional
+        Per-row weights >= 0 (a row of weight w counts as w rows; 0 leaves it out),
+        stored with the rows and used by every fit and score of the catalog.
 
     Returns
     -------
@@ -476,17 +487,28 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         if not (isinstance(id_name, str) and id_name and id_name not in columns):
             raise InputError(f"id_name: expected a name for the identifier column that is "
                              f"not a feature name ({columns}); found {id_name!r}.")
+    if weights is not None:
+        weights = _check_array(weights, "weights", ndim=(1,))
+        if weights.shape != (N,):
+            raise InputError(f"weights: expected one weight per row, shape ({N},); found "
+                             f"shape {weights.shape}.")
+        if isinstance(weights, da.Array):
+            weights = weights.map_blocks(_checked_weights_block, dtype=np.float64)
+        else:
+            weights = check_weights_block(weights, 0)
     rows = int(chunks) if chunks is not None else default_row_chunk(N, D, kind)
     if rows < 1:
         raise InputError(f"chunks: expected a positive number of rows; found {chunks}.")
 
-    check_not_input(path, stores_read_by(x, covar), "path")
+    check_not_input(path, stores_read_by(x, covar, weights), "path")
     if not _is_url(path):
         # before any work; a catalog is never overwritten by default
         check_new_output(path, overwrite, exists_error=StoreExistsError)
     xd = _as_source(x, dtype, (rows, D))
     cd = None if covar is None else _as_source(covar, np.float64,
                                                (rows,) + tuple(covar.shape[1:]))
+    if weights is not None:
+        weights = _as_source(weights, np.float64, (rows,))
     row_index = None
     if order == "spatial":
         perm = spatial_order(np.asarray(xd))
@@ -496,6 +518,8 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
         row_index = perm.astype(np.int64)
         if ids is not None:
             ids = ids[perm]
+        if weights is not None:
+            weights = np.asarray(weights)[perm]
     try:
         with new_store(path, overwrite) as group:
             group.attrs.update({"daskgmmis_format": CATALOG_FORMAT,
@@ -504,7 +528,8 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
                                 "order": order})
             if ids is not None:
                 group.attrs["id_name"] = id_name
-            arrays = [("data", xd)] + ([("covar", cd)] if cd is not None else [])
+            arrays = ([("data", xd)] + ([("covar", cd)] if cd is not None else [])
+                      + ([("weights", weights)] if weights is not None else []))
             targets = [complete_array(group, name, arr.shape, arr.dtype,
                                       (rows,) + tuple(arr.shape[1:]))
                        for name, arr in arrays]
@@ -656,7 +681,21 @@ def open_catalog(path) -> Catalog:
         if ids.dtype.kind in "TU":
             # Python strings (object dtype): what pandas, pyarrow and numpy's str all take
             ids = ids.map_blocks(_as_objects, dtype=object, meta=np.empty((0,), object))
-    return Catalog(data, covar, list(columns), path, row_index, ids, id_name)
+    weights = None
+    if "weights" in names:
+        zw = _open_array(group, path, "weights")
+        if zw.shape != (N,) or zw.dtype != np.float64:
+            raise CatalogError(f"catalog: {path}/weights has shape {zw.shape} and dtype "
+                               f"{zw.dtype}; expected ({N},) float64, one weight per row.")
+        weights = _checked_dask(zw, path, "weights").rechunk({0: data.chunks[0]})
+        weights = weights.map_blocks(_checked_weights_block, dtype=np.float64)
+    return Catalog(data, covar, list(columns), path, row_index, ids, id_name, weights)
+
+
+def _checked_weights_block(block: np.ndarray, block_info=None) -> np.ndarray:
+    """check_weights_block inside a dask graph, with the block's global first row."""
+    offset = block_info[0]["array-location"][0][0] if block_info else 0
+    return check_weights_block(block, offset)
 
 
 def _as_objects(block: np.ndarray) -> np.ndarray:
@@ -890,3 +929,38 @@ def dask_input(data, covar=None, *, _stacklevel: int = 4):
         return da.asarray(c).rechunk((x.chunks[0],) + tuple((s,) for s in c.shape[1:]))
 
     return x, noise.map_rows(chunked)
+
+
+def as_dask_weights(data, weights, x: da.Array) -> da.Array | None:
+    """Resolve the ``weights`` argument of fit-like functions.
+
+    Parameters
+    ----------
+    data : as for :func:`as_dask_input`
+        A :class:`Catalog` (or its path) may carry its own weights.
+    weights : None, array_like or dask array, shape (N,)
+        Per-row weights >= 0; must be None when the catalog carries weights.
+    x : dask array, shape (N, D)
+        The data as :func:`as_dask_input` returned it (gives N and the row chunks).
+
+    Returns
+    -------
+    dask array, shape (N,), float64, chunked like ``x`` (checked block by block), or None
+    """
+    if isinstance(data, (str, os.PathLike)):
+        data = open_catalog(data)
+    if isinstance(data, Catalog) and data.weights is not None:
+        if weights is not None:
+            raise InputError("weights: the catalog carries its own per-row weights; pass "
+                             "weights=None when data is a catalog.")
+        return data.weights
+    if weights is None:
+        return None
+    N = x.shape[0]
+    w = weights if isinstance(weights, da.Array) else _check_array(weights, "weights",
+                                                                     ndim=(1,))
+    if w.ndim != 1 or w.shape[0] != N:
+        raise InputError(f"weights: expected one weight per row, shape ({N},); found shape "
+                         f"{w.shape}.")
+    w = da.asarray(w).rechunk({0: x.chunks[0]})
+    return w.map_blocks(_checked_weights_block, dtype=np.float64)

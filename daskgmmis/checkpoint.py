@@ -22,6 +22,8 @@ import numpy as np
 from .errors import CheckpointError
 from .files import write_bytes_atomic
 from .model import Theta
+from .stats import SuffStats
+from .stepwise import RunningStats
 
 __all__ = ["Theta", "EMState", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -51,6 +53,16 @@ class EMState:
         Per accepted E-step: mean logL, N_orig, wall time.
     seed : list
         Root seed of the fit's random streams: ``[str(entropy), *spawn_key]``.
+    sw_steps : int
+        Stepwise-EM groups done (:mod:`daskgmmis.stepwise`).
+    sw_group : int
+        Blocks per stepwise group (fixed at the first step, kept on resume).
+    sw_running : RunningStats or None
+        Running statistics of the stepwise phase.
+    sw_restart : bool
+        The next group's statistics replace the running ones (after a re-seed).
+    sw_history : list of float
+        Mean log-likelihood per row of every stepwise group.
     """
 
     theta: Theta
@@ -63,6 +75,11 @@ class EMState:
     n_orig_history: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
     seed: list = field(default_factory=list)
+    sw_steps: int = 0
+    sw_group: int = 0
+    sw_running: RunningStats | None = None
+    sw_restart: bool = False
+    sw_history: list = field(default_factory=list)
 
 
 def _theta_arrays(prefix: str, t: Theta) -> dict:
@@ -97,10 +114,18 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
     arrays["history"] = np.asarray(state.history, dtype=np.float64)
     arrays["n_orig_history"] = np.asarray(state.n_orig_history, dtype=np.float64)
     arrays["seconds"] = np.asarray(state.seconds, dtype=np.float64)
+    arrays["sw.history"] = np.asarray(state.sw_history, dtype=np.float64)
     header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
               "fingerprint": fingerprint, "n_cycle": len(state.cycle),
               "n_iter": state.n_iter, "f_obs": state.f_obs.hex(),
-              "fallback_logL": float(state.fallback_logL).hex(), "seed": state.seed}
+              "fallback_logL": float(state.fallback_logL).hex(), "seed": state.seed,
+              "sw_steps": state.sw_steps, "sw_group": state.sw_group,
+              "sw_restart": state.sw_restart}
+    run = state.sw_running
+    if run is not None:
+        arrays.update({"sw.A": run.stats.A, "sw.M1": run.stats.M1, "sw.M2": run.stats.M2,
+                       "sw.anchor": run.anchor})
+        header.update({"sw_bg": float(run.stats.bg).hex(), "sw_n_orig": run.n_orig.hex()})
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -153,6 +178,14 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
             f_obs=float.fromhex(header["f_obs"]), n_iter=int(header["n_iter"]),
             history=arrays["history"].tolist(),
             n_orig_history=arrays["n_orig_history"].tolist(),
-            seconds=arrays["seconds"].tolist(), seed=list(header["seed"]))
+            seconds=arrays["seconds"].tolist(), seed=list(header["seed"]),
+            # checkpoints written before stepwise EM existed hold no stepwise state
+            sw_steps=int(header.get("sw_steps", 0)), sw_group=int(header.get("sw_group", 0)),
+            sw_restart=bool(header.get("sw_restart", False)),
+            sw_history=arrays.get("sw.history", np.empty(0)).tolist(),
+            sw_running=None if "sw.A" not in arrays else RunningStats(
+                SuffStats(arrays["sw.A"], arrays["sw.M1"], arrays["sw.M2"],
+                          float.fromhex(header["sw_bg"])),
+                arrays["sw.anchor"], float.fromhex(header["sw_n_orig"])))
     except KeyError as e:
         raise CheckpointError(f"checkpoint: {path} is missing {e}; it is corrupted.") from None

@@ -492,6 +492,9 @@ def main():
               help="Identifier column (integers or strings) kept with its rows and written "
                    "first in every per-row output (score, posterior, predict), so results "
                    "join back to the source table; never taken as a feature.")
+@click.option("--weight", "weight_column", default=None, metavar="COLUMN",
+              help="Per-row weight column (finite, >= 0): a row of weight w counts as w "
+                   "rows in every fit and score of the catalog; never taken as a feature.")
 @click.option("--drop-empty", is_flag=True,
               help="Skip rows whose values are all missing (default: an error).")
 @click.option("--dropped-out", type=click.Path(), default=None, metavar="FILE",
@@ -501,7 +504,8 @@ def main():
 @_cluster_options
 @_global_options
 def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, batch_rows,
-           chunks, dtype, id_column, drop_empty, dropped_out, overwrite, scheduler,
+           chunks, dtype, id_column, weight_column, drop_empty, dropped_out, overwrite,
+           scheduler,
            scheduler_file, workers, memory_limit):
     """Convert a CSV, Parquet, FITS or .npy table into a Zarr catalog, streaming.
 
@@ -540,7 +544,7 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
     options = dict(correlations=list(correlations), fmt=fmt, hdu=hdu, batch_rows=batch_rows,
                    chunks=chunks, dtype=dtype, drop_empty=drop_empty, overwrite=overwrite,
                    progress=progress, id_column=id_column, dropped_out=dropped_out,
-                   variances=variances)
+                   variances=variances, weight_column=weight_column)
     if parts is None:
         cat = run_ingest(source, catalog, columns, errors, **options)
     else:
@@ -549,10 +553,12 @@ def ingest(source, catalog, columns, errors, variances, correlations, fmt, hdu, 
                 dask.config.set(scheduler=client if client is not None else "threads"):
             cat = run_ingest(parts, catalog, columns, errors, **options)
     N, D = cat.shape
-    chosen = "" if columns else " (every column not named by --errors, --corr or --id)"
+    chosen = "" if columns else (" (every column not named by --errors, --corr, --id or "
+                                 "--weight)")
     click.echo(f"wrote {catalog}: {N} rows, {D} features: {', '.join(cat.columns)}{chosen}; "
                f"{cat.data.dtype}, noise: {cat.covar_kind}, {cat.data.chunksize[0]} rows "
-               f"per chunk" + (f"; identifiers: {cat.id_name}" if cat.ids is not None else ""))
+               f"per chunk" + (f"; identifiers: {cat.id_name}" if cat.ids is not None else "")
+               + ("; per-row weights" if cat.weights is not None else ""))
     if n_read[0] > N:
         click.echo(f"skipped {n_read[0] - N} rows with every value missing"
                    + (f" (listed in {dropped_out})" if dropped_out else

@@ -30,7 +30,7 @@ from . import kernels
 from .background import Background, log_background
 from .blocks import compute as _compute
 from .blocks import tree_reduce
-from .catalog import Catalog, as_dask_input, open_catalog
+from .catalog import Catalog, as_dask_input, as_dask_weights, open_catalog
 from .memory import check_candidates, plan_fit
 from .timelimit import check_timeout, time_limited
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
@@ -46,6 +46,7 @@ from .checkpoint import EMState, load_checkpoint, save_checkpoint
 from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
 from .stats import DataSummary, SuffStats, sum_stats
+from .stepwise import DEFAULT_ALPHA, RunningStats, block_groups, step_size
 from .validation import (check_background, check_data_block, check_model_params,
                          check_regularization)
 
@@ -69,14 +70,22 @@ class FitResult:
         Mean log-likelihood per observed row at every E-step.
     N_orig : float
         Estimated size of the population before selection (N without selection).
-    N : int
-        Number of observed rows used.
+    N : int or float
+        Number of observed rows used (the sum of their weights for weighted rows).
     n_outside : int
         Rows outside every component's neighborhood at the final E-step.
     bg_amp : float or None
         Fitted background amplitude.
     seconds : float
         Wall-clock time of the fit.
+    seconds_per_iter : list of float
+        Wall-clock time of every batch E-step (and M-step).
+    passes : float
+        Passes over the data by EM: stepwise passes (``stepwise``) plus batch
+        E-steps (the first pass, validation and summary, not counted).
+    stepwise_history : list of float
+        Mean log-likelihood per row of every stepwise group (empty without
+        ``stepwise``).
     """
 
     logL: float
@@ -89,6 +98,8 @@ class FitResult:
     bg_amp: float | None = None
     seconds: float = 0.0
     seconds_per_iter: list = field(default_factory=list)
+    passes: float = 0.0
+    stepwise_history: list = field(default_factory=list)
 
 
 @dataclass
@@ -127,9 +138,10 @@ def _block_noise(noise, params_kind, shared):
     return noise_block(params_kind, noise, shared)
 
 
-def _summary_task(x, noise, kind, shared, row_offset):
+def _summary_task(x, noise, kind, shared, row_offset, weight=None):
     """First pass over a block: validation fused with the data summary."""
     x = np.asarray(x)
+    total_weight = x.shape[0] if weight is None else float(np.asarray(weight).sum())
     check_data_block(x, row_offset)
     nz = noise_block(kind, noise, shared)
     nz.validate(x, row_offset)
@@ -140,7 +152,7 @@ def _summary_task(x, noise, kind, shared, row_offset):
         lo = np.nanmin(x, axis=0).astype(np.float64)
         hi = np.nanmax(x, axis=0).astype(np.float64)
     return DataSummary(x.shape[0], observed.sum(axis=0), lo, hi,
-                       np.nansum(x, axis=0, dtype=np.float64), max_var)
+                       np.nansum(x, axis=0, dtype=np.float64), max_var, total_weight)
 
 
 def _selection_log(sel_callback, x, row_offset):
@@ -156,29 +168,42 @@ def _selection_log(sel_callback, x, row_offset):
     return np.log(omega)
 
 
-def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
+def _weighted_sum(values: np.ndarray, weight: np.ndarray | None, rows: np.ndarray) -> float:
+    """sum of ``weight * values`` over ``rows`` (a row of weight 0 adds nothing, even -inf)."""
+    if weight is None:
+        return float(values[rows].sum())
+    return float(np.dot(weight[rows], values[rows]))
+
+
+def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None, weight=None):
     """One block's E-step: (observed SuffStats, imputed SuffStats or None, tally or None).
 
     ``comps``: components that may reach the block (neighborhoods); None for all.
+    ``weight``: per-row weights (n,), or None for weight 1: a row of weight w counts
+    as w rows in every sum, ``n`` included.
     """
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
+    weight = None if weight is None else np.asarray(weight, dtype=np.float64)
     log_bg = log_background(params.background, x, noise, params.kind)
     if params.cutoff is None:
         row_logl, n_out, mom = kernels.estep_block(
             x, noise, params.kind, params.amp, params.mean, params.covar, log_bg=log_bg,
-            row_offset=row_offset)
+            weight=weight, row_offset=row_offset)
     else:
         row_logl, n_out, mom = estep_neighborhoods(
             x, noise, params.kind, params.amp, params.mean, params.covar,
-            cutoff=params.cutoff, comps=comps, log_bg=log_bg, row_offset=row_offset)
-    finite = np.isfinite(row_logl)
-    logl = float(row_logl[finite].sum())
+            cutoff=params.cutoff, comps=comps, log_bg=log_bg, weight=weight,
+            row_offset=row_offset)
+    counted = np.isfinite(row_logl)
+    if weight is not None:
+        counted &= weight > 0
+    logl = _weighted_sum(row_logl, weight, counted)
+    n = int(x.shape[0]) if weight is None else float(weight.sum())
     if params.sel_callback is None:
-        return (SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, int(x.shape[0]), int(n_out)),
-                None, None)
-    logl += float(_selection_log(params.sel_callback, x, row_offset)[finite].sum())
-    observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, int(x.shape[0]), int(n_out))
+        return SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, n, int(n_out)), None, None
+    logl += _weighted_sum(_selection_log(params.sel_callback, x, row_offset), weight, counted)
+    observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, n, int(n_out))
     m = candidate_count(x.shape[0], params.oversampling, params.observed_fraction)
     check_candidates(m, x.shape[1], params.covar_callback is not None, params.oversampling,
                      int(x.shape[0]))
@@ -188,16 +213,19 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None):
     return observed, imputed, tally
 
 
-def _overlap_task(x, noise, params: _IterParams):
-    """Responsibility overlap of a block: sum_i q_ik q_il, shape (K, K)."""
+def _overlap_task(x, noise, params: _IterParams, weight=None):
+    """Responsibility overlap of a block: sum_i w_i q_ik q_il, shape (K, K)."""
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
     log_bg = log_background(params.background, x, noise, params.kind)
     post = kernels.posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
                            log_bg, covariances=False)
     q = post.resp if post.resp_bg is None else post.resp * (1 - post.resp_bg)[:, None]
-    q = q[np.isfinite(q).all(axis=1)]
-    return q.T @ q
+    rows = np.isfinite(q).all(axis=1)
+    if weight is None:
+        return q[rows].T @ q[rows]
+    w = np.asarray(weight, dtype=np.float64)[rows]
+    return q[rows].T @ (w[:, None] * q[rows])
 
 
 # ---------------------------------------------------------------------- plan
@@ -206,7 +234,7 @@ def _overlap_task(x, noise, params: _IterParams):
 class _Plan:
     """Static per-fit description of the data as delayed blocks."""
 
-    def __init__(self, x, noise, kind):
+    def __init__(self, x, noise, kind, weights=None):
         self.N, self.D = (int(s) for s in x.shape)
         self.kind = kind
         nz = noise_class(kind).from_array(noise)
@@ -216,19 +244,23 @@ class _Plan:
         self.x_blocks = list(x.to_delayed().ravel())
         self.noise_blocks = (list(self.noise.to_delayed().ravel()) if self.noise is not None
                              else [None] * len(self.x_blocks))
+        self.weights = weights
+        self.weight_blocks = (list(weights.to_delayed().ravel()) if weights is not None
+                              else [None] * len(self.x_blocks))
         self.offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int).tolist()
         self.nbytes = int(x.nbytes + (self.noise.nbytes if self.noise is not None else 0))
 
     def summary_graph(self):
-        parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off)
-                 for xb, nb, off in zip(self.x_blocks, self.noise_blocks, self.offsets)]
+        parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off, wb)
+                 for xb, nb, off, wb in zip(self.x_blocks, self.noise_blocks, self.offsets,
+                                            self.weight_blocks)]
         return tree_reduce(parts, sum_stats)
 
     def overlap_graph(self, params: _IterParams):
         """Summed responsibility overlaps (K, K) for split-and-merge (one pass)."""
         p = dask.delayed(params, pure=True)
-        parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p)
-                 for xb, nb in zip(self.x_blocks, self.noise_blocks)]
+        parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p, wb)
+                 for xb, nb, wb in zip(self.x_blocks, self.noise_blocks, self.weight_blocks)]
         return tree_reduce(parts, sum_stats)
 
     def box_graph(self):
@@ -237,16 +269,18 @@ class _Plan:
                                                    else self.shared, self.kind)
                 for xb, nb in zip(self.x_blocks, self.noise_blocks)]
 
-    def iteration_graph(self, params: _IterParams, comps=None):
+    def iteration_graph(self, params: _IterParams, comps=None, blocks=None):
         """The graph of one E-step: block tasks and their tree reduction.
 
         ``comps``: per block, the components that may reach it (or None).
+        ``blocks``: indices of the blocks to visit (stepwise EM); None for all.
         """
         p = dask.delayed(params, pure=True)
         comps = comps if comps is not None else [None] * len(self.x_blocks)
-        parts = [dask.delayed(_estep_task, pure=True)(xb, nb, p, off, b, c)
-                 for b, (xb, nb, off, c) in enumerate(zip(self.x_blocks, self.noise_blocks,
-                                                          self.offsets, comps))]
+        visit = range(len(self.x_blocks)) if blocks is None else blocks
+        parts = [dask.delayed(_estep_task, pure=True)(
+                     self.x_blocks[b], self.noise_blocks[b], p, self.offsets[b], b, comps[b],
+                     self.weight_blocks[b]) for b in visit]
         return tree_reduce(parts, sum_stats)
 
 
@@ -272,23 +306,29 @@ def _memory_budget(client) -> float:
     return 0.25 * psutil.virtual_memory().available
 
 
-def _maybe_persist(x, noise, kind, persist, client):
-    """Persist the data once when it fits in memory (or when told); else stream."""
-    nbytes = x.nbytes + (noise.nbytes if noise_class(kind).per_row else 0)
+def _maybe_persist(x, noise, kind, persist, client, weights=None):
+    """Persist the data once when it fits in memory (or when told); else stream.
+
+    Returns (x, noise, weights).
+    """
+    per_row = noise_class(kind).per_row
+    arrays = [x] + ([noise] if per_row else []) + ([weights] if weights is not None else [])
+    nbytes = sum(a.nbytes for a in arrays)
     if persist is None:
         persist = nbytes <= _memory_budget(client)
     if not persist:
         log.info("streaming %.3g GB from storage every iteration", nbytes / 1e9)
-        return x, noise
-    arrays = [x] + ([noise] if noise_class(kind).per_row else [])
+        return x, noise, weights
     if client is not None:
-        persisted = client.persist(arrays)
+        persisted = list(client.persist(arrays))
     else:
-        persisted = dask.persist(*arrays, scheduler="threads")
-    x = persisted[0]
-    if noise_class(kind).per_row:
-        noise = persisted[1]
-    return x, noise
+        persisted = list(dask.persist(*arrays, scheduler="threads"))
+    x = persisted.pop(0)
+    if per_row:
+        noise = persisted.pop(0)
+    if weights is not None:
+        weights = persisted.pop(0)
+    return x, noise, weights
 
 
 def _quantize_fraction(f: float) -> float:
@@ -357,7 +397,9 @@ class _Evaluator:
         """(K, K) responsibility overlaps of the observed rows (one compute)."""
         return _compute(self.plan.overlap_graph(self.params(theta, 1.0)), self.client)
 
-    def __call__(self, theta: Theta, f_obs: float) -> _Evaluation:
+    def __call__(self, theta: Theta, f_obs: float, blocks=None) -> _Evaluation:
+        """E-step at ``theta`` over every block, or over ``blocks`` only (its own N,
+        N_orig and imputation, as if those blocks were the catalog)."""
         plan = self.plan
         params = self.params(theta, f_obs)
         comps = None
@@ -365,7 +407,8 @@ class _Evaluator:
             reach = ReachTest(theta.mean, theta.covar).matrix(
                 self.boxes, chi2_cuts(self.cutoff, plan.D))
             comps = [np.flatnonzero(r) for r in reach]
-        stats, imputed, tally = _compute(plan.iteration_graph(params, comps), self.client)
+        stats, imputed, tally = _compute(plan.iteration_graph(params, comps, blocks),
+                                         self.client)
         N = stats.n
         logL = stats.logl / N
         N_orig, total = float(N), stats
@@ -393,7 +436,8 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         background: Background | None = None, tol: float = 1e-3, maxiter: int = 1000,
         frozen=None, rng=None, client=None, checkpoint=None, split_n_merge: int = 0,
         oversampling: float = 4.0, persist: bool | None = None, accelerate: bool = True,
-        n_init: int = 1, callback_timeout: float | None = None) -> FitResult:
+        n_init: int = 1, callback_timeout: float | None = None, weights=None,
+        stepwise: int = 0) -> FitResult:
     """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 
     Parameters
@@ -406,6 +450,12 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     covar : None, (D, D), (N, D) or (N, D, D)
         Noise covariances (shared, diagonal variances, full), data units squared.
         Taken from the catalog when ``data`` is one.
+    weights : None, array_like or dask array, shape (N,)
+        Per-row weights >= 0 (Bovy's XD ``weight``): a row of weight w counts as w
+        rows in every sum - an integer weight gives the fit of the row duplicated
+        w times, weight 0 leaves the row out. ``logL`` is then the weighted mean,
+        and ``N`` and ``N_orig`` are in units of weight. Taken from the catalog
+        when it carries weights. The initialization ignores them.
     init_method : {"kmeans", "random", "minmax", "none"}
         Initialization (see :mod:`daskgmmis.init`). The default, k-means|| on the
         data, finds the basin of the right answer where a random start does not:
@@ -468,6 +518,14 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         Seconds one call of ``sel_callback`` or ``covar_callback`` may take;
         past that the fit stops with a ``CallbackError`` naming the callback
         (default: no limit).
+    stepwise : int or bool
+        Passes of stepwise (online) EM before batch EM (:mod:`daskgmmis.stepwise`):
+        blocks in a seeded random order, one block per worker thread per group,
+        an M-step after every group on running statistics blended with a decaying
+        step size. On large catalogs this reaches the batch answer's neighbourhood
+        in a couple of passes where batch EM needs tens; batch EM then polishes
+        (and decides convergence). ``0``/``False``: batch EM only; ``True``: 2.
+        The group size is fixed at the start (kept on resume).
     checkpoint : str or os.PathLike, optional
         File for the EM state, written atomically after every iteration. If it
         holds a checkpoint of the same problem the fit resumes from it and ends
@@ -510,11 +568,20 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
             and math.isfinite(oversampling)):
         raise InputError(f"oversampling: expected a finite number > 0; found {oversampling!r}.")
     check_timeout(callback_timeout)
+    if stepwise is True:
+        stepwise = 2
+    if isinstance(stepwise, bool):
+        stepwise = 0
+    if not (isinstance(stepwise, (int, np.integer)) and 0 <= stepwise <= 1000):
+        raise InputError(f"stepwise: expected a number of passes from 0 to 1000 (or True/"
+                         f"False); found {stepwise!r}.")
+    stepwise = int(stepwise)
     K, D = gmm.K, gmm.D
     check_regularization(w)
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
     x, noise, kind = as_dask_input(data, covar)
+    weights = as_dask_weights(data, weights, x)
     if x.shape[1] != D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={D}; build the "
                          f"model with GMM(K, D={x.shape[1]}).")
@@ -543,8 +610,10 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     # 0. memory plan: refuse (or shrink the blocks) before the first pass
     x, noise = plan_fit(x, noise, kind, K, D, client=client, n_init=n_init,
                         oversampling=oversampling if sel_callback is not None else None)
-    x, noise = _maybe_persist(x, noise, kind, persist, client)
-    plan = _Plan(x, noise, kind)
+    if weights is not None:
+        weights = weights.rechunk({0: x.chunks[0]})   # the memory plan may shrink blocks
+    x, noise, weights = _maybe_persist(x, noise, kind, persist, client, weights)
+    plan = _Plan(x, noise, kind, weights)
 
     # 1. first pass: validation + summary (+ block boxes for neighborhoods), one compute
     boxes = None
@@ -561,7 +630,7 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
                                cutoff=cutoff, sel_callback=sel_callback,
                                covar_callback=covar_callback, background=background,
                                frozen=frozen_idx, oversampling=oversampling,
-                               accelerate=accelerate)
+                               accelerate=accelerate, stepwise=stepwise)
     state = load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
     if state is not None:
         seed = np.random.SeedSequence(int(state.seed[0]), spawn_key=tuple(state.seed[1:]))
@@ -579,17 +648,28 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
     run = dict(evaluate=evaluate, tol=tol, maxiter=maxiter, w=w, frozen=frozen_idx,
                background=background, accelerate=accelerate, checkpoint=checkpoint,
                fingerprint=fingerprint)
+    # the anchor of the stepwise sums: the data's mean (NaN-free: init checked n_obs)
+    stepwise_run = dict(evaluate=evaluate, N_all=float(summary.weight),
+                        anchor=np.nan_to_num(summary.total / np.maximum(summary.n_obs, 1)),
+                        w=w, frozen=frozen_idx, background=background,
+                        checkpoint=checkpoint, fingerprint=fingerprint)
+
+    def em_from(start: EMState):
+        if stepwise:
+            groups = _stepwise_groups(start, plan, client, stepwise, seed)
+            start = _run_stepwise(start, groups, **stepwise_run)
+        return _run_em(start, **run)
 
     # 3. EM, from each start
     if state is not None:
-        best = _run_em(state, **run)
+        best = em_from(state)
     else:
         best = None
         for init_seed in init_seeds:
             theta = _initial_theta(gmm, init_method, K, plan, summary, x, client,
                                    np.random.default_rng(init_seed), bg_amp0, bg_seeded)
             seed_list = [str(seed.entropy), *map(int, seed.spawn_key)]
-            outcome = _run_em(EMState(theta=theta, seed=seed_list), **run)
+            outcome = em_from(EMState(theta=theta, seed=seed_list))
             if best is None or outcome[0].history[-1] > best[0].history[-1]:
                 best = outcome
     state, converged, last = best
@@ -614,9 +694,14 @@ def fit(gmm: GMM, data, covar=None, *, init_method: str = "kmeans", w: float = 0
         background.amp = theta.bg_amp
     return FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,
                      history=list(state.history), N_orig=state.n_orig_history[-1],
-                     N=summary.n, n_outside=last.n_outside, bg_amp=theta.bg_amp,
+                     N=summary.n if weights is None else float(last.total.n),
+                     n_outside=last.n_outside, bg_amp=theta.bg_amp,
                      seconds=time.perf_counter() - t_start,
-                     seconds_per_iter=list(state.seconds))
+                     seconds_per_iter=list(state.seconds),
+                     passes=len(state.history) + (
+                         state.sw_steps / -(-len(plan.x_blocks) // state.sw_group)
+                         if state.sw_group else 0.0),
+                     stepwise_history=list(state.sw_history))
 
 
 def fit_best(gmm: GMM, data, covar=None, *, n_init: int = 1, rng=None,
@@ -904,6 +989,66 @@ def _run_em(state: EMState, *, evaluate, tol, maxiter, w, frozen, background, ac
     return state, converged, ev
 
 
+# Child key of the fit's root seed for the stepwise block order: far from the keys of
+# the imputation (0) and of the starts (1 .. n_init <= MAX_N_INIT).
+_STEPWISE_KEY = 2**32 - 1
+
+
+def _stepwise_group_size(client) -> int:
+    """Blocks per stepwise group: one per worker thread."""
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return max(1, os.cpu_count() or 1)
+
+
+def _stepwise_groups(state: EMState, plan, client, passes: int, root_seed) -> list:
+    """The groups of blocks of the stepwise phase (fixing the group size at the start)."""
+    n_blocks = len(plan.x_blocks)
+    if state.sw_group == 0:
+        state.sw_group = min(_stepwise_group_size(client), n_blocks)
+    rng = np.random.default_rng(child_seed(root_seed, _STEPWISE_KEY))
+    return block_groups(n_blocks, state.sw_group, passes, rng)
+
+
+def _run_stepwise(state: EMState, groups: list, *, evaluate, N_all, anchor, w, frozen,
+                  background, checkpoint, fingerprint) -> EMState:
+    """Stepwise EM over ``groups`` of blocks from ``state`` (resumes at ``state.sw_steps``).
+
+    Every group is one compute over its blocks; its statistics, scaled from the
+    group's rows to the catalog's ``N_all``, are blended into the running
+    statistics (:class:`~daskgmmis.stepwise.RunningStats`) and an M-step follows.
+    """
+    while state.sw_steps < len(groups):
+        t0 = time.perf_counter()
+        ev = evaluate(state.theta, state.f_obs, blocks=groups[state.sw_steps])
+        n_group = float(ev.total.n)
+        state.sw_steps += 1
+        if not n_group > 0:
+            continue     # every row of the group has weight 0: nothing to learn from
+        state.f_obs = ev.f_obs
+        scale = N_all / n_group
+        group_stats, n_orig = ev.total.scaled(scale), ev.N_orig * scale
+        if state.sw_running is None or state.sw_restart:
+            state.sw_running = RunningStats.start(group_stats, state.theta.mean, anchor, n_orig)
+        else:
+            state.sw_running = state.sw_running.blend(group_stats, state.theta.mean, n_orig,
+                                                      step_size(state.sw_steps - 1,
+                                                                DEFAULT_ALPHA))
+        running = state.sw_running
+        state.theta, dead = mstep(running.about(state.theta.mean), state.theta, w=w,
+                                  frozen=frozen, background=background,
+                                  N_total=running.n_orig)
+        # a re-seeded component's running sums describe the old one: start afresh
+        state.sw_restart = bool(dead.size)
+        state.sw_history.append(ev.logL)
+        log.info("stepwise group %d/%d (%d blocks): mean logL %.8g, N_orig %.6g, %.3f s",
+                 state.sw_steps, len(groups), len(groups[state.sw_steps - 1]), ev.logL,
+                 running.n_orig, time.perf_counter() - t0)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, state, fingerprint)
+    return state
+
+
 def _callback_name(cb):
     if cb is None:
         return None
@@ -920,7 +1065,8 @@ def _fingerprint(plan, summary, K, rng, **options) -> dict:
         "chunks": [int(c) for c in plan.x.chunks[0]],
         "data_summary": {"n": int(summary.n), "n_obs": np.asarray(summary.n_obs).tolist(),
                          "lo": hexes(summary.lo), "hi": hexes(summary.hi),
-                         "total": hexes(summary.total)},
+                         "total": hexes(summary.total),
+                         "weight": float(summary.weight).hex()},
         "shared_noise": None if plan.shared is None else hexes(plan.shared),
         "init_method": options["init_method"], "w": float(options["w"]).hex(),
         "cutoff": None if options["cutoff"] is None else float(options["cutoff"]).hex(),
@@ -932,6 +1078,7 @@ def _fingerprint(plan, summary, K, rng, **options) -> dict:
         "frozen": {k: v.tolist() for k, v in options["frozen"].items()},
         "oversampling": float(options["oversampling"]).hex(),
         "accelerate": bool(options["accelerate"]),
+        "stepwise": int(options["stepwise"]),
     }
     if rng is not None:
         seed = _root_seed(rng) if not isinstance(rng, np.random.Generator) else None

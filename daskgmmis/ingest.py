@@ -45,7 +45,7 @@ from .errors import InputError, InputTypeError, StoreExistsError
 from .files import check_new_output
 from .tables import table_format, write_row_arrays, write_table  # noqa: F401 (re-export)
 from .noise import STORED_KINDS, noise_class
-from .validation import check_data_block
+from .validation import check_data_block, check_weights_block
 
 __all__ = ["FORMATS", "TableSource", "open_table", "detect_format", "CatalogWriter",
            "ingest", "errors_to_covar", "write_row_arrays", "table_parts"]
@@ -547,6 +547,9 @@ class CatalogWriter:
     allow_empty : bool
         Write a catalog of no rows instead of refusing one (a part of a
         many-file table whose rows were all dropped).
+    weights : bool
+        The catalog stores per-row weights (every :meth:`append` then passes
+        ``weights``).
 
     Examples
     --------
@@ -559,7 +562,7 @@ class CatalogWriter:
     def __init__(self, path, columns: Sequence[str], covar_kind: str = "none", *,
                  chunk_rows: int, dtype=np.float64, overwrite: bool = False,
                  id_name: str | None = None, id_dtype: str = "int64",
-                 allow_empty: bool = False):
+                 allow_empty: bool = False, weights: bool = False):
         self.path = os.fspath(path)
         self.columns = [str(c) for c in columns]
         self.D = len(self.columns)
@@ -591,6 +594,7 @@ class CatalogWriter:
         self._buf_x: list = []
         self._buf_c: list = []
         self._buf_i: list = []
+        self._buf_w: list = []
         self._buffered = 0
         self._tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
         try:
@@ -612,6 +616,8 @@ class CatalogWriter:
             if id_name is not None:
                 self._ids = complete_array(group, "ids", (0,),
                                            np.int64 if id_dtype == "int64" else str, (rows,))
+            self._weights = (complete_array(group, "weights", (0,), np.float64, (rows,))
+                             if weights else None)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -627,7 +633,7 @@ class CatalogWriter:
         else:
             self.abort()
 
-    def append(self, x, covar=None, ids=None) -> None:
+    def append(self, x, covar=None, ids=None, weights=None) -> None:
         """Validate and append a batch of rows.
 
         Parameters
@@ -639,6 +645,8 @@ class CatalogWriter:
             ``covar_kind``.
         ids : array_like, shape (n,), optional
             The rows' identifiers; required with ``id_name``, refused without.
+        weights : array_like, shape (n,), optional
+            The rows' weights (>= 0); required when the writer stores weights.
         """
         if not self._open:
             raise InputError("CatalogWriter: already closed.")
@@ -658,6 +666,16 @@ class CatalogWriter:
                                      f"this catalog stores "
                                      f"{'integers' if self._ids.dtype == np.int64 else 'strings'}.")
             self._buf_i.append(ids)
+        if (weights is None) != (self._weights is None):
+            raise InputError(f"weights: {'expected' if weights is None else 'unexpected'} "
+                             f"row weights (this catalog "
+                             f"{'stores' if self._weights is not None else 'has no'} weights).")
+        if weights is not None:
+            weights = np.asarray(weights)
+            if weights.shape != (x.shape[0],):
+                raise InputError(f"weights: expected shape ({x.shape[0]},); found "
+                                 f"{weights.shape}.")
+            self._buf_w.append(check_weights_block(weights, self.n_rows))
         stored = noise_class(self.kind)
         if not stored.noisy:
             if covar is not None:
@@ -685,6 +703,7 @@ class CatalogWriter:
         x = np.concatenate(self._buf_x)
         c = np.concatenate(self._buf_c) if self._buf_c else None
         i = np.concatenate(self._buf_i) if self._buf_i else None
+        w = np.concatenate(self._buf_w) if self._buf_w else None
         n = x.shape[0]
         # writing whole chunks only keeps every Zarr chunk written exactly once
         m = (n // self.chunk_rows) * self.chunk_rows if whole_chunks_only else n
@@ -694,9 +713,12 @@ class CatalogWriter:
                 self._covar.append(c[:m], axis=0)
             if i is not None:
                 self._ids.append(i[:m], axis=0)
+            if w is not None:
+                self._weights.append(w[:m], axis=0)
         self._buf_x = [x[m:]] if m < n else []
         self._buf_c = [c[m:]] if c is not None and m < n else []
         self._buf_i = [i[m:]] if i is not None and m < n else []
+        self._buf_w = [w[m:]] if w is not None and m < n else []
         self._buffered = n - m
 
     def close(self) -> Catalog:
@@ -784,6 +806,7 @@ class _Plan:
     kind: str
     variances: bool
     drop_empty: bool
+    weight_col: str | None = None
 
     @property
     def D(self) -> int:
@@ -792,11 +815,12 @@ class _Plan:
     @property
     def read(self) -> list:
         return list(dict.fromkeys(self.value_cols + (self.error_cols or [])
-                                  + [r for _, _, r in self.corr]))
+                                  + [r for _, _, r in self.corr]
+                                  + ([self.weight_col] if self.weight_col else [])))
 
 
 def _plan(src: TableSource, columns, errors, variances: bool, correlations, id_column,
-          drop_empty: bool) -> _Plan:
+          drop_empty: bool, weight_column=None) -> _Plan:
     """Resolve the column arguments of :func:`ingest` against a table's columns."""
     value_names = _as_names(columns, "columns")
     # one error column may serve several values (e.g. a shared positional error)
@@ -804,16 +828,22 @@ def _plan(src: TableSource, columns, errors, variances: bool, correlations, id_c
     corr_items = [tuple(s.strip() for s in c.split(",")) if isinstance(c, str) else tuple(c)
                   for c in (correlations or ())]
     id_col = None if id_column is None else src.resolve(str(id_column))
+    weight_col = None if weight_column is None else src.resolve(str(weight_column))
     if value_names is None:
         taken = ({src.resolve(c) for c in error_names or ()}
-                 | {src.resolve(c[2]) for c in corr_items if len(c) == 3} | {id_col})
+                 | {src.resolve(c[2]) for c in corr_items if len(c) == 3}
+                 | {id_col, weight_col})
         value_names = [n for n in src.names if n not in taken]
-        log.info("ingest: features %s (every column of %s not named by errors, correlations "
-                 "or id_column)", ", ".join(value_names), src.path)
+        log.info("ingest: features %s (every column of %s not named by errors, correlations, "
+                 "id_column or weight_column)", ", ".join(value_names), src.path)
     value_cols = [src.resolve(c) for c in value_names]
-    if id_col is not None and id_col in value_cols:
-        raise InputError(f"id_column: {id_col!r} is also named as a feature column; an "
-                         f"identifier is carried with the rows, not fitted.")
+    for what, col, role in (("id_column", id_col, "an identifier is carried with the rows"),
+                            ("weight_column", weight_col, "a weight multiplies the rows")):
+        if col is not None and col in value_cols:
+            raise InputError(f"{what}: {col!r} is also named as a feature column; {role}, "
+                             f"not fitted.")
+    if weight_col is not None and weight_col == id_col:
+        raise InputError(f"weight_column: {weight_col!r} is also the identifier column.")
     D = len(value_cols)
     error_cols = None
     if error_names is not None:
@@ -829,7 +859,7 @@ def _plan(src: TableSource, columns, errors, variances: bool, correlations, id_c
     corr = [(j, k, src.resolve(rho)) for j, k, rho in corr]
     kind = "none" if error_cols is None else ("full" if corr else "diag")
     return _Plan(value_names, value_cols, error_cols, corr, id_col, kind, variances,
-                 drop_empty)
+                 drop_empty, weight_col)
 
 
 def _id_dtype(src: TableSource, plan: _Plan) -> str:
@@ -839,7 +869,7 @@ def _id_dtype(src: TableSource, plan: _Plan) -> str:
 
 
 def _rows(src: TableSource, plan: _Plan, batch_rows: int, progress=None):
-    """Yield ``(x, covar, ids, dropped_rows, dropped_ids)`` per batch of ``src``.
+    """Yield ``(x, covar, ids, weights, dropped_rows, dropped_ids)`` per batch of ``src``.
 
     Rows are validated as they are read; ``dropped_rows`` are the positions in
     ``src`` of rows with every value missing (skipped with ``drop_empty``, else an
@@ -861,6 +891,11 @@ def _rows(src: TableSource, plan: _Plan, batch_rows: int, progress=None):
         if plan.id_col is not None:
             ids = check_ids(batch[plan.id_col], n_batch,
                             f"{src.path}: id column {plan.id_col!r}")
+        weights = None
+        if plan.weight_col is not None:
+            weights = check_weights_block(np.asarray(batch[plan.weight_col], dtype=np.float64),
+                                          n_read, f"{src.path}: weight column "
+                                                  f"{plan.weight_col!r}")
         empty = np.isnan(x).all(axis=1)
         if empty.any() and not plan.drop_empty:
             i = int(np.flatnonzero(empty)[0])
@@ -874,7 +909,8 @@ def _rows(src: TableSource, plan: _Plan, batch_rows: int, progress=None):
                 dropped_ids, ids = ids[empty], ids[~empty]
             x = x[~empty]
             cov = None if cov is None else cov[~empty]
-        yield x, cov, ids, dropped_rows, dropped_ids
+            weights = None if weights is None else weights[~empty]
+        yield x, cov, ids, weights, dropped_rows, dropped_ids
         n_read += n_batch
         if progress is not None:
             progress(n_read)
@@ -884,9 +920,9 @@ def _copy_rows(src: TableSource, plan: _Plan, writer: "CatalogWriter", batch_row
                progress=None) -> tuple[int, list, list]:
     """Stream ``src`` into ``writer``; (rows read, dropped positions, dropped ids)."""
     n_read, dropped_rows, dropped_ids = 0, [], []
-    for x, cov, ids, d_rows, d_ids in _rows(src, plan, batch_rows, progress):
+    for x, cov, ids, weights, d_rows, d_ids in _rows(src, plan, batch_rows, progress):
         if x.shape[0]:
-            writer.append(x, cov, ids)
+            writer.append(x, cov, ids, weights)
         dropped_rows.append(d_rows)
         if d_ids is not None:
             dropped_ids.append(d_ids)
@@ -940,10 +976,11 @@ def _ingest_part(part: str, store: str, plan: _Plan, fmt, hdu, csv_engine, batch
         src = open_table(part, fmt, hdu=hdu, csv_engine=csv_engine)
         part_plan = _plan(src, plan.value_names, _names_of(plan.error_cols), plan.variances,
                           [(plan.value_names[j], plan.value_names[k], r)
-                           for j, k, r in plan.corr], plan.id_col, plan.drop_empty)
+                           for j, k, r in plan.corr], plan.id_col, plan.drop_empty,
+                          plan.weight_col)
         with CatalogWriter(store, plan.value_names, plan.kind, chunk_rows=chunk_rows,
                            dtype=np.dtype(dtype), id_name=plan.id_col, id_dtype=id_dtype,
-                           allow_empty=True) as writer:
+                           allow_empty=True, weights=plan.weight_col is not None) as writer:
             n_read, d_rows, d_ids = _copy_rows(src, part_plan, writer, batch_rows)
     except (InputError, InputTypeError) as e:
         # rows are counted within the part: name it
@@ -1008,8 +1045,11 @@ def _ingest_parts(parts: list, path: str, plan: _Plan, *, fmt, hdu, csv_engine,
         data = da.concatenate([c.data for c in kept])
         covar = None if plan.error_cols is None else da.concatenate([c.covar for c in kept])
         ids = None if plan.id_col is None else da.concatenate([c.ids for c in kept])
+        weights = (None if plan.weight_col is None
+                   else da.concatenate([c.weights for c in kept]))
         cat = write_catalog(path, data, covar, chunks=chunk_rows, columns=plan.value_names,
-                            overwrite=overwrite, ids=ids, id_name=plan.id_col or "id")
+                            overwrite=overwrite, ids=ids, id_name=plan.id_col or "id",
+                            weights=weights)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return cat, int(offsets[-1]), dropped_rows, dropped_ids
@@ -1021,7 +1061,7 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
            dtype: str = "auto", drop_empty: bool = False, overwrite: bool = False,
            csv_engine: str | None = None,
            progress: Callable[[int], None] | None = None, id_column: str | None = None,
-           dropped_out=None) -> Catalog:
+           dropped_out=None, weight_column: str | None = None) -> Catalog:
     """Read a table file in batches and write it as a Zarr catalog.
 
     Parameters
@@ -1080,6 +1120,9 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
         With ``drop_empty``: a ``.csv``, ``.parquet`` or ``.zarr`` listing the rows
         skipped (``source_row``, their position in the source, and the
         identifier); written only when rows were skipped.
+    weight_column : str, optional
+        Per-row weight column (finite, >= 0), stored as the catalog's ``weights``:
+        a row of weight w counts as w rows in every fit and score of the catalog.
 
     Returns
     -------
@@ -1104,7 +1147,8 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
     if dtype not in ("auto", "float32", "float64"):
         raise InputError(f"dtype: expected 'auto', 'float32' or 'float64'; found {dtype!r}.")
     src = open_table(parts[0] if parts else source, fmt, hdu=hdu, csv_engine=csv_engine)
-    plan = _plan(src, columns, errors, variances, correlations, id_column, drop_empty)
+    plan = _plan(src, columns, errors, variances, correlations, id_column, drop_empty,
+                 weight_column)
     if dropped_out is not None:
         if not drop_empty:
             raise InputError("dropped_out: lists the rows that drop_empty skips; pass "
@@ -1132,7 +1176,7 @@ def ingest(source, path, columns=None, errors=None, *, variances: bool = False,
             chunk_rows = int(chunks)
         with CatalogWriter(path, plan.value_names, plan.kind, chunk_rows=chunk_rows,
                            dtype=np.dtype(dtype), overwrite=overwrite, id_name=plan.id_col,
-                           id_dtype=id_dtype) as writer:
+                           id_dtype=id_dtype, weights=plan.weight_col is not None) as writer:
             n_read, dropped_rows, dropped_ids = _copy_rows(src, plan, writer, batch_rows,
                                                            progress)
         writer_catalog = writer.catalog

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from .background import Background
-from .catalog import dask_input
+from .catalog import as_dask_input, as_dask_weights
 from .errors import InputError, InputTypeError
 from .validation import check_background
 from .model import GMM
@@ -38,21 +38,25 @@ def _check_model(gmm, name: str = "gmm") -> None:
         raise InputTypeError(f"{name}: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
 
 
-def _resolve_data(gmm: GMM, data, covar):
-    """(x, Noise) of the data (see :func:`daskgmmis.catalog.dask_input`)."""
-    x, noise = dask_input(data, covar)
+def _resolve_data(gmm: GMM, data, covar, weights=None):
+    """(x, noise, weights or None) of a scoring call; the catalog's weights if it has them."""
+    x, noise, kind = as_dask_input(data, covar)
     if x.shape[1] != gmm.D:
         raise InputError(f"data: has D={x.shape[1]} features but the model has D={gmm.D}.")
-    return x, noise
+    return x, noise, as_dask_weights(data, weights, x)
 
 
-def _loglike_graph(gmm: GMM, x, noise, background):
-    """Lazy (sum of per-row logL, number of rows with an observed feature)."""
+def _loglike_graph(gmm: GMM, x, noise, background, weights=None):
+    """Lazy (sum of per-row (weighted) logL, (weighted) count of rows with an observed
+    feature)."""
     import dask.array as da
 
-    ll = gmm._density(x, noise.array, True, background, name="data")   # messages name 'data'
+    ll = gmm._density(x, noise, True, background, name="data")   # messages name 'data'
     used = ~da.isnan(ll)            # NaN: no observed feature, carries no information
-    return da.where(used, ll, 0.0).sum(), used.sum()
+    if weights is None:
+        return da.where(used, ll, 0.0).sum(), used.sum()
+    used &= weights > 0             # weight 0 leaves the row out, even at density 0
+    return da.where(used, weights * ll, 0.0).sum(), da.where(used, weights, 0.0).sum()
 
 
 def _compute(*graphs):
@@ -87,8 +91,8 @@ def n_parameters(gmm: GMM, background: Background | None = None) -> int:
     return int(p)
 
 
-def loglike(gmm: GMM, data, covar=None, background: Background | None = None
-            ) -> tuple[float, int]:
+def loglike(gmm: GMM, data, covar=None, background: Background | None = None, *,
+            weights=None) -> tuple[float, int | float]:
     """Total deconvolved log-likelihood of a catalog, in one pass over the data.
 
     Parameters
@@ -100,22 +104,27 @@ def loglike(gmm: GMM, data, covar=None, background: Background | None = None
         Noise covariances; taken from the catalog when ``data`` is one.
     background : Background, optional
         Uniform background of the model.
+    weights : None, array_like or dask array, shape (N,)
+        Per-row weights >= 0 (a row of weight w counts as w rows); taken from the
+        catalog when it carries them.
 
     Returns
     -------
     total : float
-        ``sum_i log p(x_i | model, S_i)`` over rows with an observed feature.
-    n : int
-        Number of those rows (rows with every feature missing are left out).
+        ``sum_i w_i log p(x_i | model, S_i)`` over rows with an observed feature.
+    n : int or float
+        Number of those rows (rows with every feature missing are left out); the
+        sum of their weights for weighted rows.
     """
     _check_model(gmm)
     check_background(background, gmm.D, "the model")
-    x, noise = _resolve_data(gmm, data, covar)
-    total, n = _compute(*_loglike_graph(gmm, x, noise, background))
-    return float(total), int(n)
+    x, noise, w = _resolve_data(gmm, data, covar, weights)
+    total, n = _compute(*_loglike_graph(gmm, x, noise, background, w))
+    return float(total), (int(n) if w is None else float(n))
 
 
-def bic(gmm: GMM, data, covar=None, background: Background | None = None) -> float:
+def bic(gmm: GMM, data, covar=None, background: Background | None = None, *,
+        weights=None) -> float:
     """Bayesian information criterion ``-2 log L + p log N`` (lower is better).
 
     Parameters
@@ -128,19 +137,22 @@ def bic(gmm: GMM, data, covar=None, background: Background | None = None) -> flo
         Noise covariances; taken from the catalog when ``data`` is one.
     background : Background, optional
         Background fitted with the model (one more parameter if adjustable).
+    weights : None, array_like or dask array, shape (N,)
+        Per-row weights, as for :func:`loglike`.
 
     Returns
     -------
     float
         ``log L`` is the total deconvolved log-likelihood (:func:`loglike`),
         ``p`` is :func:`n_parameters`, ``N`` the number of rows with an observed
-        feature.
+        feature (their total weight for weighted rows).
     """
-    total, n = loglike(gmm, data, covar, background)
+    total, n = loglike(gmm, data, covar, background, weights=weights)
     return float(-2.0 * total + n_parameters(gmm, background) * np.log(n))
 
 
-def aic(gmm: GMM, data, covar=None, background: Background | None = None) -> float:
+def aic(gmm: GMM, data, covar=None, background: Background | None = None, *,
+        weights=None) -> float:
     """Akaike information criterion ``-2 log L + 2 p`` (lower is better).
 
     Same parameters as :func:`bic`.
@@ -149,11 +161,12 @@ def aic(gmm: GMM, data, covar=None, background: Background | None = None) -> flo
     -------
     float
     """
-    total, _ = loglike(gmm, data, covar, background)
+    total, _ = loglike(gmm, data, covar, background, weights=weights)
     return float(-2.0 * total + 2.0 * n_parameters(gmm, background))
 
 
-def score(gmm: GMM, data, covar=None, background: Background | None = None) -> float:
+def score(gmm: GMM, data, covar=None, background: Background | None = None, *,
+          weights=None) -> float:
     """Mean log-likelihood per row (on held-out data: a generalization score).
 
     Same parameters as :func:`bic`.
@@ -163,7 +176,7 @@ def score(gmm: GMM, data, covar=None, background: Background | None = None) -> f
     float
         ``loglike / n`` (higher is better).
     """
-    total, n = loglike(gmm, data, covar, background)
+    total, n = loglike(gmm, data, covar, background, weights=weights)
     if n == 0:
         raise InputError("data: no row has an observed feature; nothing to score.")
     return total / n
@@ -274,7 +287,8 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         likelihood is kept (as a user would).
     **fit_kwargs
         Passed to :func:`daskgmmis.fit` (``init_method``, ``tol``, ``maxiter``, ``w``,
-        ``background`` - copied per fold -, ...).
+        ``background`` - copied per fold -, ...). ``weights`` (N,) are split with
+        the rows: they weight both the fits and the held-out scores.
 
     Returns
     -------
@@ -289,10 +303,11 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         raise InputError(f"n_init: expected an integer >= 1; found {n_init!r}.")
     background = fit_kwargs.pop("background", None)
     check_background(background, gmm.D, "the model")
-    x, noise = _resolve_data(gmm, data, covar)
+    x, noise, weights = _resolve_data(gmm, data, covar, fit_kwargs.pop("weights", None))
     N = int(x.shape[0])
     if n_folds > N:
         raise InputError(f"n_folds: {n_folds} folds for {N} rows; expected n_folds <= N.")
+    per_row = noise is not None and not isinstance(noise, np.ndarray)
     offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int).tolist()
     root = _root_seed(rng)
     split_seed, fit_seed = child_seed(root, 0), child_seed(root, 1)
@@ -300,25 +315,27 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
 
     def split(fold, train):
         xs = _fold_split(x, n_folds, fold, train, base_seed, offsets)
-        ns = noise.map_rows(lambda a: _fold_split(a, n_folds, fold, train, base_seed, offsets))
-        return xs, ns
+        ns = _fold_split(noise, n_folds, fold, train, base_seed, offsets) if per_row else noise
+        ws = (None if weights is None else
+              _fold_split(weights, n_folds, fold, train, base_seed, offsets))
+        return xs, ns, ws
 
     models, results, backgrounds, graphs = [], [], [], []
     for fold in range(n_folds):
-        x_train, n_train = split(fold, True)
+        x_train, n_train, w_train = split(fold, True)
         g = gmm.copy()
         bg = None if background is None else background.copy()
         # the package's one multi-start loop (best training likelihood of n_init)
-        res = fit_best(g, x_train, n_train.array, n_init=n_init, background=bg,
-                       rng=child_seed(fit_seed, fold), **fit_kwargs)
+        res = fit_best(g, x_train, n_train, n_init=n_init, background=bg,
+                       rng=child_seed(fit_seed, fold), weights=w_train, **fit_kwargs)
         models.append(g)
         results.append(res)
         backgrounds.append(bg)
-        x_test, n_test = split(fold, False)
-        graphs.extend(_loglike_graph(g, x_test, n_test, bg))
+        x_test, n_test, w_test = split(fold, False)
+        graphs.extend(_loglike_graph(g, x_test, n_test, bg, w_test))
     values = _compute(*graphs)
     totals = np.array(values[0::2], dtype=np.float64)
-    counts = np.array(values[1::2], dtype=np.int64)
+    counts = np.array(values[1::2], dtype=np.int64 if weights is None else np.float64)
     return CVResult(totals / counts, counts, models, results,
                     backgrounds if background is not None else None)
 
@@ -404,10 +421,10 @@ def stack(models, weights=None, *, data=None, covar=None, background=None,
                 raise InputError(f"background: expected one per model ({M}); found {len(bgs)}.")
             for bg in bgs:
                 check_background(bg, D, "the model")
-            x, noise = _resolve_data(models[0], data, covar)
+            x, noise, weights = _resolve_data(models[0], data, covar)
             graphs = []
             for g, bg in zip(models, bgs):
-                graphs.extend(_loglike_graph(g, x, noise, bg))
+                graphs.extend(_loglike_graph(g, x, noise, bg, weights))
             values = _compute(*graphs)
             totals = np.array(values[0::2], dtype=np.float64)
             counts = np.array(values[1::2], dtype=np.float64)

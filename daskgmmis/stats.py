@@ -31,8 +31,8 @@ class SuffStats:
         Sum of background responsibilities.
     logl : float
         Sum of per-row log-likelihoods (observed rows only).
-    n : int
-        Number of rows with at least one observed feature.
+    n : int or float
+        Number of rows (the sum of their weights for weighted rows).
     n_outside : int
         Rows outside every component's neighborhood (zero model density).
     """
@@ -76,6 +76,8 @@ class DataSummary:
         Sum of observed values per feature.
     max_noise_var : ndarray, shape (D,)
         Largest noise variance per feature (0 without noise).
+    weight : float
+        Sum of the per-row weights (``n`` when the rows are unweighted).
     """
 
     n: int
@@ -84,12 +86,14 @@ class DataSummary:
     hi: np.ndarray
     total: np.ndarray
     max_noise_var: np.ndarray
+    weight: float = 0.0
 
     def __add__(self, other: "DataSummary") -> "DataSummary":
         return DataSummary(self.n + other.n, self.n_obs + other.n_obs,
                            np.fmin(self.lo, other.lo), np.fmax(self.hi, other.hi),
                            self.total + other.total,
-                           np.fmax(self.max_noise_var, other.max_noise_var))
+                           np.fmax(self.max_noise_var, other.max_noise_var),
+                           self.weight + other.weight)
 
 
 def sum_stats(*parts):

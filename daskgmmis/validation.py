@@ -15,6 +15,7 @@ from .noise import SharedNoise, noise_class
 __all__ = [
     "check_model_params",
     "check_data_block",
+    "check_weights_block",
     "check_noise_block",
     "check_shared_noise",
     "check_numeric",
@@ -183,6 +184,40 @@ def check_data_block(x: np.ndarray, row_offset: int, name: str = "data", *,
             f"{name}: row {row_offset + i} has every feature missing (all NaN); "
             f"{int(empty.sum())} such rows in rows {row_offset}..{row_offset + len(x) - 1}. "
             f"Drop them before fitting: they carry no information.")
+
+
+def check_weights_block(weights: np.ndarray, row_offset: int, name: str = "weights"
+                        ) -> np.ndarray:
+    """Per-row weights of a block as float64: finite and >= 0.
+
+    A row of weight ``w`` counts as ``w`` rows in every sum of a fit (an integer
+    weight is the same as duplicating the row); weight 0 leaves the row out.
+
+    Parameters
+    ----------
+    weights : ndarray, shape (n,)
+    row_offset : int
+        Global index of the block's first row, for the message.
+    name : str
+        Argument name for the message.
+
+    Returns
+    -------
+    ndarray, shape (n,), float64
+    """
+    w = np.asarray(weights)
+    if w.ndim != 1 or w.dtype.kind not in "biuf":
+        raise InputError(f"{name}: expected one real number per row, shape (N,); found "
+                         f"shape {w.shape} and dtype {w.dtype}.")
+    w = w.astype(np.float64, copy=False)
+    bad = ~(np.isfinite(w) & (w >= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{name}: row {row_offset + i} has weight {w[i]}; expected a finite weight >= 0 "
+            f"(0 leaves the row out). Found {int(bad.sum())} such weights in rows "
+            f"{row_offset}..{row_offset + len(w) - 1}.")
+    return w
 
 
 def check_noise_block(noise: np.ndarray, kind: str, x: np.ndarray, row_offset: int,

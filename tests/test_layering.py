@@ -19,7 +19,7 @@ import daskgmmis
 
 PKG = pathlib.Path(daskgmmis.__file__).parent
 PURE = ("kernels", "stats", "mstep", "neighborhoods", "background", "acceleration",
-        "validation", "noise")
+        "validation", "stepwise", "noise")
 OPTIONAL = {"plots"}          # needs matplotlib (the "plot" extra)
 
 
