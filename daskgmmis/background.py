@@ -16,6 +16,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .errors import InputError, InputTypeError
+from .noise import as_noise
 
 __all__ = ["Background", "log_background"]
 
@@ -238,7 +239,8 @@ def _rectangle_probability(lo: np.ndarray, hi: np.ndarray, S: np.ndarray) -> flo
     return max(float(value), 0.0)
 
 
-def log_background(background: Background | None, x: np.ndarray, noise, kind: str):
+def log_background(background: Background | None, x: np.ndarray, noise,
+                   kind: str | None = None):
     """``log(amp_bg * U(x))`` per row, noise-convolved, or ``None``.
 
     Parameters
@@ -246,9 +248,11 @@ def log_background(background: Background | None, x: np.ndarray, noise, kind: st
     background : Background or None
         ``None`` or ``amp <= 0``: no background term (returns ``None``).
     x : ndarray, shape (n, D)
-    noise : None or ndarray
-        The rows' noise for ``kind``: ``(D, D)``, ``(n, D)`` or ``(n, D, D)``.
-    kind : {"none", "shared", "diag", "full"}
+    noise : Noise, None or ndarray
+        The rows' :class:`~daskgmmis.noise.Noise`, or its raw array for ``kind``:
+        ``(D, D)``, ``(n, D)`` or ``(n, D, D)``.
+    kind : {"none", "shared", "diag", "full"}, optional
+        Kind of a raw ``noise`` array (None with a Noise).
 
     Returns
     -------
@@ -262,10 +266,5 @@ def log_background(background: Background | None, x: np.ndarray, noise, kind: st
     if background.D != x.shape[1]:
         raise InputError(f"background: footprint has D={background.D}; data has "
                          f"D={x.shape[1]}.")
-    if kind == "none":
-        density = background.log_density(x)
-    elif kind == "diag":
-        density = background.log_density(x, noise)
-    else:
-        density = background.log_density(x, noise_cov=noise)
+    density = background.log_density(x, **as_noise(noise, kind).background_kwargs())
     return np.log(background.amp) + density

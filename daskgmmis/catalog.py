@@ -38,13 +38,14 @@ import zarr
 from .errors import (CatalogError, CatalogNotFoundError, DaskGMMisError, InputError,
                      InputTypeError, OutputError, StoreExistsError)
 from .files import check_new_output
-from .kernels import noise_kind_of
-from .validation import check_shared_noise, check_weights_block
+from .noise import STORED_KINDS, Noise, kind_of, noise_class, per_row_noise
+from .validation import check_weights_block
 from .neighborhoods import spatial_order
 from .memory import machine_memory_limit
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk",
-           "as_dask_input", "as_dask_weights", "check_ids", "check_not_input", "stores_read_by",
+           "as_dask_input", "as_dask_weights", "dask_input", "check_ids", "check_not_input",
+           "stores_read_by",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
 CATALOG_FORMAT = "daskgmmis-catalog"
@@ -75,7 +76,7 @@ def default_row_chunk(N: int, D: int, covar_kind: str = "none") -> int:
     int
         Rows per block (at least 1).
     """
-    per_row = 8 * D * {"none": 1, "shared": 1, "diag": 2, "full": 1 + D}[covar_kind]
+    per_row = 8 * (D + noise_class(covar_kind).row_floats(D))
     rows = max(_MIN_ROWS, _BLOCK_BYTES // per_row)
     # at least ~8 blocks for parallelism when the catalog is not tiny
     rows = min(rows, max(_MIN_ROWS, -(-N // 8)))
@@ -135,9 +136,13 @@ class Catalog:
 
     @property
     def covar_kind(self) -> str:
-        if self.covar is None:
-            return "none"
-        return "diag" if self.covar.ndim == 2 else "full"
+        """Kind of the stored noise (``"none"``, ``"diag"`` or ``"full"``)."""
+        return self.noise.kind
+
+    @property
+    def noise(self) -> Noise:
+        """The stored noise as a :class:`~daskgmmis.noise.Noise` (lazy per-row array)."""
+        return per_row_noise(self.covar)
 
     @property
     def shape(self) -> tuple:
@@ -458,8 +463,8 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
     kind = "none"
     if covar is not None:
         covar = _check_array(covar, "covar", ndim=(2, 3))
-        kind = noise_kind_of(covar, N, D)
-        if kind == "shared":
+        kind = kind_of(covar, N, D)
+        if kind not in STORED_KINDS:
             raise InputError("covar: a catalog stores per-row noise, (N, D) or (N, D, D); "
                              "pass a shared (D, D) matrix to fit() instead.")
     if columns is None:
@@ -612,10 +617,11 @@ def open_catalog(path) -> Catalog:
     if "data" not in names:
         raise CatalogError(f"catalog: {path} has no 'data' array (found {sorted(names)}).")
     kind = attrs.get("covar_kind", "none")
-    if kind not in ("none", "diag", "full"):
+    if kind not in STORED_KINDS:
         raise CatalogError(f"catalog: {path} has covar_kind={kind!r}; expected 'none', 'diag' "
                            f"or 'full'. The group attributes are corrupted.")
-    if kind == "none" and "covar" in names:
+    stored = noise_class(kind)
+    if not stored.noisy and "covar" in names:
         raise CatalogError(f"catalog: {path} declares covar_kind='none' but has a 'covar' "
                            f"array; reading it as noise-free would silently drop the noise. "
                            f"Set covar_kind to 'diag' or 'full' (as the array's shape says) "
@@ -629,12 +635,12 @@ def open_catalog(path) -> Catalog:
     N, D = zdata.shape
     data = _checked_dask(zdata, path, "data")
     covar = None
-    if kind != "none":
+    if stored.noisy:
         if "covar" not in names:
             raise CatalogError(f"catalog: {path} declares covar_kind={kind!r} but has no "
                                f"'covar' array.")
         zc = _open_array(group, path, "covar")
-        expected = (N, D) if kind == "diag" else (N, D, D)
+        expected = stored.array_shape(N, D)
         if zc.shape != expected:
             raise CatalogError(f"catalog: {path}/covar has shape {zc.shape}; expected "
                                f"{expected} for covar_kind={kind!r}.")
@@ -850,6 +856,20 @@ def _checked_dask(z, path: str, name: str) -> da.Array:
 
 
 def as_dask_input(data, covar=None):
+    """:func:`dask_input` with the noise as ``(raw array, kind)``.
+
+    Returns
+    -------
+    x : dask array, shape (N, D)
+    noise : None, ndarray (D, D), or dask array (N, D) / (N, D, D) chunked like ``x``
+    kind : str
+        Noise kind.
+    """
+    x, noise = dask_input(data, covar, _stacklevel=5)
+    return x, noise.array, noise.kind
+
+
+def dask_input(data, covar=None, *, _stacklevel: int = 4):
     """Resolve the ``data``/``covar`` arguments of fit-like functions.
 
     Parameters
@@ -862,9 +882,9 @@ def as_dask_input(data, covar=None):
     -------
     x : dask array, shape (N, D)
         Row-chunked, one chunk across columns.
-    noise : None, ndarray (D, D), or dask array (N, D) / (N, D, D) chunked like ``x``
-    kind : str
-        Noise kind.
+    noise : Noise
+        A checked shared (D, D) matrix, or per-row noise whose :attr:`~Noise.array`
+        is a dask array (N, D) / (N, D, D) chunked like ``x``.
     """
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
@@ -892,22 +912,23 @@ def as_dask_input(data, covar=None):
         raise InputError(f"data: expected at least one row and one feature; found {x.shape}.")
     if covar is not None and not hasattr(covar, "dask"):
         covar = _check_array(covar, "covar", ndim=(2, 3))
-    kind = noise_kind_of(covar, N, D, warn_ambiguous=True)
+    noise = noise_class(kind_of(covar, N, D, warn_ambiguous=True, stacklevel=_stacklevel)
+                        ).from_array(covar)
     if isinstance(x, np.ndarray):
-        rows = default_row_chunk(N, D, kind)
+        rows = default_row_chunk(N, D, noise.kind)
         x = da.from_array(x, chunks=(rows, D))
     else:
         x = x.rechunk({1: -1})
     if x.dtype.kind in "iu":
         x = x.astype(np.float64)
-    noise = None
-    if kind == "shared":
-        noise = np.asarray(covar, dtype=np.float64)
-        check_shared_noise(noise, "covar")
-    elif kind in ("diag", "full"):
-        c = covar if hasattr(covar, "dask") else _check_array(covar, "covar", ndim=(2, 3))
-        noise = da.asarray(c).rechunk((x.chunks[0],) + tuple((s,) for s in c.shape[1:]))
-    return x, noise, kind
+    if noise.shared_matrix is not None:
+        noise.validate(name="covar")
+
+    def chunked(c):
+        c = c if hasattr(c, "dask") else _check_array(c, "covar", ndim=(2, 3))
+        return da.asarray(c).rechunk((x.chunks[0],) + tuple((s,) for s in c.shape[1:]))
+
+    return x, noise.map_rows(chunked)
 
 
 def as_dask_weights(data, weights, x: da.Array) -> da.Array | None:

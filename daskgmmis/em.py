@@ -42,6 +42,7 @@ from .selection import check_picklable, evaluate_selection
 from .init import init_kmeans, init_minmax, init_random
 from .model import GMM, Theta
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
+from .noise import SharedNoise, noise_block, noise_class
 from .acceleration import extrapolate
 from .checkpoint import EMState, load_checkpoint, save_checkpoint
 from .cluster import cluster_memory
@@ -51,7 +52,7 @@ from .progress import progress_display
 from .stats import DataSummary, SuffStats, sum_stats
 from .stepwise import DEFAULT_ALPHA, RunningStats, block_groups, step_size
 from .validation import (check_background, check_data_block, check_model_params,
-                         check_noise_block, check_regularization)
+                         check_regularization)
 
 __all__ = ["fit", "fit_best", "FitResult", "child_seed"]
 
@@ -138,9 +139,7 @@ class _ConstantCovar:
 
 
 def _block_noise(noise, params_kind, shared):
-    if params_kind == "shared":
-        return shared
-    return None if noise is None else np.asarray(noise)
+    return noise_block(params_kind, noise, shared)
 
 
 def _summary_task(x, noise, kind, shared, row_offset, weight=None):
@@ -148,17 +147,10 @@ def _summary_task(x, noise, kind, shared, row_offset, weight=None):
     x = np.asarray(x)
     total_weight = x.shape[0] if weight is None else float(np.asarray(weight).sum())
     check_data_block(x, row_offset)
-    D = x.shape[1]
-    if kind in ("diag", "full"):
-        noise = np.asarray(noise)
-        check_noise_block(noise, kind, x, row_offset)
-        var = noise if kind == "diag" else np.diagonal(noise, axis1=1, axis2=2)
-        max_var = np.nanmax(np.where(np.isnan(x), np.nan, var), axis=0, initial=0.0)
-    elif kind == "shared":
-        max_var = np.diag(shared).copy()
-    else:
-        max_var = np.zeros(D)
+    nz = noise_block(kind, noise, shared)
+    nz.validate(x, row_offset)
     observed = ~np.isnan(x)
+    max_var = nz.max_variance(observed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         lo = np.nanmin(x, axis=0).astype(np.float64)
@@ -249,9 +241,10 @@ class _Plan:
     def __init__(self, x, noise, kind, weights=None):
         self.N, self.D = (int(s) for s in x.shape)
         self.kind = kind
-        self.shared = noise if kind == "shared" else None
+        nz = noise_class(kind).from_array(noise)
+        self.shared = nz.shared_matrix
         self.x = x
-        self.noise = noise if kind in ("diag", "full") else None
+        self.noise = nz.row_array
         self.x_blocks = list(x.to_delayed().ravel())
         self.noise_blocks = (list(self.noise.to_delayed().ravel()) if self.noise is not None
                              else [None] * len(self.x_blocks))
@@ -276,8 +269,8 @@ class _Plan:
 
     def box_graph(self):
         """Per-block summaries for the neighborhood reach test (first pass)."""
-        return [dask.delayed(block_box, pure=True)(xb, self.shared if self.kind == "shared"
-                                                   else nb, self.kind)
+        return [dask.delayed(block_box, pure=True)(xb, nb if self.shared is None
+                                                   else self.shared, self.kind)
                 for xb, nb in zip(self.x_blocks, self.noise_blocks)]
 
     def iteration_graph(self, params: _IterParams, comps=None, blocks=None):
@@ -318,7 +311,7 @@ def _maybe_persist(x, noise, kind, persist, client, weights=None):
 
     Returns (x, noise, weights).
     """
-    per_row = kind in ("diag", "full")
+    per_row = noise_class(kind).per_row
     arrays = [x] + ([noise] if per_row else []) + ([weights] if weights is not None else [])
     nbytes = sum(a.nbytes for a in arrays)
     if persist is None:
@@ -539,9 +532,9 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
     client = _resolve_client(opts.client)
     sel_callback, covar_callback = opts.sel_callback, opts.covar_callback
     if sel_callback is not None:
-        if covar_callback is None and kind == "shared":
+        if covar_callback is None and noise_class(kind) is SharedNoise:
             covar_callback = _ConstantCovar(noise)
-        elif covar_callback is None and kind in ("diag", "full"):
+        elif covar_callback is None and noise_class(kind).per_row:
             warnings.warn("sel_callback without covar_callback: imputed rows get no noise while "
                           "the observed rows have per-row noise; pass covar_callback to model "
                           "the noise of unobserved rows.", UserWarning, stacklevel=3)
@@ -637,7 +630,7 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
                       f"of the mean logL: {change:.3g}, tol={opts.tol}).", ConvergenceWarning,
                       stacklevel=3)
     theta = state.theta
-    if kind == "none":
+    if not noise_class(kind).noisy:
         _warn_singular(theta, summary, frozen_idx["covar"])
     gmm.amp, gmm.mean, gmm.covar = theta.amp, theta.mean, theta.covar
     if isinstance(data, Catalog):

@@ -24,6 +24,7 @@ from scipy.special import ndtr
 from . import kernels
 from .background import log_background
 from .neighborhoods import estep_neighborhoods, spatial_order
+from .noise import noise_class
 from .selection import evaluate_covar_callback, evaluate_selection
 from .stats import SuffStats
 
@@ -197,7 +198,7 @@ def impute_block(m: int, amp, mean, covar, background, sel_callback, covar_callb
         # candidates spread over the whole model: sort them spatially so that tiles
         # are compact and each touches only the components that reach it
         order = spatial_order(y)
-        per_row = kind in ("diag", "full")
+        per_row = noise_class(kind).per_row
         _, _, mom = estep_neighborhoods(
             y[order], noise[order] if per_row else noise, kind, amp, mean, covar,
             cutoff=cutoff, log_bg=None if log_bg is None else log_bg[order],

@@ -44,7 +44,8 @@ from .catalog import (_is_url, Catalog, CATALOG_FORMAT, CATALOG_FORMAT_VERSION, 
 from .errors import InputError, InputTypeError, StoreExistsError
 from .files import check_new_output
 from .tables import table_format, write_row_arrays, write_table  # noqa: F401 (re-export)
-from .validation import check_data_block, check_noise_block, check_weights_block
+from .noise import STORED_KINDS, noise_class
+from .validation import check_data_block, check_weights_block
 
 __all__ = ["FORMATS", "TableSource", "open_table", "detect_format", "CatalogWriter",
            "ingest", "errors_to_covar", "write_row_arrays", "table_parts"]
@@ -567,7 +568,7 @@ class CatalogWriter:
         self.D = len(self.columns)
         if self.D < 1:
             raise InputError("columns: expected at least one column.")
-        if covar_kind not in ("none", "diag", "full"):
+        if covar_kind not in STORED_KINDS:
             raise InputError(f"covar_kind: expected 'none', 'diag' or 'full'; found "
                              f"{covar_kind!r}.")
         self.kind = covar_kind
@@ -607,8 +608,8 @@ class CatalogWriter:
             D, rows = self.D, self.chunk_rows
             self._data = complete_array(group, "data", (0, D), self.dtype, (rows, D))
             self._covar = None
-            if self.kind != "none":
-                tail = (D,) if self.kind == "diag" else (D, D)
+            if noise_class(self.kind).noisy:
+                tail = noise_class(self.kind).array_shape(0, D)[1:]
                 self._covar = complete_array(group, "covar", (0,) + tail, np.float64,
                                              (rows,) + tail)
             self._ids = None
@@ -675,11 +676,12 @@ class CatalogWriter:
                 raise InputError(f"weights: expected shape ({x.shape[0]},); found "
                                  f"{weights.shape}.")
             self._buf_w.append(check_weights_block(weights, self.n_rows))
-        if self.kind == "none":
+        stored = noise_class(self.kind)
+        if not stored.noisy:
             if covar is not None:
                 raise InputError("covar: this catalog stores no noise (covar_kind='none').")
         else:
-            tail = (self.D,) if self.kind == "diag" else (self.D, self.D)
+            tail = stored.array_shape(0, self.D)[1:]
             if covar is None:
                 raise InputError(f"covar: expected shape (n,) + {tail} for "
                                  f"covar_kind={self.kind!r}; found None.")
@@ -687,7 +689,7 @@ class CatalogWriter:
             if covar.shape != (x.shape[0],) + tail:
                 raise InputError(f"covar: expected shape {(x.shape[0],) + tail}; found "
                                  f"{covar.shape}.")
-            check_noise_block(covar, self.kind, x, self.n_rows)
+            stored.from_array(covar).validate(x, self.n_rows)
             self._buf_c.append(covar)
         self._buf_x.append(x)
         self._buffered += x.shape[0]
@@ -880,7 +882,7 @@ def _rows(src: TableSource, plan: _Plan, batch_rows: int, progress=None):
             if batch[plan.read[0]].size else np.empty((0, plan.D))
         n_batch = x.shape[0]
         cov = None
-        if plan.kind != "none":
+        if plan.error_cols is not None:
             err = np.column_stack([batch[c] for c in plan.error_cols])
             rhos = [(j, k, batch[r]) for j, k, r in plan.corr]
             cov = errors_to_covar(err, variances=plan.variances, correlations=rhos,
@@ -1041,7 +1043,7 @@ def _ingest_parts(parts: list, path: str, plan: _Plan, *, fmt, hdu, csv_engine,
         if not kept:
             raise InputError(f"{path}: no rows to write; every part is empty.")
         data = da.concatenate([c.data for c in kept])
-        covar = None if plan.kind == "none" else da.concatenate([c.covar for c in kept])
+        covar = None if plan.error_cols is None else da.concatenate([c.covar for c in kept])
         ids = None if plan.id_col is None else da.concatenate([c.ids for c in kept])
         weights = (None if plan.weight_col is None
                    else da.concatenate([c.weights for c in kept]))

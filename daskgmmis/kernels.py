@@ -51,7 +51,8 @@ import numba
 import numpy as np
 from scipy.special import logsumexp
 
-from .errors import InputError, NumericalError
+from .errors import NumericalError
+from .noise import NOISE_KINDS, Noise, as_noise, kind_of
 
 __all__ = [
     "NOISE_KINDS",
@@ -65,7 +66,6 @@ __all__ = [
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
-NOISE_KINDS = ("none", "shared", "diag", "full")
 
 # Rows per tile in the shared-covariance kernel: (K, D, TILE) float64 scratch must
 # stay in L2 for K up to a few hundred.
@@ -75,53 +75,16 @@ _TILE = 128
 def noise_kind_of(covar, n_rows: int | None, D: int, *, warn_ambiguous: bool = False) -> str:
     """Classify a noise covariance argument by shape.
 
-    Parameters
-    ----------
-    covar : None or array
-        ``None``; ``(D, D)`` shared; ``(n, D)`` diagonal variances; ``(n, D, D)`` full.
-    n_rows : int or None
-        Number of data rows it must match (``None``: not checked).
-    D : int
-        Number of features.
-    warn_ambiguous : bool
-        Warn when a ``(D, D)`` array with ``n_rows == D`` is read as diagonal
-        variances (it could be a shared matrix).
+    Parameters and the reading of ambiguous shapes as in
+    :meth:`daskgmmis.noise.Noise.of`, of which this is the kind alone (a thin
+    wrapper of :func:`daskgmmis.noise.kind_of`; nothing is converted or computed).
 
     Returns
     -------
     str
         One of ``"none"``, ``"shared"``, ``"diag"``, ``"full"``.
-
-    Notes
-    -----
-    With ``n_rows == D`` a ``(D, D)`` array is ambiguous. A numpy array with a
-    negative entry cannot hold variances and is read as a shared matrix; any
-    other is read as ``(n, D)`` diagonal variances.
     """
-    if covar is None:
-        return "none"
-    shape = tuple(covar.shape)
-    if len(shape) == 2 and shape == (D, D) and (n_rows is None or n_rows != D):
-        return "shared"
-    if len(shape) == 2 and shape == (D, D):
-        # n_rows == D: ambiguous between shared and diagonal variances. Negative
-        # covariances are common, negative variances impossible.
-        if isinstance(covar, np.ndarray) and (covar < 0).any():
-            return "shared"
-        if warn_ambiguous and D > 1:
-            warnings.warn(f"covar: shape ({D}, {D}) with {D} rows is ambiguous; read as "
-                          f"({D}, {D}) diagonal variances, one row per data row. For one "
-                          f"shared matrix S pass np.broadcast_to(S, ({D}, {D}, {D})).",
-                          UserWarning, stacklevel=4)
-        return "diag"
-    if len(shape) == 2 and shape[1] == D and (n_rows is None or shape[0] == n_rows):
-        return "diag"
-    if len(shape) == 3 and shape[1:] == (D, D) and (n_rows is None or shape[0] == n_rows):
-        return "full"
-    raise InputError(
-        f"covar: expected None, a shared (D, D) = ({D}, {D}) matrix, ({n_rows}, {D}) "
-        f"diagonal variances or ({n_rows}, {D}, {D}) full covariances; found shape {shape}."
-    )
+    return kind_of(covar, n_rows, D, warn_ambiguous=warn_ambiguous, stacklevel=5)
 
 
 def missing_patterns(x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -917,9 +880,9 @@ def chi2_cut_for(cutoff: float | None, d: int) -> float:
     return float(chi2.isf(erfc(cutoff / np.sqrt(2.0)), d))
 
 
-def _pattern_estep(x_o, noise_o, kind, obs, mean, covar, log_amp, log_bg, weight,
+def _pattern_estep(x_o, noise_o: Noise, obs, mean, covar, log_amp, log_bg, weight,
                    cutoff, accumulate, row_logl, first_row):
-    """E-step of the rows of one missingness pattern.
+    """E-step of the rows of one missingness pattern (``noise_o`` on its features).
 
     Returns (n_outside, A, U_o, WP_o) with U_o (K, d), WP_o (K, d, d) full-symmetric,
     or (n_outside, None, None, None) without accumulation.
@@ -933,8 +896,8 @@ def _pattern_estep(x_o, noise_o, kind, obs, mean, covar, log_amp, log_bg, weight
     lb = log_bg if log_bg is not None else _empty1()
     w = weight if weight is not None else _empty1()
     chi2_cut = chi2_cut_for(cutoff, d)
-    if kind in ("none", "shared"):
-        T = V_oo if kind == "none" else V_oo + noise_o[None, :, :]
+    if not noise_o.per_row:
+        T = noise_o.add_to(V_oo, x_o.shape[0])
         L = cholesky_lower(T, "component covariance (+ shared noise)")
         Ldiag = np.diagonal(L, axis1=1, axis2=2)
         logc = log_amp - 0.5 * d * LOG_2PI - np.log(Ldiag).sum(axis=1)
@@ -955,21 +918,19 @@ def _pattern_estep(x_o, noise_o, kind, obs, mean, covar, log_amp, log_bg, weight
         WP = np.swapaxes(np.linalg.solve(LT, np.swapaxes(Y, 1, 2)), 1, 2)
         WP = 0.5 * (WP + np.swapaxes(WP, 1, 2))
         return n_out, A, U, WP, bg_acc[0]
-    is_diag = kind == "diag"
+    S_full, S_diag, is_diag = noise_o.rowcov_arrays()
     U = np.zeros((K, d))
     WP = np.zeros((K, d, d))
     if _ROWCOV_TILED:
         # arithmetic in the precision of the rows (float64, or float32 via _run_patterns)
         ft = x_o.dtype
-        S_full = np.empty((0, 0, 0), ft) if is_diag else np.ascontiguousarray(noise_o, ft)
-        S_diag = np.ascontiguousarray(noise_o, ft) if is_diag else np.empty((0, 0), ft)
+        S_full = np.ascontiguousarray(S_full, ft)
+        S_diag = np.ascontiguousarray(S_diag, ft)
         n_out, bad = _rowcov_tiled(
             np.ascontiguousarray(x_o), S_full, S_diag, is_diag, V_oo.astype(ft),
             mu_o.astype(ft), log_amp, lb, w, chi2_cut, accumulate, row_logl, A, U, WP,
             bg_acc, _rowcov_tile(K, d, np.dtype(ft).itemsize))
     else:
-        S_full = np.empty((0, 0, 0)) if is_diag else np.ascontiguousarray(noise_o, np.float64)
-        S_diag = np.ascontiguousarray(noise_o, np.float64) if is_diag else np.empty((0, 0))
         n_out, bad = _rowcov_kernel(
             np.ascontiguousarray(x_o, dtype=np.float64), S_full, S_diag, is_diag, V_oo, mu_o,
             log_amp, lb, w, chi2_cut, accumulate, row_logl, A, U, WP, bg_acc)
@@ -992,28 +953,13 @@ def _rowcov_tile(K: int, d: int, itemsize: int) -> int:
     return tile
 
 
-def _rowcov_float32(x, noise, kind) -> bool:
+def _rowcov_float32(x, noise: Noise) -> bool:
     """Whether the per-row kernel runs in float32: float32 rows with per-row noise.
 
     Only with ``_ROWCOV_FLOAT32`` on. The noise is then rounded to float32 whatever
     its dtype (catalogs store it in float64): the rows carry float32 precision anyway.
     """
-    return (_ROWCOV_FLOAT32 and _ROWCOV_TILED and kind in ("diag", "full")
-            and x.dtype == np.float32)
-
-
-def _noise_rows(noise, kind, rows, obs):
-    """Noise of the given rows restricted to the observed dims (None for 'none')."""
-    if kind == "none":
-        return None
-    if kind == "shared":
-        return noise[np.ix_(obs, obs)]
-    sub = noise if rows is None else noise[rows]
-    if obs.all():
-        return sub
-    if kind == "diag":
-        return sub[:, obs]
-    return sub[:, obs][:, :, obs]
+    return _ROWCOV_FLOAT32 and _ROWCOV_TILED and noise.per_row and x.dtype == np.float32
 
 
 # Many missingness patterns (random gaps): below this many rows per pattern on average,
@@ -1023,21 +969,17 @@ ROWS_PER_PATTERN_MIN = 32
 PATTERNS_MIN = 16
 
 
-def _run_rowwise(x, noise, kind, mean, covar, log_amp, log_bg, weight, cutoff,
+def _run_rowwise(x, noise: Noise, mean, covar, log_amp, log_bg, weight, cutoff,
                  accumulate, row_offset):
     """:func:`_run_patterns` for many patterns: every row through :func:`_gap_kernel`."""
     n, D = x.shape
     K = mean.shape[0]
-    code = NOISE_KINDS.index(kind)
-    empty2, empty3 = np.empty((0, 0)), np.empty((0, 0, 0))
-    S_shared = np.ascontiguousarray(noise, dtype=np.float64) if kind == "shared" else empty2
-    S_diag = np.ascontiguousarray(noise) if kind == "diag" else empty2
-    S_full = np.ascontiguousarray(noise) if kind == "full" else empty3
+    S_shared, S_diag, S_full = noise.gap_arrays()
     chi2_by_d = np.array([np.inf] + [chi2_cut_for(cutoff, d) for d in range(1, D + 1)])
     row_logl = np.empty(n)
     A, U, WP, bg = np.zeros(K), np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(1)
     n_out, bad = _gap_kernel(
-        np.ascontiguousarray(x), code, S_shared, S_diag, S_full,
+        np.ascontiguousarray(x), noise.code, S_shared, S_diag, S_full,
         np.ascontiguousarray(covar, dtype=np.float64),
         np.ascontiguousarray(mean, dtype=np.float64), log_amp,
         _empty1() if log_bg is None else np.ascontiguousarray(log_bg, dtype=np.float64),
@@ -1067,11 +1009,10 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
     K = mean.shape[0]
     # float32 rows with per-row noise may keep float32 arithmetic in the per-row kernel
     # (_ROWCOV_FLOAT32; _rowcov_tiled accumulates in float64); otherwise float64
-    f32 = _rowcov_float32(x, noise, kind)
+    noise = as_noise(noise, kind).as_float64()
+    f32 = _rowcov_float32(x, noise)
     if x.dtype != np.float64 and not f32:
         x = x.astype(np.float64)
-    if kind in ("diag", "full") and noise.dtype != np.float64 and not f32:
-        noise = noise.astype(np.float64)
     with np.errstate(divide="ignore"):
         log_amp = np.log(np.asarray(amp, dtype=np.float64))
     row_logl = np.empty(n)
@@ -1086,8 +1027,8 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
                    and len(patterns) * ROWS_PER_PATTERN_MIN > n)
     if rowwise:
         if f32:
-            x, noise = x.astype(np.float64), noise.astype(np.float64)
-        return _run_rowwise(x, noise, kind, mean, covar, log_amp, log_bg, weight, cutoff,
+            x = x.astype(np.float64)
+        return _run_rowwise(x, noise, mean, covar, log_amp, log_bg, weight, cutoff,
                             accumulate, row_offset)
     if not (patterns and patterns[0][1] is None):
         # rows with no observed feature carry no information: NaN, never used
@@ -1101,13 +1042,13 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
             lb = None if log_bg is None else np.ascontiguousarray(log_bg[rows])
             w = None if weight is None else np.ascontiguousarray(weight[rows])
             out = np.empty(len(rows))
-        noise_o = _noise_rows(noise, kind, rows, obs)
+        noise_o = noise.observed(rows, obs)
 
         def first_row(local, rows=rows):
             return row_offset + int(local if rows is None else rows[local])
 
         n_o, A_p, U_p, WP_p, bg_p = _pattern_estep(
-            x_o, noise_o, kind, obs, mean, covar, log_amp, lb, w, cutoff, accumulate,
+            x_o, noise_o, obs, mean, covar, log_amp, lb, w, cutoff, accumulate,
             out, first_row)
         n_out += n_o
         if rows is not None:
@@ -1179,7 +1120,7 @@ def _forward_sub(L: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return Z
 
 
-def _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar, covariances,
+def _pattern_posterior(x_o, noise_o: Noise, obs, log_amp, mean, covar, covariances,
                        rows_global):
     """Per-component log-weights, b and B of the rows of one missingness pattern.
 
@@ -1189,17 +1130,11 @@ def _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar, covariance
     K = mean.shape[0]
     V_oo = covar[:, obs][:, :, obs]                        # (K, d, d)
     V_o = covar[:, obs, :]                                 # (K, d, D)
-    if kind in ("none", "shared"):
+    T = noise_o.add_to(V_oo, n)
+    if not noise_o.per_row:
         # T_k is the same for every row of the pattern: factor K matrices, not n K
-        T = V_oo if kind == "none" else V_oo + noise_o[None]
         L = cholesky_lower(T, "component covariance (+ shared noise)")[None]
     else:
-        T = np.broadcast_to(V_oo, (n, K, d, d)).copy()
-        if kind == "diag":
-            idx = np.arange(d)
-            T[:, :, idx, idx] += noise_o[:, None, :]
-        else:
-            T += noise_o[:, None]
         L = cholesky_lower(T, rows_global=rows_global)     # (n, K, d, d)
     r = x_o[:, None, :] - mean[None, :, obs]               # (n, K, d)
     z = _forward_sub(L, r[..., None])[..., 0]              # (n, K, d)
@@ -1215,7 +1150,7 @@ def _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar, covariance
     return logp, b, B
 
 
-def posterior_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
+def posterior_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mean: np.ndarray,
                     covar: np.ndarray, log_bg: np.ndarray | None = None, *,
                     covariances: bool = True, row_offset: int = 0) -> PosteriorBlock:
     """Posterior of the error-free values of a block of rows (pure numpy).
@@ -1224,11 +1159,13 @@ def posterior_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.n
     ----------
     x : ndarray, shape (n, D)
         Rows; NaN marks a missing feature (marginalized exactly).
-    noise : None or ndarray
-        ``None`` (kind ``"none"``), shared ``(D, D)``, diagonal variances ``(n, D)``
-        or full ``(n, D, D)``; data units squared.
-    kind : {"none", "shared", "diag", "full"}
-        Noise kind, see :func:`noise_kind_of`.
+    noise : Noise, None or ndarray
+        A :class:`~daskgmmis.noise.Noise`, or its raw array: ``None`` (kind
+        ``"none"``), shared ``(D, D)``, diagonal variances ``(n, D)`` or full
+        ``(n, D, D)``; data units squared.
+    kind : {"none", "shared", "diag", "full"} or None
+        Noise kind of a raw array (see :func:`noise_kind_of`); with a Noise, None
+        or its kind.
     amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
         Mixture parameters (amplitudes may sum to ``1 - background amp``).
     log_bg : ndarray, shape (n,), optional
@@ -1249,8 +1186,7 @@ def posterior_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.n
     K = mean.shape[0]
     with np.errstate(divide="ignore"):
         log_amp = np.log(np.asarray(amp, dtype=np.float64))
-    if kind in ("diag", "full"):
-        noise = np.asarray(noise, dtype=np.float64)
+    noise = as_noise(noise, kind).as_float64()
     logp = np.empty((n, K))
     means = np.empty((n, K, D))
     covars = np.empty((n, K, D, D)) if covariances else None
@@ -1258,12 +1194,12 @@ def posterior_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.n
     for obs, rows in missing_patterns(x):
         sel = slice(None) if rows is None else rows
         x_o = x if rows is None else x[np.ix_(rows, obs)]
-        noise_o = _noise_rows(noise, kind, rows, obs)
+        noise_o = noise.observed(rows, obs)
 
         def rows_global(local, rows=rows):
             return row_offset + int(local if rows is None else rows[local])
 
-        lp, b, B = _pattern_posterior(x_o, noise_o, kind, obs, log_amp, mean, covar,
+        lp, b, B = _pattern_posterior(x_o, noise_o, obs, log_amp, mean, covar,
                                       covariances, rows_global)
         logp[sel], means[sel] = lp, b
         if covariances:
@@ -1295,7 +1231,7 @@ def posterior_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.n
     return PosteriorBlock(resp, resp_bg, means, covars, post_mean, post_covar, logL)
 
 
-def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
+def estep_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mean: np.ndarray,
                 covar: np.ndarray, *, log_bg: np.ndarray | None = None,
                 weight: np.ndarray | None = None, cutoff: float | None = None,
                 row_offset: int = 0, exact_outside: bool = True):
@@ -1305,12 +1241,14 @@ def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarr
     ----------
     x : ndarray, shape (n, D)
         Rows (float32 or float64); NaN marks a missing feature, marginalized exactly.
-    noise : None or ndarray
-        Noise covariance of the rows: ``None`` (kind ``"none"``), ``(D, D)``
-        (``"shared"``), ``(n, D)`` diagonal variances (``"diag"``) or ``(n, D, D)``
-        (``"full"``). Same units as ``x`` squared.
-    kind : str
-        The noise kind, see :data:`NOISE_KINDS`.
+    noise : Noise, None or ndarray
+        Noise covariance of the rows: a :class:`~daskgmmis.noise.Noise`, or its raw
+        array ``None`` (kind ``"none"``), ``(D, D)`` (``"shared"``), ``(n, D)``
+        diagonal variances (``"diag"``) or ``(n, D, D)`` (``"full"``). Same units as
+        ``x`` squared.
+    kind : str or None
+        The noise kind of a raw array, see :data:`NOISE_KINDS`; with a Noise, None
+        or its kind.
     amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
         Mixture parameters (amplitudes of the Gaussian components; they need not
         sum to 1 when a background takes the rest).
@@ -1340,7 +1278,8 @@ def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarr
     moments : BlockMoments
         Float64 moments centred on ``mean``.
     """
-    row_logl, n_out, mom = _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight,
+    noise = as_noise(noise, kind)
+    row_logl, n_out, mom = _run_patterns(x, noise, None, mean, covar, amp, log_bg, weight,
                                          cutoff, True, row_offset)
     if cutoff is not None and exact_outside:
         fill_outside(row_logl, x, noise, kind, amp, mean, covar, log_bg=log_bg,
@@ -1348,7 +1287,7 @@ def estep_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarr
     return row_logl, n_out, mom
 
 
-def fill_outside(row_logl: np.ndarray, x: np.ndarray, noise, kind: str, amp: np.ndarray,
+def fill_outside(row_logl: np.ndarray, x: np.ndarray, noise, kind: str | None, amp: np.ndarray,
                  mean: np.ndarray, covar: np.ndarray, *, log_bg: np.ndarray | None = None,
                  row_offset: int = 0) -> np.ndarray:
     """Replace the ``-inf`` of rows outside every neighborhood by their log-density.
@@ -1368,14 +1307,13 @@ def fill_outside(row_logl: np.ndarray, x: np.ndarray, noise, kind: str, amp: np.
     """
     out = np.flatnonzero(np.isneginf(row_logl))
     if out.size:
-        rows_noise = noise if kind in ("none", "shared") else noise[out]
         row_logl[out] = log_density_block(
-            x[out], rows_noise, kind, amp, mean, covar,
+            x[out], as_noise(noise, kind).rows(out), kind, amp, mean, covar,
             log_bg=None if log_bg is None else np.asarray(log_bg)[out], row_offset=row_offset)
     return row_logl
 
 
-def log_density_block(x: np.ndarray, noise, kind: str, amp: np.ndarray, mean: np.ndarray,
+def log_density_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mean: np.ndarray,
                       covar: np.ndarray, *, log_bg: np.ndarray | None = None,
                       row_offset: int = 0) -> np.ndarray:
     """Log-density of each row under the noise-convolved mixture.

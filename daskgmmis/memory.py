@@ -24,6 +24,7 @@ import math
 import os
 
 from .errors import InputError
+from .noise import noise_class
 
 __all__ = ["task_bytes", "candidate_bytes", "driver_bytes", "task_memory_limit",
            "machine_memory_limit", "plan_fit", "check_candidates", "MAX_N_INIT"]
@@ -60,8 +61,7 @@ def param_bytes(K: int, D: int) -> int:
 def row_bytes(D: int, kind: str) -> int:
     """Bytes a task holds per row of its block: the values (read, then as float64,
     then the missing-pattern copy) and the noise (and the checks' temporaries)."""
-    noise = {"none": 0, "shared": 0, "diag": 3 * D, "full": 4 * D * D}[kind]
-    return _WORD * (4 * D + 2 + noise)
+    return _WORD * (4 * D + 2 + noise_class(kind).task_floats(D))
 
 
 def task_bytes(rows: int, K: int, D: int, kind: str) -> int:
@@ -185,7 +185,7 @@ def plan_fit(x, noise, kind: str, K: int, D: int, *, client=None,
     rows = _chunk_rows(x)
     fixed = task_bytes(0, K, D, kind)
     per_row = row_bytes(D, kind)
-    noisy = kind != "none"
+    noisy = noise_class(kind).noisy
     if oversampling is not None:
         per_row += candidate_bytes(int(math.ceil(oversampling)), D, noisy) if oversampling >= 1 \
             else int(math.ceil(candidate_bytes(1, D, noisy) * oversampling))
@@ -210,7 +210,7 @@ def plan_fit(x, noise, kind: str, K: int, D: int, *, client=None,
                          f"and even {max(fit_rows, 0)} rows would not fit; lower {knob} or K, "
                          f"or give the workers more memory.")
     x = x.rechunk({0: fit_rows})
-    if kind in ("diag", "full"):
+    if noise_class(kind).per_row:
         noise = noise.rechunk((x.chunks[0],) + tuple((s,) for s in noise.shape[1:]))
     return x, noise
 

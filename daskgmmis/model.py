@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
+from .noise import NoNoise, Noise, noise_block
 from .background import Background
 from .background import log_background as _log_background
 from .errors import InputError, InputTypeError, ModelFileError
 from .files import check_new_output, write_bytes_atomic
 from .validation import is_dask as _is_dask
 from .validation import (check_background, check_data_block, check_model_params,
-                         check_noise_block, check_numeric, check_shared_noise)
+                         check_numeric)
 from .memory import machine_memory_limit
 
 __all__ = ["GMM", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
@@ -159,10 +160,10 @@ class GMM:
         noise = None
         if covar is not None:
             noise = np.asarray(check_numeric(covar, "covar"), dtype=np.float64)
-        kind = kernels.noise_kind_of(noise, x.shape[0], D, warn_ambiguous=True)
-        _check_noise(noise, kind, x, 0)
-        log_bg = _log_background(background, x, noise, kind)
-        out = kernels.log_density_block(x, noise, kind, amp, mean, cov, log_bg=log_bg)
+        nz = Noise.of(noise, x.shape[0], D, warn_ambiguous=True)
+        nz.validate(x, 0)
+        log_bg = _log_background(background, x, nz)
+        out = kernels.log_density_block(x, nz, None, amp, mean, cov, log_bg=log_bg)
         return out if as_log else np.exp(out)
 
     def _dask_density(self, coords, covar, as_log, background, amp, mean, cov, name):
@@ -177,31 +178,31 @@ class GMM:
             covar = np.asarray(check_numeric(covar, "covar"), dtype=np.float64)
         elif covar is not None:
             check_numeric(covar, "covar")
-        kind = kernels.noise_kind_of(covar, x.shape[0], D)
-        if kind == "shared":
-            _check_noise(covar, kind, None, 0)
+        noise = Noise.of(covar, x.shape[0], D)
+        if not noise.per_row:
+            noise.validate()
+        kind, shared = noise.kind, noise.shared_matrix    # what crosses into the tasks
         # global index of each row, so that the checks in the block tasks name rows
         idx = da.arange(x.shape[0], chunks=(x.chunks[0],))
 
         def block(xb, ib, nb=None):
             offset = int(ib[0]) if len(ib) else 0
             check_data_block(xb, offset, name, allow_empty=True)
-            noise = covar if kind == "shared" else nb
-            if kind in ("diag", "full"):
-                noise = np.asarray(noise)
-                _check_noise(noise, kind, xb, offset)
-            log_bg = _log_background(background, xb, noise, kind)
-            out = kernels.log_density_block(xb, noise, kind, amp, mean, cov, log_bg=log_bg,
+            nz = noise_block(kind, nb, shared)
+            if nz.per_row:
+                nz.validate(xb, offset)
+            log_bg = _log_background(background, xb, nz)
+            out = kernels.log_density_block(xb, nz, None, amp, mean, cov, log_bg=log_bg,
                                             row_offset=offset)
             return out if as_log else np.exp(out)
 
-        if kind in ("none", "shared"):
+        if not noise.per_row:
             return da.blockwise(block, "i", x, "ij", idx, "i", dtype=np.float64,
                                 concatenate=True)
-        noise = da.asarray(covar)
-        noise = noise.rechunk((x.chunks[0],) + tuple((s,) for s in noise.shape[1:]))
-        index = "ij" if kind == "diag" else "ijk"
-        return da.blockwise(block, "i", x, "ij", idx, "i", noise, index, dtype=np.float64,
+        rows = da.asarray(noise.row_array)
+        rows = rows.rechunk((x.chunks[0],) + tuple((s,) for s in rows.shape[1:]))
+        index = "ijk"[:rows.ndim]
+        return da.blockwise(block, "i", x, "ij", idx, "i", rows, index, dtype=np.float64,
                             concatenate=True)
 
     def logL(self, coords, covar=None, background=None):
@@ -276,8 +277,8 @@ class GMM:
                                  f"{type(background).__name__}.")
         x = np.full((1, D), np.nan)
         x[0, d] = v
-        log_bg = _log_background(background, x, None, "none")
-        post = kernels.posterior_block(x, None, "none", amp, mean, cov, log_bg)
+        log_bg = _log_background(background, x, NoNoise())
+        post = kernels.posterior_block(x, NoNoise(), None, amp, mean, cov, log_bg)
         a = np.setdiff1d(np.arange(D), d)
         g = GMM(self.K, a.size)
         p_bg = 0.0 if post.resp_bg is None else float(post.resp_bg[0])
@@ -565,11 +566,3 @@ def _content_hash(amp, mean, covar, background) -> str:
         h.update(a.tobytes())
     h.update(json.dumps(background, sort_keys=True).encode())
     return h.hexdigest()
-
-
-def _check_noise(noise, kind: str, x, row_offset: int) -> None:
-    """Noise covariances as the fit accepts them (finite, symmetric PSD, variances >= 0)."""
-    if kind == "shared":
-        check_shared_noise(noise)
-    elif kind in ("diag", "full"):
-        check_noise_block(noise, kind, x, row_offset)

@@ -46,6 +46,7 @@ import numpy as np
 
 from .errors import InputError
 from .kernels import BlockMoments, chi2_cut_for, estep_block, fill_outside
+from .noise import NoNoise, as_noise, noise_class
 
 __all__ = ["BlockBox", "block_box", "chi2_cuts", "ReachTest", "components_reaching",
            "spatial_order"]
@@ -111,13 +112,7 @@ class BlockBox:
             trace`` for a PSD matrix; :func:`block_box` computes a tighter one).
         """
         max_var = np.asarray(summary.max_noise_var, dtype=np.float64)
-        if kind == "shared" and shared is not None:
-            s_max = float(max(np.linalg.eigvalsh(np.asarray(shared, dtype=np.float64)).max(),
-                              0.0))
-        elif kind == "full" or kind == "shared":
-            s_max = float(max_var.sum())
-        else:
-            s_max = float(max_var.max(initial=0.0))
+        s_max = noise_class(kind).eigen_bound(max_var, shared)
         n_obs = np.asarray(summary.n_obs)
         return cls(np.asarray(summary.lo, dtype=np.float64),
                    np.asarray(summary.hi, dtype=np.float64), max_var, s_max,
@@ -166,17 +161,19 @@ def _observed_patterns(observed: np.ndarray) -> np.ndarray:
     return masks[masks.any(axis=1)]
 
 
-def block_box(x: np.ndarray, noise=None, kind: str = "none") -> BlockBox:
+def block_box(x: np.ndarray, noise=None, kind: str | None = None) -> BlockBox:
     """Summarize a block of rows for the reach test, with its missingness patterns.
 
     Parameters
     ----------
     x : ndarray, shape (n, D)
         Rows, NaN = missing.
-    noise : None or ndarray
-        ``None`` (kind ``"none"``), ``(D, D)`` (``"shared"``), ``(n, D)`` diagonal
-        variances (``"diag"``) or ``(n, D, D)`` (``"full"``).
-    kind : {"none", "shared", "diag", "full"}
+    noise : Noise, None or ndarray
+        A :class:`~daskgmmis.noise.Noise`, or its raw array: ``None`` (kind
+        ``"none"``), ``(D, D)`` (``"shared"``), ``(n, D)`` diagonal variances
+        (``"diag"``) or ``(n, D, D)`` (``"full"``).
+    kind : {"none", "shared", "diag", "full"}, optional
+        Kind of a raw ``noise`` array (None with a Noise or without noise).
 
     Returns
     -------
@@ -193,25 +190,8 @@ def block_box(x: np.ndarray, noise=None, kind: str = "none") -> BlockBox:
                       np.nan).astype(np.float64)
         hi = np.where(observed.any(axis=0), np.nanmax(np.where(observed, x, -np.inf), axis=0),
                       np.nan).astype(np.float64)
-    if kind == "none" or noise is None:
-        max_var, s_max = np.zeros(D), 0.0
-    elif kind == "shared":
-        S = np.asarray(noise, dtype=np.float64)
-        max_var = np.where(observed.any(axis=0), np.diag(S), 0.0)
-        s_max = float(max(np.linalg.eigvalsh(S).max(), 0.0))
-    elif kind == "diag":
-        var = np.where(observed, np.asarray(noise, dtype=np.float64), 0.0)
-        max_var = var.max(axis=0, initial=0.0)
-        s_max = float(max_var.max(initial=0.0))
-    elif kind == "full":
-        both = observed[:, :, None] & observed[:, None, :]
-        S = np.where(both, np.asarray(noise, dtype=np.float64), 0.0)
-        diag = np.diagonal(S, axis1=1, axis2=2)
-        max_var = diag.max(axis=0, initial=0.0)
-        per_row = np.minimum(diag.sum(axis=1), np.abs(S).sum(axis=2).max(axis=1, initial=0.0))
-        s_max = float(per_row.max(initial=0.0))
-    else:
-        raise InputError(f"kind: expected 'none', 'shared', 'diag' or 'full'; found {kind!r}.")
+    nz = NoNoise() if noise is None else as_noise(noise, kind)
+    max_var, s_max = nz.max_variance(observed), nz.max_eigenvalue(observed)
     return BlockBox(lo, hi, max_var, s_max, ~observed.all(axis=0), _observed_patterns(observed),
                     n)
 
@@ -529,7 +509,7 @@ def spatial_order(x: np.ndarray) -> np.ndarray:
 TILE_ROWS = 4096
 
 
-def estep_neighborhoods(x: np.ndarray, noise, kind: str, amp, mean, covar, *, cutoff: float,
+def estep_neighborhoods(x: np.ndarray, noise, kind: str | None, amp, mean, covar, *, cutoff: float,
                         comps: np.ndarray | None = None, log_bg=None, weight=None,
                         row_offset: int = 0, tile_rows: int = TILE_ROWS):
     """E-step of a block touching, per tile of rows, only the components that reach it.
@@ -555,6 +535,7 @@ def estep_neighborhoods(x: np.ndarray, noise, kind: str, amp, mean, covar, *, cu
     row_logl (n,), n_outside, BlockMoments (K components)
     """
     K, D = mean.shape
+    noise = as_noise(noise, kind)
     comps = np.arange(K) if comps is None else np.asarray(comps, dtype=np.int64)
     cuts = chi2_cuts(cutoff, D)
     reach_test = ReachTest(mean[comps], covar[comps])
@@ -565,18 +546,18 @@ def estep_neighborhoods(x: np.ndarray, noise, kind: str, amp, mean, covar, *, cu
     for start in range(0, n, tile_rows):
         rows = slice(start, min(start + tile_rows, n))
         xt = x[rows]
-        nt = noise if kind in ("none", "shared") else noise[rows]
-        local = comps[reach_test(block_box(xt, nt, kind), cuts)]
+        nt = noise.rows(rows)
+        local = comps[reach_test(block_box(xt, nt), cuts)]
         lb = None if log_bg is None else log_bg[rows]
         wt = None if weight is None else weight[rows]
         row_logl[rows], n_t, mom = estep_block(
-            xt, nt, kind, amp[local], mean[local], covar[local], log_bg=lb, weight=wt,
+            xt, nt, None, amp[local], mean[local], covar[local], log_bg=lb, weight=wt,
             cutoff=cutoff, row_offset=row_offset + start, exact_outside=False)
         n_out += n_t
         A[local] += mom.A
         M1[local] += mom.M1
         M2[local] += mom.M2
         bg += mom.bg
-    fill_outside(row_logl, x, noise, kind, amp, mean, covar, log_bg=log_bg,
+    fill_outside(row_logl, x, noise, None, amp, mean, covar, log_bg=log_bg,
                  row_offset=row_offset)
     return row_logl, n_out, BlockMoments(A, M1, M2, bg)

@@ -52,13 +52,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .kernels import PosteriorBlock, posterior_block
+from .noise import noise_block
 from .background import Background, log_background
 from .errors import InputError, InputTypeError
 from .model import GMM
 from .tables import table_format, write_table
-from .validation import check_background, check_noise_block
+from .validation import check_background
 from .validation import is_dask as _is_dask
-from .catalog import (as_dask_input, Catalog, check_not_input, complete_array,
+from .catalog import (dask_input, Catalog, check_not_input, complete_array,
                       default_row_chunk, new_store, open_catalog, stores_read_by)
 
 if TYPE_CHECKING:  # dask is imported lazily: the block math must not need it
@@ -106,13 +107,10 @@ def _block_task(x, idx, noise, params: _Params, covariances: bool) -> PosteriorB
     x = np.asarray(x)
     offset = int(idx[0]) if len(idx) else 0
     _check_values_block(x, offset)
-    if params.kind in ("diag", "full"):
-        noise = np.asarray(noise)
-        check_noise_block(noise, params.kind, x, offset)
-    elif params.kind == "shared":
-        noise = params.shared
-    log_bg = log_background(params.background, x, noise, params.kind)
-    return posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
+    noise = noise_block(params.kind, noise, params.shared)
+    noise.validate(x, offset)
+    log_bg = log_background(params.background, x, noise)
+    return posterior_block(x, noise, None, params.amp, params.mean, params.covar,
                            log_bg, covariances=covariances, row_offset=offset)
 
 
@@ -129,11 +127,11 @@ def _resolve(gmm, data, covar, background):
     if isinstance(data, (str, os.PathLike)):
         data = open_catalog(data)
     cat = data if isinstance(data, Catalog) else None
-    x, noise, kind = as_dask_input(data, covar)
+    x, noise = dask_input(data, covar)
     if x.shape[1] != gmm.D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={gmm.D}.")
-    params = _Params(amp, mean, cov, kind, noise if kind == "shared" else None, background)
-    return params, x, noise if kind in ("diag", "full") else None, lazy, cat
+    params = _Params(amp, mean, cov, noise.kind, noise.shared_matrix, background)
+    return params, x, noise.row_array, lazy, cat
 
 
 def _reblock(x, noise, K: int):

@@ -36,8 +36,7 @@ import numpy as np
 from scipy.special import expit, ndtr
 
 from .errors import CallbackError, InputError, InputTypeError
-from .kernels import noise_kind_of
-from .validation import check_noise_block
+from .noise import kind_of, noise_class
 
 __all__ = [
     "Selection",
@@ -630,7 +629,7 @@ def evaluate_covar_callback(covar_callback: Callable, coords, *,
     arr = _as_numeric(_call(covar_callback, x, where), where, "iuf", expected)
     arr = arr.astype(np.float64, copy=False)
     try:
-        kind = noise_kind_of(arr, n, D)
+        kind = kind_of(arr, n, D)
     except InputError:
         raise CallbackError(f"{where}: expected {expected}; found shape {arr.shape}.") from None
     if n == D and arr.shape == (D, D) and D > 1:
@@ -638,13 +637,11 @@ def evaluate_covar_callback(covar_callback: Callable, coords, *,
         if probe.shape not in ((D, D), (1, D)):
             raise CallbackError(f"{where}: returned shape {arr.shape} for {n} rows but "
                                 f"{probe.shape} for 1 row; expected (1, {D}) or ({D}, {D}).")
-        kind = "shared" if probe.shape == (D, D) else "diag"
+        kind = kind_of(probe, None, D)
+    noise = noise_class(kind).from_array(arr)
     try:
-        if kind == "shared":
-            check_noise_block(arr[None], "full", np.zeros((1, D)), 0,
-                              name=f"{where} output (shared matrix)")
-        else:
-            check_noise_block(arr, kind, x, 0, name=f"{where} output")
+        noise.validate(x, 0, name=f"{where} output" + ("" if noise.per_row
+                                                       else " (shared matrix)"))
     except InputError as e:
         raise CallbackError(str(e)) from None
     return kind, arr

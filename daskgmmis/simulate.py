@@ -17,6 +17,7 @@ import numpy as np
 from .background import Background
 from .errors import CallbackError, InputError, InputTypeError
 from .model import GMM
+from .noise import NoNoise, Noise, noise_class
 from .selection import evaluate_covar_callback, evaluate_selection
 from .validation import check_background
 
@@ -36,19 +37,6 @@ def _count(value, name: str) -> int | None:
     if value < 0:
         raise InputError(f"{name}: expected a non-negative integer; found {value}.")
     return int(value)
-
-
-def _add_noise(v: np.ndarray, kind: str, noise: np.ndarray, rng: np.random.Generator
-               ) -> np.ndarray:
-    """``v + e`` with ``e ~ N(0, S_i)``; S may be singular (PSD), hence eigh, not Cholesky."""
-    z = rng.standard_normal(v.shape)
-    if kind == "diag":
-        return v + np.sqrt(noise) * z
-    w, Q = np.linalg.eigh(noise)
-    root = Q * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
-    if kind == "shared":
-        return v + z @ root.T
-    return v + np.einsum("nij,nj->ni", root, z)
 
 
 def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = None,
@@ -154,7 +142,7 @@ def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = 
                              f"SeedSequence; found {rng!r} ({e}).") from None
 
     def batch(size: int):
-        """Simulate ``size`` population rows: (noisy rows, noise, kind, kept mask)."""
+        """Simulate ``size`` population rows: (noisy rows, Noise, kept mask)."""
         v = np.empty((size, D))
         is_bg = rng.random(size) < bg_amp
         n_bg = int(is_bg.sum())
@@ -162,17 +150,18 @@ def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = 
             v[is_bg] = rng.uniform(background.lower, background.upper, (n_bg, D))
         if n_bg < size:
             v[~is_bg] = gmm.draw(size - n_bg, rng=rng)
-        kind, noise = "none", None
+        noise = NoNoise()
         if covar_callback is not None:
-            kind, noise = evaluate_covar_callback(covar_callback, v)
-            v = _add_noise(v, kind, noise, rng)
+            kind, arr = evaluate_covar_callback(covar_callback, v)
+            noise = noise_class(kind).from_array(arr)
+            v = v + noise.sample(rng.standard_normal(v.shape))
         if sel_callback is None:
             kept = np.ones(size, dtype=bool)
         else:
             kept = rng.random(size) < evaluate_selection(sel_callback, v)
             if invert_sel:
                 kept = ~kept
-        return v, noise, kind, kept
+        return v, noise, kept
 
     target = orig_size if obs_size is None else obs_size
     rows, noises, kinds = [], [], set()
@@ -191,8 +180,8 @@ def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = 
                        max_draws - n_drawn)
         if size <= 0 and (n_drawn > 0 or target > 0):
             break
-        v, noise, kind, kept = batch(max(size, 0))
-        kinds.add(kind)
+        v, noise, kept = batch(max(size, 0))
+        kinds.add(noise.kind)
         if len(kinds) > 1:
             raise CallbackError(f"covar_callback: returned noise of kinds {sorted(kinds)} in "
                                 f"different calls; expected one kind (full, diag or shared).")
@@ -202,7 +191,7 @@ def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = 
             # rows after the one that completed the sample did not contribute
             N_orig = n_drawn + (int(idx[-1]) + 1 if idx.size else 0)
         rows.append(v[idx])
-        noises.append(noise if kind in ("none", "shared") else noise[idx])
+        noises.append(noise.rows(idx))
         n_kept += idx.size
         n_drawn += max(size, 0)
         if N_orig is not None and (obs_size is not None or n_drawn >= orig_size):
@@ -215,15 +204,5 @@ def draw(gmm: GMM, obs_size: int | None = None, sel_callback: Callable | None = 
             f"{obs_size * n_drawn / max(n_kept, 1):.3g} draws, beyond max_draws={max_draws}. "
             f"Check the selection, or raise max_draws.")
     samples = np.concatenate(rows)
-    kind = kinds.pop()
-    if kind == "none":
-        covar_samples = None
-    elif kind == "shared" and all(np.array_equal(S, noises[0]) for S in noises):
-        covar_samples = noises[0]
-    elif kind == "shared":
-        # the shared matrix changed between batches: per-row matrices stay exact
-        covar_samples = np.concatenate([np.broadcast_to(S, (len(r), D, D))
-                                        for r, S in zip(rows, noises)])
-    else:
-        covar_samples = np.concatenate(noises)
+    covar_samples = Noise.concatenate(noises, [len(r) for r in rows]).array
     return samples, covar_samples, int(N_orig)

@@ -6,11 +6,11 @@ pass, never an extra read) and name the global row and column that failed.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from .errors import InputError, InputTypeError
 from .background import Background
+from .noise import SharedNoise, noise_class
 
 __all__ = [
     "check_model_params",
@@ -72,20 +72,12 @@ def check_shared_noise(noise: np.ndarray, name: str = "covar") -> None:
     noise : ndarray, shape (D, D)
     name : str
         Argument name for the message.
+
+    Notes
+    -----
+    :meth:`daskgmmis.noise.SharedNoise.validate` does the work.
     """
-    if not np.all(np.isfinite(noise)):
-        raise InputError(f"{name}: the shared (D, D) noise covariance has NaN or Inf; "
-                         f"expected finite values.")
-    scale = np.abs(noise).max() + np.finfo(float).tiny
-    asym = np.abs(noise - noise.T).max()
-    if asym > 1e-8 * scale:
-        raise InputError(f"{name}: the shared (D, D) noise covariance is not symmetric "
-                         f"(asymmetry {asym:.3g}); expected a symmetric matrix.")
-    ev = np.linalg.eigvalsh(noise).min()
-    if ev < -1e-12 * scale:
-        raise InputError(f"{name}: the shared (D, D) noise covariance is not positive "
-                         f"semi-definite (smallest eigenvalue {ev:.3g}); expected a valid "
-                         f"covariance.")
+    SharedNoise(noise).validate(name=name)
 
 
 # Tolerance of the amplitudes' sum: a fitted model sums to 1 within ~1e-12; a
@@ -228,42 +220,6 @@ def check_weights_block(weights: np.ndarray, row_offset: int, name: str = "weigh
     return w
 
 
-@numba.njit(nogil=True, cache=True)
-def _first_not_psd(S, observed):  # pragma: no cover - compiled
-    """Index of the first (n, d, d) matrix whose observed block is not PSD, or -1."""
-    n, d, _ = S.shape
-    L = np.empty((d, d))
-    for i in range(n):
-        idx = np.flatnonzero(observed[i])
-        m = idx.shape[0]
-        tr = 0.0
-        for a in range(m):
-            tr += S[i, idx[a], idx[a]]
-        if tr == 0.0:
-            allzero = True
-            for a in range(m):
-                for b in range(m):
-                    if S[i, idx[a], idx[b]] != 0.0:
-                        allzero = False
-            if allzero:
-                continue
-            return i
-        # Cholesky with a relative jitter accepts PSD matrices up to rounding
-        jit = 1e-12 * tr / m
-        for a in range(m):
-            for b in range(a + 1):
-                t = S[i, idx[a], idx[b]] + (jit if a == b else 0.0)
-                for c in range(b):
-                    t -= L[a, c] * L[b, c]
-                if a == b:
-                    if not t > 0.0:
-                        return i
-                    L[a, a] = np.sqrt(t)
-                else:
-                    L[a, b] = t / L[b, b]
-    return -1
-
-
 def check_noise_block(noise: np.ndarray, kind: str, x: np.ndarray, row_offset: int,
                       name: str = "covar") -> None:
     """Check per-row noise covariances of a block (only where features are observed).
@@ -281,41 +237,12 @@ def check_noise_block(noise: np.ndarray, kind: str, x: np.ndarray, row_offset: i
         Global index of the first row.
     name : str
         Argument name for the message.
+
+    Notes
+    -----
+    :meth:`daskgmmis.noise.Noise.validate` of the kind does the work.
     """
-    observed = ~np.isnan(x)
-    if kind == "diag":
-        bad = ~np.isfinite(noise) & observed
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            raise InputError(f"{name}: row {row_offset + int(i)}, column {int(j)} is "
-                             f"{noise[i, j]}; expected a finite variance where the "
-                             f"feature is observed.")
-        neg = (noise < 0) & observed
-        if neg.any():
-            i, j = np.argwhere(neg)[0]
-            raise InputError(f"{name}: row {row_offset + int(i)}, column {int(j)} is a "
-                             f"negative variance ({noise[i, j]:.3g}); expected >= 0 "
-                             f"(variances, not standard deviations with signs).")
-        return
-    pair = observed[:, :, None] & observed[:, None, :]
-    bad = ~np.isfinite(noise) & pair
-    if bad.any():
-        i, a, b = np.argwhere(bad)[0]
-        raise InputError(f"{name}: row {row_offset + int(i)} entry ({int(a)}, {int(b)}) is "
-                         f"{noise[i, a, b]}; expected finite covariances where features "
-                         f"are observed.")
-    filled = np.where(pair, noise, 0.0).astype(np.float64, copy=False)
-    asym = np.abs(filled - np.swapaxes(filled, 1, 2)).max(axis=(1, 2))
-    scale = np.abs(filled).max(axis=(1, 2)) + np.finfo(float).tiny
-    if (asym > 1e-8 * scale).any():
-        i = int(np.argmax(asym > 1e-8 * scale))
-        raise InputError(f"{name}: row {row_offset + i} is not symmetric (asymmetry "
-                         f"{asym[i]:.3g}); expected a symmetric (D, D) covariance.")
-    i = _first_not_psd(np.ascontiguousarray(filled), observed)
-    if i >= 0:
-        ev = np.linalg.eigvalsh(filled[i][np.ix_(observed[i], observed[i])]).min()
-        raise InputError(f"{name}: row {row_offset + int(i)} is not positive semi-definite "
-                         f"(smallest eigenvalue {ev:.3g}); expected a valid covariance.")
+    noise_class(kind).from_array(noise).validate(x, row_offset, name)
 
 
 def as_index_array(idx, K: int, name: str) -> np.ndarray:

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from scipy.stats import multivariate_normal as mvn
 
 from daskgmmis import kernels
+from daskgmmis.noise import as_noise
 
 
 def brute_force(x, S, amp, mean, covar, log_bg=None):
@@ -259,9 +260,10 @@ def test_float32_per_row_noise_is_computed_in_float32_to_stated_tolerance(kind, 
     # the same (float32) values: log-densities 1e-4 absolute, moments 1e-5 relative
     x, amp, mean, covar, noises = random_problem(14, n=500, D=4, K=3)
     x32, n32 = x.astype(np.float32), noises[kind][0].astype(np.float32)
-    assert not kernels._rowcov_float32(x32, n32, kind)      # off by default
+    noise32 = as_noise(n32, kind)
+    assert not kernels._rowcov_float32(x32, noise32)      # off by default
     monkeypatch.setattr(kernels, "_ROWCOV_FLOAT32", True)
-    assert kernels._rowcov_float32(x32, n32, kind)
+    assert kernels._rowcov_float32(x32, noise32)
     rng = np.random.default_rng(0)
     log_bg = np.log(0.05) + rng.normal(size=len(x)) - 6.0
     weight = rng.uniform(0.5, 2.0, len(x))

@@ -9,6 +9,7 @@ from ..errors import InputError
 from ..em import child_seed
 from ..catalog import default_row_chunk
 from ..ingest import CatalogWriter
+from ..noise import noise_class
 from ..selection import evaluate_covar_callback
 from ..simulate import draw
 from ..tables import write_table
@@ -131,16 +132,10 @@ def _noise_layout(noise_cb, gmm) -> tuple[str, str]:
     The catalog stores per-row noise: a shared matrix becomes per-row variances
     when it is diagonal, per-row matrices otherwise.
     """
-
     if noise_cb is None:
         return "none", "none"
     kind, value = evaluate_covar_callback(noise_cb, gmm.mean, where="--noise")
-    if kind == "shared":
-        off = value - np.diag(np.diag(value))
-        return kind, "full" if off.any() else "diag"
-    if kind == "full":
-        return kind, "full"
-    return kind, "diag"
+    return kind, noise_class(kind).from_array(value).stored_kind()
 
 
 def _catalog_noise(cov, source_kind: str, store_kind: str, n: int, D: int):
