@@ -63,7 +63,8 @@ def test_ingest_fit_posterior_parquet_round_trip_joins_on_the_identifier(source,
     out = run("ingest", path, d / "cat.zarr", "--errors", "a_err,b_err", "--id", "source_id",
               "--drop-empty", "--dropped-out", d / "dropped.csv")
     # no --columns: neither the errors nor the identifier were taken as features
-    assert "2 features: a, b (every column not named by --errors, --corr or --id)" in out
+    assert ("2 features: a, b (every column not named by --errors, --corr, --id or "
+            "--weight)") in out
     assert f"skipped {len(empty)} rows with every value missing (listed in" in out
     dropped = pacsv.read_csv(d / "dropped.csv")
     assert dropped.column("source_row").to_pylist() == empty.tolist()
