@@ -100,3 +100,9 @@ class ConvergenceWarning(UserWarning):
 class DeadComponentWarning(UserWarning):
     """A component lost (almost) all responsibility and was re-seeded, or collapsed
     onto a numerically singular covariance (identical rows, a constant feature)."""
+
+
+class PrecisionWarning(UserWarning):
+    """``tol`` asks for a precision far below the Monte-Carlo error of the imputation:
+    the fit converges to its own imputation sample's fixed point, which differs from
+    the maximum-likelihood answer by more than that."""
