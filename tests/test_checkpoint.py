@@ -1,11 +1,6 @@
 """Checkpoint / resume: a killed fit resumes bit-identically; other problems are refused."""
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 import warnings
 
 import numpy as np
@@ -13,6 +8,8 @@ import pytest
 
 import daskgmmis as dg
 from daskgmmis.selection import Box
+
+from conftest import kill_and_resume
 
 SCRIPT = textwrap.dedent("""
     import sys, time, warnings, logging
@@ -50,34 +47,12 @@ def catalog(tmp_path_factory):
     return str(path)
 
 
-def run_script(tmp_path, catalog, ckpt, out, slow):
-    script = tmp_path / "fit.py"
-    script.write_text(SCRIPT)
-    return subprocess.Popen([sys.executable, str(script), catalog, str(ckpt), str(out), slow],
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
-
-
 def test_killed_fit_resumes_bit_identical(tmp_path, catalog):
-    ref = run_script(tmp_path, catalog, tmp_path / "ref.ckpt", tmp_path / "ref.npz", "0")
-    ref_steps = sum(line.startswith("iteration") for line in ref.stdout)
-    assert ref.wait(timeout=300) == 0
-    ckpt = tmp_path / "run.ckpt"
-    proc = run_script(tmp_path, catalog, ckpt, tmp_path / "run.npz", "1")
-    seen = 0
-    for line in proc.stdout:
-        seen += line.startswith("iteration")
-        if seen >= 6:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert ckpt.exists() and not (tmp_path / "run.npz").exists()
-    again = run_script(tmp_path, catalog, ckpt, tmp_path / "run.npz", "0")
-    again_steps = sum(line.startswith("iteration") for line in again.stdout)
-    assert again.wait(timeout=300) == 0
+    ref_steps, seen, again_steps, a, b = kill_and_resume(tmp_path, SCRIPT, catalog,
+                                                         "iteration", 6)
     # it resumed: at least the checkpointed iterations were not performed again (a
     # seeded restart from scratch would also end bit-identical, with every E-step)
     assert again_steps <= ref_steps - (seen - 1)
-    a, b = dg.GMM.load(tmp_path / "ref.npz"), dg.GMM.load(tmp_path / "run.npz")
     for name in ("amp", "mean", "covar"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 

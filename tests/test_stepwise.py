@@ -1,9 +1,5 @@
 """Stepwise (online) EM: exact bookkeeping, the batch answer, determinism and resume."""
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -16,7 +12,7 @@ from daskgmmis.selection import Box
 from daskgmmis.stats import SuffStats
 from daskgmmis.stepwise import RunningStats, block_groups, recentre, step_size
 
-from conftest import make_truth
+from conftest import kill_and_resume, make_truth
 
 
 # ----------------------------------------------------------------- pure pieces
@@ -184,36 +180,14 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(tmp_path, catalog, ckpt, out, slow):
-    script = tmp_path / "fit.py"
-    script.write_text(SCRIPT)
-    return subprocess.Popen([sys.executable, str(script), catalog, str(ckpt), str(out), slow],
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
-
-
 def test_killed_stepwise_fit_resumes_bit_identical(tmp_path):
     truth = make_truth(3, 2, seed=4)
     X, _, _ = dg.draw(truth, orig_size=6000, sel_callback=Box(upper=[np.inf, 1.0]), rng=2)
     catalog = str(tmp_path / "cat.zarr")
     dg.write_catalog(catalog, X, chunks=500)
-    ref = _run(tmp_path, catalog, tmp_path / "ref.ckpt", tmp_path / "ref.npz", "0")
-    ref_groups = sum(line.startswith("stepwise group") for line in ref.stdout)
-    assert ref.wait(timeout=300) == 0
-    ckpt = tmp_path / "run.ckpt"
-    proc = _run(tmp_path, catalog, ckpt, tmp_path / "run.npz", "1")
-    seen = 0
-    for line in proc.stdout:
-        seen += line.startswith("stepwise group")
-        if seen >= 4:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert ckpt.exists() and not (tmp_path / "run.npz").exists()
-    again = _run(tmp_path, catalog, ckpt, tmp_path / "run.npz", "0")
-    again_groups = sum(line.startswith("stepwise group") for line in again.stdout)
-    assert again.wait(timeout=300) == 0
+    ref_groups, seen, again_groups, a, b = kill_and_resume(tmp_path, SCRIPT, catalog,
+                                                           "stepwise group", 4)
     # resumed inside the stepwise phase: the checkpointed groups were not redone
     assert 0 < again_groups <= ref_groups - (seen - 1)
-    a, b = dg.GMM.load(tmp_path / "ref.npz"), dg.GMM.load(tmp_path / "run.npz")
     assert np.array_equal(a.mean, b.mean) and np.array_equal(a.covar, b.covar)
     assert np.array_equal(a.amp, b.amp)
