@@ -1028,7 +1028,9 @@ def _run_em(state: EMState, run: _Run):
             _refresh(state, state.theta, state.f_obs)
         ev = evaluate(state.theta, state.f_obs, state.proposal)
         if state.fallback is not None:
-            rejected = not (ev.logL >= state.fallback_logL - 1e-12 * abs(state.fallback_logL))
+            # absolute (nats per row): a tolerance relative to |logL| would depend on the
+            # units of the features, which shift the logL by a constant
+            rejected = not (ev.logL >= state.fallback_logL - 1e-12)
             if rejected:
                 log.debug("extrapolated step rejected (logL %.10g < %.10g)", ev.logL,
                           state.fallback_logL)
