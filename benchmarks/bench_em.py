@@ -38,13 +38,20 @@ from daskgmmis import kernels
 D, K = 5, 20
 
 
-def problem(N, D, K, seed=0):
-    rng = np.random.default_rng(seed)
+def random_truth(K, D, rng, spread=10.0, shape=0.6):
+    """A random mixture: Dirichlet(3) amplitudes, means uniform in [-spread, spread],
+    covariances A A^T + 0.5 I with A ~ shape * N(0, 1)."""
     truth = dg.GMM(K, D)
     truth.amp = rng.dirichlet(np.full(K, 3.0))
-    truth.mean = rng.uniform(-10, 10, size=(K, D))
-    A = rng.normal(size=(K, D, D)) * 0.6
+    truth.mean = rng.uniform(-spread, spread, size=(K, D))
+    A = rng.normal(size=(K, D, D)) * shape
     truth.covar = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(D)
+    return truth
+
+
+def problem(N, D, K, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = random_truth(K, D, rng)
     X = truth.draw(N, rng=rng)
     start = truth.copy()
     start.mean = start.mean + rng.normal(size=start.mean.shape)

@@ -18,20 +18,17 @@ import tempfile
 import time
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 
 import daskgmmis as dg
+from bench_em import random_truth
 
 
 def write_problem(path, N, D, K, chunk, seed=0):
     """A catalog written block by block (never whole in memory)."""
-    rng = np.random.default_rng(seed)
-    truth = dg.GMM(K, D)
-    truth.amp = rng.dirichlet(np.full(K, 3.0))
-    truth.mean = rng.uniform(-8, 8, size=(K, D))
-    A = rng.normal(size=(K, D, D)) * 0.7
-    truth.covar = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(D)
+    truth = random_truth(K, D, np.random.default_rng(seed), spread=8.0, shape=0.7)
 
     def block(b, n):
         r = np.random.default_rng([seed, b])
@@ -40,7 +37,7 @@ def write_problem(path, N, D, K, chunk, seed=0):
         return np.hstack([x + r.normal(size=x.shape) * np.sqrt(var), var])
 
     sizes = [min(chunk, N - s) for s in range(0, N, chunk)]
-    both = da.concatenate([da.from_delayed(__import__("dask").delayed(block)(b, n), (n, 2 * D),
+    both = da.concatenate([da.from_delayed(dask.delayed(block)(b, n), (n, 2 * D),
                                            dtype=np.float64)
                            for b, n in enumerate(sizes)]).rechunk((chunk, 2 * D))
     return dg.write_catalog(path, both[:, :D], both[:, D:], chunks=chunk)

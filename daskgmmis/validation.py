@@ -179,11 +179,16 @@ def check_data_block(x: np.ndarray, row_offset: int, name: str = "data", *,
         return
     empty = np.isnan(x).all(axis=1)
     if empty.any():
-        i = int(np.flatnonzero(empty)[0])
+        i, where = _first_bad(empty, row_offset)
         raise InputError(
             f"{name}: row {row_offset + i} has every feature missing (all NaN); "
-            f"{int(empty.sum())} such rows in rows {row_offset}..{row_offset + len(x) - 1}. "
-            f"Drop them before fitting: they carry no information.")
+            f"{where}. Drop them before fitting: they carry no information.")
+
+
+def _first_bad(bad: np.ndarray, row_offset: int) -> tuple[int, str]:
+    """(index of the block's first bad row, "N such rows in rows a..b") for messages."""
+    return (int(np.flatnonzero(bad)[0]),
+            f"{int(bad.sum())} such rows in rows {row_offset}..{row_offset + len(bad) - 1}")
 
 
 def check_weights_block(weights: np.ndarray, row_offset: int, name: str = "weights"
@@ -212,11 +217,10 @@ def check_weights_block(weights: np.ndarray, row_offset: int, name: str = "weigh
     w = w.astype(np.float64, copy=False)
     bad = ~(np.isfinite(w) & (w >= 0))
     if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+        i, where = _first_bad(bad, row_offset)
         raise InputError(
             f"{name}: row {row_offset + i} has weight {w[i]}; expected a finite weight >= 0 "
-            f"(0 leaves the row out). Found {int(bad.sum())} such weights in rows "
-            f"{row_offset}..{row_offset + len(w) - 1}.")
+            f"(0 leaves the row out); {where}.")
     return w
 
 
