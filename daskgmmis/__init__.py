@@ -11,6 +11,7 @@ from .cluster import client_context, get_client
 from .em import FitResult, fit
 from .errors import (CallbackError, CatalogError, CatalogNotFoundError, CheckpointError,
                      ClusterError, ConvergenceWarning, DaskGMMisError, DeadComponentWarning,
+                     PrecisionWarning,
                      InputError, InputTypeError, ModelFileError, NumericalError, OutputError,
                      OutputExistsError, SchedulerFileError, SchedulerFileNotFoundError,
                      StoreExistsError)
@@ -30,7 +31,7 @@ __all__ = [
     "ModelFileError", "NumericalError", "CallbackError", "CheckpointError", "ClusterError", "OutputError", "OutputExistsError",
     "StoreExistsError",
     "SchedulerFileError", "SchedulerFileNotFoundError", "get_client", "client_context",
-    "ConvergenceWarning", "DeadComponentWarning", "__version__",
+    "ConvergenceWarning", "DeadComponentWarning", "PrecisionWarning", "__version__",
     "Posterior", "posterior", "predict_missing", "write_posterior",
     "CVResult", "aic", "bic", "cv_fit", "score", "stack", "draw", "selection", "GaussianMixture",
 ]

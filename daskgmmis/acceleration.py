@@ -13,7 +13,7 @@ import numpy as np
 
 from .model import Theta
 
-__all__ = ["extrapolate"]
+__all__ = ["extrapolate", "distance"]
 
 
 def _pack(t: Theta, scale: np.ndarray) -> np.ndarray:
@@ -29,6 +29,16 @@ def _pack(t: Theta, scale: np.ndarray) -> np.ndarray:
     L = np.linalg.cholesky(t.covar) / scale[:, None]
     return np.concatenate([t.amp, (t.mean / scale).ravel(), L[:, tri[0], tri[1]].ravel(),
                            [t.bg_amp or 0.0]])
+
+
+def distance(t0: Theta, t1: Theta) -> float:
+    """Length of the step from ``t0`` to ``t1`` in the (unit-free) packed parameters.
+
+    Means and Cholesky factors are in units of ``t0``'s per-feature spread, so the
+    length does not depend on the units of the features.
+    """
+    scale = np.sqrt(np.diagonal(t0.covar, axis1=1, axis2=2).mean(axis=0))
+    return float(np.linalg.norm(_pack(t1, scale) - _pack(t0, scale)))
 
 
 def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background,

@@ -28,7 +28,7 @@ from .stepwise import RunningStats
 __all__ = ["Theta", "EMState", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "daskgmmis-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2   # 2: fixed-sample imputation (another EM map)
 
 
 @dataclass
@@ -46,7 +46,8 @@ class EMState:
     fallback_logL : float
         Likelihood the extrapolated point must reach to be accepted.
     f_obs : float
-        Latest estimate of the observed fraction (sizes the imputation).
+        Observed fraction that sizes the imputation (quantized, updated with
+        hysteresis; see ``daskgmmis.em._sizing_fraction``).
     n_iter : int
         M-steps done.
     history, n_orig_history, seconds : list of float
@@ -63,6 +64,16 @@ class EMState:
         The next group's statistics replace the running ones (after a re-seed).
     sw_history : list of float
         Mean log-likelihood per row of every stepwise group.
+    proposal : Theta or None
+        Parameters the imputation's fixed sample was drawn at (None: not drawn yet).
+    plain_from : Theta or None
+        The evaluated point whose plain EM step gave ``theta`` (None when ``theta``
+        is extrapolated or the imputation sample was just redrawn): the
+        convergence test compares the two.
+    fallback_from : Theta or None
+        ``plain_from`` of ``fallback``.
+    rates : list of float
+        Recent contraction rates of plain EM steps (convergence test).
     """
 
     theta: Theta
@@ -80,6 +91,10 @@ class EMState:
     sw_running: RunningStats | None = None
     sw_restart: bool = False
     sw_history: list = field(default_factory=list)
+    proposal: Theta | None = None
+    plain_from: Theta | None = None
+    fallback_from: Theta | None = None
+    rates: list = field(default_factory=list)
 
 
 def _theta_arrays(prefix: str, t: Theta) -> dict:
@@ -111,10 +126,14 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
         arrays.update(_theta_arrays(f"cycle{i}", t))
     if state.fallback is not None:
         arrays.update(_theta_arrays("fallback", state.fallback))
+    for name in ("proposal", "plain_from", "fallback_from"):
+        if getattr(state, name) is not None:
+            arrays.update(_theta_arrays(name, getattr(state, name)))
     arrays["history"] = np.asarray(state.history, dtype=np.float64)
     arrays["n_orig_history"] = np.asarray(state.n_orig_history, dtype=np.float64)
     arrays["seconds"] = np.asarray(state.seconds, dtype=np.float64)
     arrays["sw.history"] = np.asarray(state.sw_history, dtype=np.float64)
+    arrays["rates"] = np.asarray(state.rates, dtype=np.float64)
     header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
               "fingerprint": fingerprint, "n_cycle": len(state.cycle),
               "n_iter": state.n_iter, "f_obs": state.f_obs.hex(),
@@ -179,13 +198,14 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
             history=arrays["history"].tolist(),
             n_orig_history=arrays["n_orig_history"].tolist(),
             seconds=arrays["seconds"].tolist(), seed=list(header["seed"]),
-            # checkpoints written before stepwise EM existed hold no stepwise state
-            sw_steps=int(header.get("sw_steps", 0)), sw_group=int(header.get("sw_group", 0)),
-            sw_restart=bool(header.get("sw_restart", False)),
-            sw_history=arrays.get("sw.history", np.empty(0)).tolist(),
+            sw_steps=int(header["sw_steps"]), sw_group=int(header["sw_group"]),
+            sw_restart=bool(header["sw_restart"]), sw_history=arrays["sw.history"].tolist(),
             sw_running=None if "sw.A" not in arrays else RunningStats(
                 SuffStats(arrays["sw.A"], arrays["sw.M1"], arrays["sw.M2"],
                           float.fromhex(header["sw_bg"])),
-                arrays["sw.anchor"], float.fromhex(header["sw_n_orig"])))
+                arrays["sw.anchor"], float.fromhex(header["sw_n_orig"])),
+            rates=arrays["rates"].tolist(),
+            **{name: _theta_from(arrays, name) if f"{name}.amp" in arrays else None
+               for name in ("proposal", "plain_from", "fallback_from")})
     except KeyError as e:
         raise CheckpointError(f"checkpoint: {path} is missing {e}; it is corrupted.") from None

@@ -17,11 +17,13 @@ iterations (persisted data aside).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import logging
 import math
 import os
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 
@@ -36,14 +38,16 @@ from .catalog import Catalog, as_dask_input, as_dask_weights, open_catalog
 from .memory import check_candidates, plan_fit
 from .timelimit import time_limited
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
-                     InputTypeError, NumericalError, adopt_sklearn_warnings)
-from .imputation import candidate_count, impute_block
+                     InputTypeError, NumericalError, PrecisionWarning,
+                     adopt_sklearn_warnings)
+from .imputation import (GROUPS, candidate_count, candidate_set, impute_block,
+                         points_per_set)
 from .selection import check_picklable, evaluate_selection
 from .init import init_kmeans, init_minmax, init_random
 from .model import GMM, Theta
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .noise import SharedNoise, noise_block, noise_class
-from .acceleration import extrapolate
+from .acceleration import distance, extrapolate
 from .checkpoint import EMState, load_checkpoint, save_checkpoint
 from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
@@ -90,6 +94,12 @@ class FitResult:
     stepwise_history : list of float
         Mean log-likelihood per row of every stepwise group (empty without
         ``stepwise``).
+    mc_error : dict
+        Monte-Carlo standard errors due to the imputation: ``"logL"`` (of the mean
+        logL per row, from the batch-means error of the observed fraction at the
+        final parameters) and ``"N_orig"`` (of the fitted N_orig, that error
+        amplified by EM's slowest contraction, ``1 / (1 - rho)``: the sample's error
+        moves the fixed point along the slow direction). Both 0 without a selection.
     """
 
     logL: float
@@ -104,6 +114,7 @@ class FitResult:
     seconds_per_iter: list = field(default_factory=list)
     passes: float = 0.0
     stepwise_history: list = field(default_factory=list)
+    mc_error: dict = field(default_factory=lambda: {"logL": 0.0, "N_orig": 0.0})
 
 
 @dataclass
@@ -122,6 +133,10 @@ class _IterParams:
     seed: np.random.SeedSequence | None = None
     oversampling: float = 0.0
     observed_fraction: float = 1.0
+    n_total: int = 0
+    proposal: Theta | None = None          # the imputation sample's parameters
+    proposal_background: Background | None = None
+    sample_key: tuple = ()                 # caches the sample in the block tasks
 
 
 class _ConstantCovar:
@@ -208,12 +223,18 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None, we
         return SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, n, int(n_out)), None, None
     logl += _weighted_sum(_selection_log(params.sel_callback, x, row_offset), weight, counted)
     observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, n, int(n_out))
-    m = candidate_count(x.shape[0], params.oversampling, params.observed_fraction)
-    check_candidates(m, x.shape[1], params.covar_callback is not None, params.oversampling,
-                     int(x.shape[0]))
-    imputed, tally = impute_block(m, params.amp, params.mean, params.covar, params.background,
-                                  params.sel_callback, params.covar_callback, params.seed,
-                                  block, params.cutoff)
+    n_sources = params.amp.shape[0] + (params.background is not None)
+    n_set = points_per_set(candidate_count(x.shape[0], params.oversampling,
+                                           params.observed_fraction, params.n_total), n_sources)
+    check_candidates(n_set * n_sources * GROUPS, x.shape[1], params.covar_callback is not None,
+                     params.oversampling, int(x.shape[0]))
+    p0 = params.proposal
+    cset = candidate_set(params.sample_key, n_set, p0.mean, p0.covar,
+                         params.proposal_background, params.sel_callback,
+                         params.covar_callback, params.seed, block)
+    # the imputed mass is in the units of the rows' weights (n)
+    imputed, tally = impute_block(cset, n, params.amp, params.mean, params.covar,
+                                  params.background)
     return observed, imputed, tally
 
 
@@ -337,6 +358,19 @@ def _quantize_fraction(f: float) -> float:
     return float(2.0 ** (math.floor(4 * math.log2(f)) / 4))
 
 
+def _sizing_fraction(current: float, f: float) -> float:
+    """The observed fraction that sizes the imputation, updated with hysteresis.
+
+    The candidate counts (and so the fixed sample) change only when the estimate
+    ``f`` leaves ``[current / 2**(1/4), current * 2**(1/2)]``: near convergence the
+    sample stays put, so the EM map stays one deterministic function, even when
+    f sits on a quantization boundary.
+    """
+    if current * 2.0 ** -0.25 <= f <= current * 2.0 ** 0.5:
+        return current
+    return _quantize_fraction(f)
+
+
 def _root_seed(rng) -> np.random.SeedSequence:
     if isinstance(rng, np.random.SeedSequence):
         return rng
@@ -370,6 +404,14 @@ class _Evaluation:
     f_obs: float
     total: SuffStats
     n_outside: int
+    f_se: float = 0.0
+    ess_ratio: float = 1.0
+
+
+def _same_theta(a: Theta, b: Theta | None) -> bool:
+    return b is not None and (a is b or (
+        np.array_equal(a.amp, b.amp) and np.array_equal(a.mean, b.mean)
+        and np.array_equal(a.covar, b.covar) and a.bg_amp == b.bg_amp))
 
 
 class _Evaluator:
@@ -380,28 +422,52 @@ class _Evaluator:
         self.plan, self.client, self.cutoff, self.boxes = plan, client, cutoff, boxes
         self.sel_callback, self.covar_callback = sel_callback, covar_callback
         self.seed, self.oversampling, self.background = seed, oversampling, background
+        # names this fit's imputation samples in the block tasks' caches (never reused
+        # by another fit in the same process); results do not depend on it
+        self.token = uuid.uuid4().hex
 
     def background_at(self, bg_amp):
         if self.background is None:
             return None
         return Background.from_dict({**self.background.to_dict(), "amp": bg_amp})
 
-    def params(self, theta: Theta, f_obs: float) -> _IterParams:
+    def params(self, theta: Theta, f_size: float, proposal: Theta | None = None) -> _IterParams:
+        """Block-task parameters.
+
+        ``f_size`` sizes the imputation (see :func:`_sizing_fraction`); ``proposal``
+        is the parameters its fixed sample was drawn at.
+        """
         plan = self.plan
+        key = ()
+        if proposal is not None:
+            digest = hashlib.blake2b(digest_size=16)
+            for a in (proposal.amp, proposal.mean, proposal.covar,
+                      [proposal.bg_amp or 0.0, f_size]):
+                digest.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+            key = (self.token, digest.hexdigest())
         return _IterParams(theta.amp, theta.mean, theta.covar, plan.kind, plan.shared,
                            self.background_at(theta.bg_amp), self.cutoff, self.sel_callback,
                            self.covar_callback, self.seed, float(self.oversampling),
-                           _quantize_fraction(f_obs))
+                           float(f_size), plan.N, proposal,
+                           None if proposal is None else self.background_at(proposal.bg_amp),
+                           key)
 
     def overlap(self, theta: Theta) -> np.ndarray:
         """(K, K) responsibility overlaps of the observed rows (one compute)."""
         return _compute(self.plan.overlap_graph(self.params(theta, 1.0)), self.client)
 
-    def __call__(self, theta: Theta, f_obs: float, blocks=None) -> _Evaluation:
-        """E-step at ``theta`` over every block, or over ``blocks`` only (its own N,
-        N_orig and imputation, as if those blocks were the catalog)."""
+    def __call__(self, theta: Theta, f_size: float, proposal: Theta | None = None,
+                 blocks=None) -> _Evaluation:
+        """One E-step at ``theta``; with a selection, imputed from the sample at ``proposal``.
+
+        ``blocks``: indices of the blocks to visit (stepwise EM: their own N, N_orig
+        and imputation, as if those blocks were the catalog); None for all.
+
+        Returns an evaluation with ``f_obs = nan`` when the importance weights are
+        degenerate (estimated unobserved fraction >= 1): the caller refreshes the sample.
+        """
         plan = self.plan
-        params = self.params(theta, f_obs)
+        params = self.params(theta, f_size, proposal if self.sel_callback is not None else None)
         comps = None
         if self.cutoff is not None:
             reach = ReachTest(theta.mean, theta.covar).matrix(
@@ -411,24 +477,72 @@ class _Evaluator:
                                          self.client)
         N = stats.n
         logL = stats.logl / N
-        N_orig, total = float(N), stats
-        if self.sel_callback is not None:
-            f_obs = tally.omega / tally.n
-            if not f_obs > 0:
-                raise CallbackError(f"sel_callback: every one of {tally.n} rows drawn from the "
-                                    f"model has selection probability 0; the model has no "
-                                    f"mass where the catalog was observed. Check that "
-                                    f"sel_callback is > 0 in the catalog's region; with few "
-                                    f"rows, raise oversampling (more candidates) or use "
-                                    f"init_method='kmeans'.")
-            N_orig = N / f_obs
-            logL -= math.log(f_obs)   # likelihood of the truncated (observed) population
-            if tally.weight > 0:
-                total = stats + imputed.scaled((N_orig - N) / tally.weight)
-        return _Evaluation(logL, N_orig, f_obs, total, int(stats.n_outside))
+        if self.sel_callback is None:
+            return _Evaluation(logL, float(N), 1.0, stats, int(stats.n_outside))
+        f_obs = 1.0 - tally.weight / tally.rows
+        if not f_obs > 0:
+            if not _same_theta(theta, proposal):
+                # weights degenerate away from the proposal: refresh there
+                return _Evaluation(math.nan, math.nan, math.nan, stats, int(stats.n_outside))
+            raise CallbackError(f"sel_callback: every one of {tally.n} rows drawn from the "
+                                f"model has selection probability 0; the model has no "
+                                f"mass where the catalog was observed. Check that "
+                                f"sel_callback is > 0 in the catalog's region; with few "
+                                f"rows, raise oversampling (more candidates) or use "
+                                f"init_method='kmeans'.")
+        f_se = math.sqrt(tally.weight_var) / tally.rows
+        N_orig = N / f_obs
+        logL -= math.log(f_obs)   # likelihood of the truncated (observed) population
+        # imputed statistics are in rows of the catalog: N_orig / N per row
+        total = stats + imputed.scaled(N_orig / tally.rows)
+        return _Evaluation(logL, N_orig, f_obs, total, int(stats.n_outside), f_se,
+                           tally.ess_ratio)
 
 
 # ----------------------------------------------------------------------- fit
+
+
+# Default tol, as a remaining gain of the *total* log-likelihood (nats): a fit
+# stopped that close to its fixed point is within ~0.1 standard error of it along
+# any direction (a gap of chi2/2 nats is chi standard errors), whatever N.
+_DEFAULT_TOL_NATS = 0.01
+
+
+def _mc_error(ev: "_Evaluation", N: int, rates=()) -> dict:
+    """Monte-Carlo standard errors of the final logL and N_orig (0 without selection).
+
+    The batch-means error of the observed fraction f at the final parameters
+    (independent replicate sets of candidates) gives that of ``logL = ... - log f``
+    and of ``N_orig = N / f`` there. The fitted parameters themselves carry the
+    sample's error too: EM moves along its slowest direction (rate ``rho``, the
+    slowest recent contraction of a plain step) by ``1 / (1 - rho)`` times the
+    error of one step, so the N_orig error is amplified by that factor (taken as
+    the error of the fixed point, not of one evaluation).
+    """
+    if ev is None or ev.f_se == 0:
+        return {"logL": 0.0, "N_orig": 0.0}
+    rho = min(max(rates), 0.999) if len(rates) else 0.0
+    se_n = N * ev.f_se / ev.f_obs**2
+    return {"logL": ev.f_se / ev.f_obs, "N_orig": se_n / (1.0 - rho)}
+
+
+def _warn_precision(tol: float, se_n_orig: float, ev: "_Evaluation", N: int) -> None:
+    """PrecisionWarning when ``tol`` is far below what the Monte-Carlo error resolves.
+
+    The imputation moves the fixed point along N_orig by ``se_n_orig``; in units of
+    N_orig's statistical error ``sigma = sqrt(N (1 - f)) / f`` that is a likelihood gap
+    of ``(se_n_orig / sigma)**2 / 2`` nats, ``/ N`` per row. A ``tol`` 100 times below
+    it buys nothing: the fit converges to its own sample's fixed point.
+    """
+    f = ev.f_obs
+    sigma = math.sqrt(max(N * (1.0 - f), 1.0)) / f
+    resolution = 0.5 * (se_n_orig / sigma) ** 2 / N
+    if tol < 0.01 * resolution:
+        warnings.warn(f"tol={tol:g} is far below the Monte-Carlo resolution of the "
+                      f"imputation (mean logL gap {resolution:.3g} per row; N_orig standard "
+                      f"error {se_n_orig:.3g}): the fit converges to its own imputation "
+                      f"sample's fixed point. Raise oversampling to move that closer to the "
+                      f"maximum-likelihood answer.", PrecisionWarning, stacklevel=3)
 
 
 _FIT_DOC = """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
@@ -502,6 +616,7 @@ class _Run:
     fingerprint: dict
     checkpoint: object
     maxiter: int
+    tol: float
 
 
 def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
@@ -580,7 +695,9 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
                           time_limited(sel_callback, timeout, "sel_callback"),
                           time_limited(covar_callback, timeout, "covar_callback"),
                           impute_seed, opts.oversampling, opts.background, boxes)
-    run = _Run(opts, evaluate, frozen_idx, fingerprint, checkpoint, opts.maxiter)
+    explicit_tol = opts.tol is not None
+    tol = opts.tol if explicit_tol else _DEFAULT_TOL_NATS / summary.n
+    run = _Run(opts, evaluate, frozen_idx, fingerprint, checkpoint, opts.maxiter, tol)
     prefit = None
     if opts.prefit and sel_callback is not None:
         # the plain fit of pyGMMis's recipe: no selection, no imputation, no checkpoint
@@ -627,8 +744,11 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
     if not converged and opts.maxiter > 0:
         change = state.history[-1] - state.history[-2] if len(state.history) > 1 else np.nan
         warnings.warn(f"EM did not converge in maxiter={opts.maxiter} iterations (last change "
-                      f"of the mean logL: {change:.3g}, tol={opts.tol}).", ConvergenceWarning,
+                      f"of the mean logL: {change:.3g}, tol={tol:.3g}).", ConvergenceWarning,
                       stacklevel=3)
+    mc_error = _mc_error(last, summary.n, state.rates)
+    if explicit_tol and tol > 0 and mc_error["N_orig"] > 0:
+        _warn_precision(tol, mc_error["N_orig"], last, summary.n)
     theta = state.theta
     if not noise_class(kind).noisy:
         _warn_singular(theta, summary, frozen_idx["covar"])
@@ -646,7 +766,7 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
                        passes=len(state.history) + (
                            state.sw_steps / -(-len(plan.x_blocks) // state.sw_group)
                            if state.sw_group else 0.0),
-                       stepwise_history=list(state.sw_history))
+                       stepwise_history=list(state.sw_history), mc_error=mc_error)
     log.info("best of %d: mean logL %.10g after %d iterations (%s)%s", n_init, result.logL,
              result.n_iter, "converged" if converged else "not converged",
              f", N_orig {result.N_orig:.6g}" if sel_callback is not None else "",
@@ -753,7 +873,7 @@ def _merge_split(theta: Theta, i: int, j: int, k: int) -> Theta:
 def _split_and_merge(state, converged, last, attempts, run):
     """Try ``attempts`` split-and-merge moves; keep those that raise the likelihood."""
     evaluate = run.evaluate
-    tol = run.opts.tol
+    tol = run.tol
     tried = 0
     while tried < attempts:
         theta = state.theta
@@ -841,35 +961,88 @@ def _initial_theta(gmm, init_method, K, plan, summary, x, client, init_rng, bg_a
     return Theta(amp, np.array(mean, dtype=np.float64), np.array(cov, dtype=np.float64), bg_amp)
 
 
+# Plain EM steps whose contraction rates the convergence test takes the slowest of.
+_RATE_WINDOW = 6
+# The relative change of N_orig still to come must be below this times sqrt(tol): the
+# rate estimate of the slow ridge along N_orig can be low by a factor of several early
+# in a fit (measured: a fit stopped 0.45 % short of its fixed point with factor 1).
+_N_ORIG_TOL = 0.1
+
+
+def _converged(state: EMState, logL: float, N_orig: float, theta_next: Theta,
+               tol: float) -> bool:
+    """Whether ``state.theta`` is within ``tol`` of the EM map's fixed point.
+
+    Judged on a plain EM step: ``state.theta = M(state.plain_from)`` was evaluated
+    (likelihood ``logL``) and ``theta_next = M(state.theta)`` computed. EM contracts
+    at the rate ``rho = |theta_next - theta| / |theta - plain_from|`` near its fixed
+    point, so the likelihood still to gain is ``d / (1 - rho**2)`` of the last gain
+    ``d`` (the gap falls as the squared distance), and the relative change of N_orig
+    still to come ``|dN| / (1 - rho)`` (docs/design.md §1.6). Converged when both
+    are below ``tol`` and ``0.1 sqrt(tol)``: a fit crawling along a ridge - small steps
+    that shrink slowly - is far from its fixed point and does not stop.
+    """
+    prev = state.plain_from
+    if prev is None or len(state.history) < 2:
+        return False
+    step = distance(state.theta, theta_next)
+    if step == 0.0:
+        return True
+    before = distance(prev, state.theta)
+    # the slowest of the recent rates: a step right after an extrapolation or a
+    # redraw mixes fast directions in and alone would under-estimate the rate
+    state.rates = state.rates[-(_RATE_WINDOW - 1):] + [step / before if before > 0 else 1.0]
+    if len(state.rates) < _RATE_WINDOW:
+        return False
+    rho = min(max(state.rates), 0.999)
+    gain = abs(logL - state.history[-2]) / (1.0 - rho**2)
+    n_change = (abs(N_orig - state.n_orig_history[-2]) / (1.0 - rho)
+                / max(abs(N_orig), 1e-300))
+    log.debug("distance to the fixed point: rate %.4g, logL gain to come %.3g, N_orig change "
+              "to come %.3g", rho, gain, n_change)
+    return gain < tol and n_change < _N_ORIG_TOL * math.sqrt(tol)
+
+
 def _run_em(state: EMState, run: _Run):
     """Iterate EM (optionally SQUAREM-accelerated) from ``state`` until converged.
 
     Every loop is one E-step (one compute). An extrapolated point is accepted only
-    if its likelihood is at least that of the plain iterate it was built from
-    (with imputation: of the cycle's start), so without imputation the recorded
-    likelihood never decreases.
+    if its likelihood is at least that of the plain iterate it was built from: the
+    EM map is deterministic (with imputation: a fixed sample), so this comparison
+    is exact. Convergence is judged by the estimated distance to the fixed point
+    (:func:`_converged`).
 
     Returns
     -------
     (state, converged, last evaluation)
     """
     evaluate, frozen, maxiter, checkpoint = run.evaluate, run.frozen, run.maxiter, run.checkpoint
-    opts, fingerprint = run.opts, run.fingerprint
-    tol, w, background, accelerate = opts.tol, opts.w, opts.background, opts.accelerate
+    opts, fingerprint, tol = run.opts, run.fingerprint, run.tol
+    w, background, accelerate = opts.w, opts.background, opts.accelerate
     converged = False
     ev = None
+    imputing = evaluate.sel_callback is not None
     while True:
         t0 = time.perf_counter()
-        ev = evaluate(state.theta, state.f_obs)
-        state.f_obs = ev.f_obs
+        if imputing and state.proposal is None:
+            _refresh(state, state.theta, state.f_obs)
+        ev = evaluate(state.theta, state.f_obs, state.proposal)
         if state.fallback is not None:
-            rejected = not (ev.logL >= state.fallback_logL - 1e-12 * abs(state.fallback_logL))
+            # absolute (nats per row): a tolerance relative to |logL| would depend on the
+            # units of the features, which shift the logL by a constant
+            rejected = not (ev.logL >= state.fallback_logL - 1e-12)
             if rejected:
                 log.debug("extrapolated step rejected (logL %.10g < %.10g)", ev.logL,
                           state.fallback_logL)
                 state.theta, state.fallback = state.fallback, None
+                state.plain_from = state.fallback_from
                 continue
             state.fallback = None
+        if imputing and not ev.f_obs > 0:
+            # the sample's weights are degenerate here: draw it at these parameters
+            log.debug("imputation sample refreshed (degenerate weights)")
+            _refresh(state, state.theta, state.f_obs)
+            continue
         if not np.isfinite(ev.logL):
             raise NumericalError(f"the mean log-likelihood became {ev.logL} at iteration "
                                  f"{state.n_iter}; check the data scale or use w > 0.")
@@ -880,37 +1053,80 @@ def _run_em(state: EMState, run: _Run):
         log.info("iteration %d: mean logL %.10g (change %.3g), N_orig %.6g, %.3f s",
                  state.n_iter, ev.logL, h[-1] - h[-2] if len(h) > 1 else float("nan"),
                  ev.N_orig, state.seconds[-1])
-        if len(h) > 1 and abs(h[-1] - h[-2]) < tol and (
-                abs(state.n_orig_history[-1] - state.n_orig_history[-2])
-                <= tol * state.n_orig_history[-1]):
-            converged = True
-            break
         if state.n_iter >= maxiter:
             break
         theta_next, dead = mstep(ev.total, state.theta, w=w, frozen=frozen,
                                  background=background, N_total=ev.N_orig)
+        if _converged(state, ev.logL, ev.N_orig, theta_next, tol):
+            converged = True
+            break
         state.n_iter += 1
+        state.plain_from = state.theta
+        refresh = imputing and (ev.ess_ratio < _MIN_ESS_RATIO
+                                or _moved(state.proposal, theta_next) > _MAX_MOVE
+                                or _sizing_fraction(state.f_obs, ev.f_obs) != state.f_obs)
         if accelerate:
-            if dead.size:
+            if dead.size or refresh:
                 state.cycle = []
             elif state.cycle:
                 extrapolated = extrapolate(state.cycle[0], state.theta, theta_next, frozen,
                                             background, w)
                 state.cycle = []
                 if extrapolated is not None:
-                    # Exact likelihoods: never below the plain iterate. With imputation
-                    # the likelihood carries Monte-Carlo error larger than EM's gain per
-                    # step on flat ridges, so require only the cycle's starting level.
-                    exact = evaluate.sel_callback is None
-                    state.fallback = theta_next
-                    state.fallback_logL = ev.logL if exact else state.history[-2]
+                    # the map is deterministic (a fixed imputation sample): an extrapolated
+                    # point must reach the likelihood of the plain iterate it replaces
+                    state.fallback, state.fallback_from = theta_next, state.theta
+                    state.fallback_logL = ev.logL
                     theta_next = extrapolated
+                    state.plain_from = None
             else:
                 state.cycle = [state.theta]
         state.theta = theta_next
+        if refresh:
+            # the weights have drifted (or f moved far): a new sample at the next point
+            log.debug("imputation sample refreshed (ESS ratio %.3g, f %.4g)", ev.ess_ratio,
+                      ev.f_obs)
+            _refresh(state, theta_next, _sizing_fraction(state.f_obs, ev.f_obs))
         if checkpoint is not None:
             save_checkpoint(checkpoint, state, fingerprint)
     return state, converged, ev
+
+
+# The imputation sample is redrawn at the current parameters when the effective
+# sample size of its importance weights falls below this fraction of the fresh one,
+# or when a component has moved by more than _MAX_MOVE from the proposal (see
+# _moved): a sample's error grows with the distance from where it was drawn, and on
+# a flat likelihood ridge that error would hold the fit near the proposal.
+_MIN_ESS_RATIO = 0.5
+_MAX_MOVE = 0.2
+
+
+def _moved(t0: Theta, t1: Theta) -> float:
+    """Largest move of a component from ``t0`` to ``t1``, in units of ``t0``'s own width.
+
+    The larger of the whitened shift of the mean ``|L0^-1 (mu1 - mu0)|`` and of the
+    change of the whitened covariance ``|L0^-1 V1 L0^-T - I|`` (Frobenius norm).
+    """
+    L0 = np.linalg.cholesky(t0.covar)
+    shift = np.linalg.solve(L0, (t1.mean - t0.mean)[..., None])[..., 0]
+    A = np.linalg.solve(L0, t1.covar)
+    W = np.linalg.solve(L0, np.swapaxes(A, 1, 2))
+    D = t0.mean.shape[1]
+    change = np.linalg.norm(W - np.eye(D), axis=(1, 2))
+    return float(max(np.linalg.norm(shift, axis=1).max(), change.max()))
+
+
+def _refresh(state: EMState, theta: Theta, f_size: float) -> None:
+    """Draw a new imputation sample at ``theta`` (sized by ``f_size``).
+
+    The EM map changes with the sample, so convergence is judged from here on and
+    the acceleration cycle restarts.
+    """
+    state.proposal = theta
+    state.f_obs = f_size
+    # the recent contraction rates are kept: they belong to the problem near its
+    # fixed point, and the first steps with a new sample would under-estimate them
+    state.cycle, state.fallback, state.plain_from = [], None, None
 
 
 # Child key of the fit's root seed for the stepwise block order: far from the keys of
@@ -945,12 +1161,13 @@ def _run_stepwise(state: EMState, groups: list, run: _Run, N_all: float,
     evaluate, opts = run.evaluate, run.opts
     while state.sw_steps < len(groups):
         t0 = time.perf_counter()
-        ev = evaluate(state.theta, state.f_obs, blocks=groups[state.sw_steps])
+        # a truncated group is imputed from a sample drawn at the current parameters
+        ev = evaluate(state.theta, state.f_obs, state.theta, blocks=groups[state.sw_steps])
         n_group = float(ev.total.n)
         state.sw_steps += 1
         if not n_group > 0:
             continue     # every row of the group has weight 0: nothing to learn from
-        state.f_obs = ev.f_obs
+        state.f_obs = _sizing_fraction(state.f_obs, ev.f_obs)
         scale = N_all / n_group
         group_stats, n_orig = ev.total.scaled(scale), ev.N_orig * scale
         if state.sw_running is None or state.sw_restart:

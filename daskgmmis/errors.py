@@ -147,3 +147,9 @@ def adopt_sklearn_warnings() -> bool:
 
 
 adopt_sklearn_warnings()
+
+
+class PrecisionWarning(UserWarning):
+    """``tol`` asks for a precision far below the Monte-Carlo error of the imputation:
+    the fit converges to its own imputation sample's fixed point, which differs from
+    the maximum-likelihood answer by more than that."""

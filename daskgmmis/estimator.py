@@ -120,9 +120,10 @@ class GaussianMixture:
     covariance_type : {"full"}
         scikit-learn's name; only full covariances are fitted (anything else is
         an :class:`InputError`).
-    tol : float
-        Convergence threshold on the change of the mean log-likelihood per row
-        (scikit-learn's per-sample lower bound is the same quantity).
+    tol : float, optional
+        Distance to the fixed point (mean log-likelihood per row still to gain) at
+        which EM stops, as :func:`daskgmmis.fit`'s ``tol`` (default: 0.01 / N).
+        scikit-learn stops on the change of that same per-sample quantity.
     reg_covar : float, optional
         scikit-learn's regularization: a variance added to every covariance's
         diagonal. It adds to ``w**2``: the fit runs with
@@ -240,7 +241,7 @@ class GaussianMixture:
     >>> est.predict_proba(X, covar=noise)
     """
 
-    def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=None,
+    def __init__(self, n_components=1, *, covariance_type="full", tol=None, reg_covar=None,
                  max_iter=None, n_init=1, init_params=None, weights_init=None,
                  means_init=None, precisions_init=None, random_state=None, warm_start=False,
                  verbose=0, verbose_interval=10, init_method="kmeans", w=0.0,

@@ -1,34 +1,75 @@
 """Imputation of the unobserved population of a truncated catalog (docs/design.md §1.4).
 
-Every block task draws its share of candidate rows from the current model (and
-background), adds noise from ``covar_callback``, evaluates the selection Ω at the
-noisy positions, and returns the candidates' E-step statistics weighted by
-``1 - Ω`` together with a tally (sum of Ω, sum of 1 - Ω, count). The driver
-turns the tallies into the observed fraction ``f = mean Ω`` and ``N_orig = N / f``
-and scales the imputed statistics to a total weight ``N_orig - N``. Nothing
-imputed is materialized outside the block task.
+The imputation is a **fixed sample** (sample-average approximation, importance
+sampled). Every block task owns, per *source* (each component, and the background),
+fixed base variates made once per fit: standard normal position variates ``z`` and
+noise variates ``e`` in :data:`GROUPS` independently scrambled Sobol sets. At a
+*proposal* ``theta0`` (the parameters when the sample was last drawn) a base point
+of component s becomes the true position ``t = mu0_s + L0_s z`` (a background point:
+a position in its box) and the noisy position ``y = t + noise(e)``; the selection Ω
+is evaluated at ``y`` once per proposal, and candidates with Ω = 1 are dropped for
+good. At any parameters a kept candidate of source s stands for
 
-Base variates are scrambled Sobol points keyed by (seed, block) and are the same
-at every iteration (common random numbers): the EM map is then deterministic, so
-convergence can be judged on the likelihood and on ``N_orig``, and a fit does
-not depend on the number of workers.
+    w_j = n_rows a_s (1 - Ω_j) r_j / m,     r_j = N(t_j | mu_s, V_s) / N(t_j | mu0_s, V0_s)
+
+rows of the unobserved population (``a_s`` its current amplitude, m the points per
+source), and enters the M-step as a noise-free row of its own component. No
+candidate moves or changes component when the parameters move - only its weight
+does - so the imputed statistics, f and N_orig are smooth, deterministic functions
+of the parameters, and the EM map is the exact EM of the sample-average likelihood
+``sum_i log p(x_i) - N log f_hat``: a plain step never lowers it, and SQUAREM can
+use the strict acceptance rule. The driver redraws the sample (a new proposal) when
+the weights degenerate (effective sample size) or the observed fraction moves far;
+near convergence it stays put. Per iteration a candidate costs one Gaussian density
+and its moments - no E-step, no callback.
+
+A tally returns the weighted sum, its batch-means variance over the groups (the
+Monte-Carlo error of f) and the effective-sample-size sums. Nothing imputed is
+materialized outside the block task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, fields
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.linalg import solve_triangular
+from scipy.special import ndtr, ndtri
+from scipy.stats import qmc
 
-from . import kernels
-from .background import log_background
-from .neighborhoods import estep_neighborhoods, spatial_order
-from .noise import noise_class
 from .selection import evaluate_covar_callback, evaluate_selection
 from .stats import SuffStats
 
-__all__ = ["ImputeTally", "candidate_count", "draw_candidates", "impute_block"]
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+__all__ = ["GROUPS", "MIN_CANDIDATES", "CandidateSet", "ImputeTally", "base_variates",
+           "candidate_count", "points_per_set", "draw_candidates", "candidate_set",
+           "impute_block"]
+
+# Independent replicate sets per (block, source): the between-set scatter of the
+# observed fraction gives its Monte-Carlo error (batch means). 8 sets give the
+# variance estimate 7 degrees of freedom even when the catalog is one block.
+GROUPS = 8
+
+# Candidates of a whole fit, at least: spread over the blocks by their rows. A
+# small catalog costs little per candidate, and below ~1e5 candidates the
+# Monte-Carlo error of N_orig would be a visible part of its statistical error.
+MIN_CANDIDATES = 2**17
+
+# The proposal of a component is the component widened by this factor: importance
+# weights N(t | mu, V) / N(t | mu0, w^2 V0) then stay bounded while the component
+# moves a little, where with w = 1 a sample's estimate of the unobserved mass is
+# typically too low away from the proposal (heavy-tailed weights), which anchors a
+# slowly converging fit near the proposal.
+PROPOSAL_WIDTH = 1.2
+
+# Bytes of base variates a process keeps between iterations (least recently used
+# blocks are dropped first; a dropped block is rebuilt bit for bit when needed).
+CACHE_BYTES = 512 * 2**20
+
 
 @dataclass
 class ImputeTally:
@@ -36,33 +77,56 @@ class ImputeTally:
 
     Attributes
     ----------
-    omega : float
-        Sum of the selection probabilities Ω_j of the candidates.
     weight : float
-        Sum of ``1 - Ω_j`` (the imputed weight before scaling).
+        ``sum_j w_j``: the blocks' estimate of ``rows * (1 - f)``, in rows.
+    weight_var : float
+        Estimated Monte-Carlo variance of ``weight`` (rows squared), from the
+        scatter between the :data:`GROUPS` independent sets of each block.
     n : int
-        Number of candidates.
+        Candidates made (at the proposal).
+    rows : int
+        Observed rows the candidates stand for.
+    ess : ndarray, shape (4, n_sources)
+        Per source: ``sum u_j``, ``sum u_j**2`` of the unobserved importance weights
+        ``u_j = (1 - Ω_j) r_j``, and the same at the proposal (``r_j = 1``).
     """
 
-    omega: float = 0.0
     weight: float = 0.0
+    weight_var: float = 0.0
     n: int = 0
+    rows: int = 0
+    ess: np.ndarray | float = 0.0
 
     def __add__(self, other: "ImputeTally") -> "ImputeTally":
-        return ImputeTally(self.omega + other.omega, self.weight + other.weight,
-                           self.n + other.n)
+        return ImputeTally(*(getattr(self, f.name) + getattr(other, f.name)
+                             for f in fields(self)))
+
+    @property
+    def ess_ratio(self) -> float:
+        """Smallest effective sample size of a source's weights over the same at the
+        proposal (1 at the proposal itself)."""
+        ess = np.asarray(self.ess, dtype=np.float64)
+        if ess.ndim != 2:
+            return 1.0
+        s, s2, s0, s02 = ess
+        live = (s2 > 0) & (s0 > 0)
+        if not live.any():
+            return 1.0
+        return float(np.min((s[live] ** 2 / s2[live]) / (s0[live] ** 2 / s02[live])))
 
 
-def candidate_count(n_rows: int, oversampling: float, observed_fraction: float) -> int:
-    """Candidates a block of ``n_rows`` observed rows draws.
+def candidate_count(n_rows: int, oversampling: float, observed_fraction: float,
+                    n_total: int | None = None) -> int:
+    """Candidates a block of ``n_rows`` observed rows makes.
 
     ``oversampling`` is the number of *unobserved* candidates per estimated
-    unobserved row: a block draws ``oversampling * n_rows / f`` candidates, of
+    unobserved row: a block makes ``oversampling * n_rows / f`` candidates, of
     which ``(1 - f)`` are unobserved on average, while its share of the
     unobserved population is ``n_rows (1 - f) / f``. The Monte-Carlo variance of
-    the imputed statistics is then ``1 / oversampling`` times the Poisson
+    the imputed statistics is then about ``1 / oversampling`` times the Poisson
     variance of the unobserved population itself: it scales with the unobserved
-    fraction, not with N.
+    fraction, not with N. With ``n_total`` (rows of the whole catalog) the block
+    also makes at least its share ``n_rows / n_total`` of :data:`MIN_CANDIDATES`.
 
     Parameters
     ----------
@@ -71,137 +135,304 @@ def candidate_count(n_rows: int, oversampling: float, observed_fraction: float) 
     oversampling : float
         Monte-Carlo precision knob (> 0).
     observed_fraction : float
-        Current estimate of f, clipped to [1e-3, 1].
+        Estimate of f, clipped to [1e-3, 1].
+    n_total : int, optional
+        Observed rows of the catalog.
 
     Returns
     -------
     int
     """
     f = min(max(observed_fraction, 1e-3), 1.0)
-    return int(np.ceil(oversampling * n_rows / f))
+    m = oversampling * n_rows / f
+    if n_total:
+        m = max(m, MIN_CANDIDATES * n_rows / n_total)
+    return int(np.ceil(m))
 
 
-def _base_variates(seed: np.random.SeedSequence, block: int, m: int, D: int):
-    """The block's m base variates: (uniform choice (m,), position normals (m, D),
-    noise normals (m, D)), the same at every iteration.
-
-    Scrambled Sobol points (randomized quasi-Monte Carlo) instead of pseudo-random
-    draws: the integrands are smooth except at selection edges, so the error of the
-    imputed statistics falls nearly as 1/m rather than 1/sqrt(m). That matters
-    because EM contracts slowly along weakly identified directions of truncated
-    fits, which amplifies any error in the imputed statistics into the fixed point.
-    Sobol prefixes are nested, so a larger m extends the same point set.
-    """
-    import warnings
-
-    from scipy.special import ndtri
-    from scipy.stats import qmc
-
-    key = tuple(seed.spawn_key) + (block,)
-    rng = np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=key))
-    sobol = qmc.Sobol(d=2 * D + 1, scramble=True, seed=rng)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # balance warning for m != 2**k
-        pts = sobol.random(m)
-    pts = np.clip(pts, 1e-15, 1 - 1e-15)
-    return pts[:, 0], ndtri(pts[:, 1:D + 1]), ndtri(pts[:, D + 1:])
+def points_per_set(m: int, n_sources: int) -> int:
+    """Base points per (source, group) set for about ``m`` candidates in a block."""
+    return int(np.ceil(m / (max(n_sources, 1) * GROUPS))) if m > 0 else 0
 
 
-def draw_candidates(m: int, amp, mean, covar, background, covar_callback,
-                    seed: np.random.SeedSequence, block: int):
-    """Draw m noisy candidate rows from the model (+ background).
+_cache: OrderedDict = OrderedDict()
+_cache_bytes = 0
+_cache_lock = threading.Lock()
+
+
+def _make_variates(seed: np.random.SeedSequence, block: int, n_sources: int, n: int, D: int,
+                   noisy: bool):
+    d = 2 * D if noisy else D
+    pts = np.empty((n_sources, GROUPS * n, d))
+    for s in range(n_sources):
+        for g in range(GROUPS):
+            key = tuple(seed.spawn_key) + (int(block), s, g)
+            rng = np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=key))
+            sobol = qmc.Sobol(d=d, scramble=True, seed=rng)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # balance warning, n != 2**k
+                pts[s, g * n:(g + 1) * n] = sobol.random(n)
+    z = ndtri(np.clip(pts, 1e-15, 1 - 1e-15))
+    return (np.ascontiguousarray(z[..., :D]),
+            np.ascontiguousarray(z[..., D:]) if noisy else None)
+
+
+def base_variates(seed: np.random.SeedSequence, block: int, n_sources: int, n: int, D: int,
+                  noisy: bool):
+    """The block's fixed base variates, made once per fit (cached per process).
+
+    Scrambled Sobol points (randomized quasi-Monte Carlo) mapped to normals: the
+    integrands are smooth except at selection edges, so the error falls faster
+    than 1/sqrt(m). Set ``g`` of source ``s`` is keyed by ``(seed, block, s, g)``:
+    the sets are independent randomizations (for the batch-means error) and do
+    not depend on the number of workers or on the iteration.
 
     Parameters
     ----------
-    m : int
-        Number of candidates.
-    amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
-    background : Background or None
-    covar_callback : callable or None
-        Noise covariance at the true positions (see ``fit``); ``None``: no noise.
     seed : SeedSequence
-        Root of the fit's random streams.
+        The fit's imputation seed.
     block : int
-        Index of the block task (keys its streams).
+        Index of the block task.
+    n_sources : int
+        Components (+ 1 with a background).
+    n : int
+        Points per (source, group) set.
+    D : int
+        Features.
+    noisy : bool
+        Also make noise variates.
 
     Returns
     -------
-    y : ndarray, shape (m, D)
-        Noisy positions.
-    noise : None or ndarray
-        Their noise covariances, shaped per ``kind``.
-    kind : str
-        Noise kind of the candidates.
+    z : ndarray, shape (n_sources, GROUPS * n, D)
+        Standard normal position variates; rows ``g*n:(g+1)*n`` are set ``g``.
+    e : ndarray of the same shape, or None
+        Standard normal noise variates.
     """
-    K, D = mean.shape
-    u, z, e = _base_variates(seed, block, m, D)
-    weights = np.append(np.asarray(amp, dtype=np.float64),
-                        background.amp if background is not None else 0.0)
-    cdf = np.cumsum(weights)
-    choice = np.minimum(np.searchsorted(cdf / cdf[-1], u, side="right"), K)
-    L = np.linalg.cholesky(covar)
-    y = np.empty((m, D))
-    for k in range(K):
-        sel = choice == k
-        y[sel] = mean[k] + z[sel] @ L[k].T
-    if background is not None:
-        sel = choice == K
-        # the same normal variates mapped to uniforms keep the streams aligned
-        y[sel] = background.lower + (background.upper - background.lower) * ndtr(z[sel])
-    if covar_callback is None:
-        return y, None, "none"
+    global _cache_bytes
+    key = (str(seed.entropy), tuple(seed.spawn_key), int(block), n_sources, n, D, noisy)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
+    out = _make_variates(seed, block, n_sources, n, D, noisy)
+    size = sum(a.nbytes for a in out if a is not None)
+    for a in out:
+        if a is not None:
+            a.setflags(write=False)       # shared between iterations: never modified
+    with _cache_lock:
+        if key not in _cache and size <= CACHE_BYTES:
+            _cache[key] = out
+            _cache_bytes += size
+            while _cache_bytes > CACHE_BYTES:
+                _, old = _cache.popitem(last=False)
+                _cache_bytes -= sum(a.nbytes for a in old if a is not None)
+    return out
+
+
+@dataclass
+class CandidateSet:
+    """A block's fixed sample under one proposal: the candidates with Ω < 1.
+
+    Attributes
+    ----------
+    t : ndarray, shape (m_kept, D)
+        True (noise-free) positions, grouped by source (ascending).
+    unobs : ndarray, shape (m_kept,)
+        ``1 - Ω`` at the noisy positions (in (0, 1]).
+    log_q : ndarray, shape (m_kept,)
+        Log-density of the candidate's own source at the proposal, at ``t``.
+    source : ndarray, shape (m_kept,)
+        Source of each candidate: component index, or K for the background.
+    group : ndarray, shape (m_kept,)
+        Replicate set of each candidate (0 .. GROUPS - 1).
+    per_source : int
+        Candidates made per source, kept or not.
+    """
+
+    t: np.ndarray
+    unobs: np.ndarray
+    log_q: np.ndarray
+    source: np.ndarray
+    group: np.ndarray
+    per_source: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.t, self.unobs, self.log_q, self.source, self.group))
+
+
+def _add_noise(y, e, covar_callback):
     kind, noise = evaluate_covar_callback(covar_callback, y)
     if kind == "shared":
-        y = y + e @ np.linalg.cholesky(noise).T
-    elif kind == "diag":
-        y = y + e * np.sqrt(noise)
-    else:
+        return y + e @ np.linalg.cholesky(noise).T
+    if kind == "diag":
+        return y + e * np.sqrt(noise)
+    try:
+        return y + np.einsum("nij,nj->ni", np.linalg.cholesky(noise), e)
+    except np.linalg.LinAlgError:
         # PSD noise may be singular: eigen-factor instead of Cholesky
         w, Q = np.linalg.eigh(noise)
-        y = y + np.einsum("nij,nj->ni", Q, np.sqrt(np.clip(w, 0, None)) * e)
-    return y, noise, kind
+        return y + np.einsum("nij,nj->ni", Q, np.sqrt(np.clip(w, 0, None)) * e)
 
 
-def impute_block(m: int, amp, mean, covar, background, sel_callback, covar_callback,
-                 seed: np.random.SeedSequence, block: int, cutoff=None):
-    """Statistics of one block's candidates, weighted by ``1 - Ω``.
+def _log_gauss(t: np.ndarray, mean: np.ndarray, L: np.ndarray) -> np.ndarray:
+    """log N(t | mean, L L^T) for rows t (n, D), L lower Cholesky (D, D)."""
+    # the (D, D) triangular inverse once, then one row-major product: a triangular
+    # solve with n right-hand sides copies them into column order and is ~10x slower
+    Linv = solve_triangular(L, np.eye(L.shape[0]), lower=True)
+    z = (t - mean) @ Linv.T
+    return (-0.5 * np.einsum("ij,ij->i", z, z) - np.log(np.diag(L)).sum()
+            - 0.5 * t.shape[1] * LOG_2PI)
+
+
+def draw_candidates(n: int, mean0, covar0, background0, sel_callback, covar_callback,
+                    seed: np.random.SeedSequence, block: int) -> CandidateSet:
+    """The block's fixed sample at the proposal ``(mean0, covar0, background0)``.
+
+    Every source (component, background) gets ``GROUPS * n`` points from its own
+    fixed base variates: ``t = mu0_s + L0_s z`` (the background: uniform in its
+    box). Noise from ``covar_callback(t)`` applied to fixed noise variates gives the
+    noisy position, where Ω is evaluated; candidates with Ω = 1 are dropped.
 
     Parameters
     ----------
-    m : int
-        Number of candidates to draw.
-    amp, mean, covar, background, covar_callback, seed, block
-        As in :func:`draw_candidates`.
+    n : int
+        Points per (source, group) set (:func:`points_per_set`).
+    mean0, covar0 : ndarray, shapes (K, D), (K, D, D)
+        The proposal's components.
+    background0 : Background or None
     sel_callback : callable
-        Ω(coords (m, D)) -> (m,) in [0, 1].
-    cutoff : float, optional
-        Neighborhood size (as for observed rows).
+        Ω(coords (m, D)) -> (m,) in [0, 1], at the noisy positions.
+    covar_callback : callable or None
+        Noise covariance at the true positions; ``None``: no noise.
+    seed : SeedSequence
+        The fit's imputation seed.
+    block : int
+        Index of the block task (keys its variates).
+
+    Returns
+    -------
+    CandidateSet
+    """
+    K, D = mean0.shape
+    S = K + (background0 is not None)
+    z, e = base_variates(seed, block, S, n, D, covar_callback is not None)
+    L = PROPOSAL_WIDTH * np.linalg.cholesky(covar0)
+    m = GROUPS * n
+    t = np.empty((S, m, D))
+    for s in range(K):
+        t[s] = mean0[s] + z[s] @ L[s].T
+    if background0 is not None:
+        t[K] = background0.lower + (background0.upper - background0.lower) * ndtr(z[K])
+    t = t.reshape(-1, D)
+    y = t if covar_callback is None else _add_noise(t, e.reshape(-1, D), covar_callback)
+    omega = evaluate_selection(sel_callback, y, where="sel_callback (imputed candidates)")
+    keep = np.flatnonzero(omega < 1.0)
+    source = (keep // m).astype(np.int32)
+    t = np.ascontiguousarray(t[keep])
+    log_q = np.zeros(keep.size)
+    for s in range(K):
+        rows = source == s
+        log_q[rows] = _log_gauss(t[rows], mean0[s], L[s])
+    group = ((keep % m) // n).astype(np.int32)
+    return CandidateSet(t, 1.0 - omega[keep], log_q, source, group, m)
+
+
+_sets: OrderedDict = OrderedDict()
+_sets_bytes = 0
+
+
+def candidate_set(sample_key: tuple, n: int, mean0, covar0, background0, sel_callback,
+                  covar_callback, seed: np.random.SeedSequence, block: int) -> CandidateSet:
+    """:func:`draw_candidates`, cached per process under ``sample_key``.
+
+    ``sample_key`` names the fit and its proposal (the driver makes it unique per
+    fit and proposal); the callbacks run once per proposal, not once per
+    iteration. A set dropped from the cache (least recently used,
+    :data:`CACHE_BYTES`) is rebuilt bit for bit.
+    """
+    global _sets_bytes
+    key = (tuple(sample_key), int(block), int(n))
+    with _cache_lock:
+        hit = _sets.get(key)
+        if hit is not None:
+            _sets.move_to_end(key)
+            return hit
+    cset = draw_candidates(n, mean0, covar0, background0, sel_callback, covar_callback, seed,
+                           block)
+    with _cache_lock:
+        if key not in _sets and cset.nbytes <= CACHE_BYTES:
+            _sets[key] = cset
+            _sets_bytes += cset.nbytes
+            while _sets_bytes > CACHE_BYTES:
+                _, old = _sets.popitem(last=False)
+                _sets_bytes -= old.nbytes
+    return cset
+
+
+def impute_block(cset: CandidateSet, n_rows: int, amp, mean, covar, background):
+    """Imputed statistics of one block at the current parameters.
+
+    Candidate j of source s stands for ``w_j = n_rows a_s (1 - Ω_j) r_j / m`` rows of
+    the unobserved population, with ``a_s`` the source's current amplitude (over
+    the sum of all amplitudes), ``r_j = N(t_j | mu_s, V_s) / N(t_j | mu0_s, V0_s)``
+    its importance weight (1 for the background and at the proposal) and m the
+    candidates per source. The sum of the weights estimates ``n_rows (1 - f)``.
+    Its source is the candidate's component (a known label): the statistics are
+    the weighted moments of the true positions about the current means, so
+    ``U(theta) = sum_j c_j p_theta(t_j, s_j)`` is a positive combination of
+    complete-data densities and the EM map is the exact EM of the sample-average
+    likelihood (it never lowers it).
+
+    Parameters
+    ----------
+    cset : CandidateSet
+        The block's fixed sample.
+    n_rows : int
+        Observed rows of the block.
+    amp, mean, covar : ndarray, shapes (K,), (K, D), (K, D, D)
+        Current parameters.
+    background : Background or None
+        Current background.
 
     Returns
     -------
     stats : SuffStats
-        Unscaled imputed statistics (``logl``/``n`` are zero: candidates are not data).
+        Imputed statistics in rows (``logl``/``n`` are zero: candidates are not
+        data); the driver scales them by ``N_orig / N``.
     tally : ImputeTally
     """
     K, D = mean.shape
-    if m == 0:
-        return SuffStats.zeros(K, D), ImputeTally()
-    y, noise, kind = draw_candidates(m, amp, mean, covar, background, covar_callback,
-                                     seed, block)
-    omega = evaluate_selection(sel_callback, y, where="sel_callback (imputed candidates)")
-    weight = 1.0 - omega
-    log_bg = log_background(background, y, noise, kind)
-    if cutoff is None:
-        _, _, mom = kernels.estep_block(y, noise, kind, amp, mean, covar, log_bg=log_bg,
-                                        weight=weight)
-    else:
-        # candidates spread over the whole model: sort them spatially so that tiles
-        # are compact and each touches only the components that reach it
-        order = spatial_order(y)
-        per_row = noise_class(kind).per_row
-        _, _, mom = estep_neighborhoods(
-            y[order], noise[order] if per_row else noise, kind, amp, mean, covar,
-            cutoff=cutoff, log_bg=None if log_bg is None else log_bg[order],
-            weight=weight[order])
-    stats = SuffStats(mom.A, mom.M1, mom.M2, mom.bg)
-    return stats, ImputeTally(float(omega.sum()), float(weight.sum()), int(m))
+    S = K + (background is not None)
+    stats = SuffStats.zeros(K, D)
+    amps = np.append(np.asarray(amp, dtype=np.float64),
+                     background.amp if background is not None else [])
+    amps = amps / amps.sum()
+    r = np.ones(cset.t.shape[0])
+    L = np.linalg.cholesky(covar)
+    starts = np.searchsorted(cset.source, np.arange(S + 1))
+    for s in range(K):
+        a, b = starts[s], starts[s + 1]
+        if b > a:
+            r[a:b] = np.exp(_log_gauss(cset.t[a:b], mean[s], L[s]) - cset.log_q[a:b])
+    ur = cset.unobs * r
+    w = ur * (amps[cset.source] * (n_rows / cset.per_source))
+    for s in range(K):
+        a, b = starts[s], starts[s + 1]
+        if b > a:
+            d = cset.t[a:b] - mean[s]
+            stats.A[s] = w[a:b].sum()
+            stats.M1[s] = w[a:b] @ d
+            stats.M2[s] = (d * w[a:b, None]).T @ d
+    if background is not None:
+        stats.bg = float(w[starts[K]:].sum())
+    per_group = np.bincount(cset.group, weights=w, minlength=GROUPS) * GROUPS
+    # effective sample size of the weights, per source: the sample is redrawn when the
+    # worst source's has fallen (a component moved away from where its points are)
+    ess = np.stack([np.bincount(cset.source, weights=v, minlength=S)
+                    for v in (ur, ur * ur, cset.unobs, cset.unobs**2)])
+    tally = ImputeTally(float(w.sum()), float(per_group.var(ddof=1) / GROUPS),
+                        cset.per_source * S, int(n_rows), ess)
+    return stats, tally

@@ -44,7 +44,6 @@ builds its graphs on them, :meth:`daskgmmis.GMM.condition` calls them directly.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numba
@@ -1127,7 +1126,6 @@ def _pattern_posterior(x_o, noise_o: Noise, obs, log_amp, mean, covar, covarianc
     Returns logp (n, K), b (n, K, D), B (1 or n, K, D, D) or None.
     """
     n, d = x_o.shape
-    K = mean.shape[0]
     V_oo = covar[:, obs][:, :, obs]                        # (K, d, d)
     V_o = covar[:, obs, :]                                 # (K, d, D)
     T = noise_o.add_to(V_oo, n)

@@ -299,11 +299,20 @@ class FitOptions:
         python_only="built by the command from --bg-lower, --bg-upper, --bg-amp, "
                     "--bg-amp-min, --bg-amp-max and --bg-fixed (or saved with --init-model)",
         problem=True, expected="a daskgmmis.Background or None")
-    tol: float = _option(
-        1e-3, (Interval(float, 0),), """
-        Stop when the mean log-likelihood per row changes by less than ``tol``
-        (and, when truncating, N_orig by less than ``tol`` relative).""",
-        cli=Cli(("--tol",), "float"))
+    tol: float | None = _option(
+        None, (NONE, Interval(float, 0)), """
+        Distance to the fixed point at which EM stops: the likelihood still to
+        gain (mean logL per row, extrapolated from the last plain EM step and EM's
+        slowest recent contraction rate) below ``tol``, and the relative change of
+        N_orig still to come below ``0.1 sqrt(tol)``. A fit crawling along a ridge
+        does not stop. Default (None) ``0.01 / N``: within 0.01 nats of total
+        likelihood, about 0.1 standard error of the fixed point along any
+        direction. A ``tol`` far below the imputation's Monte-Carlo resolution
+        warns (:class:`~daskgmmis.errors.PrecisionWarning`).""",
+        cli=Cli(("--tol",), "float",
+                help="Stop within this mean logL per row of the fixed point "
+                     "[default: 0.01 / N]."),
+        expected="None or a finite number >= 0", error=InputError)
     maxiter: int = _option(
         1000, (Interval(int, 0),), """
         Maximum number of EM iterations (M-steps) per start.""",
@@ -350,11 +359,15 @@ class FitOptions:
                      "kept only where the likelihood improves; needs K >= 3."))
     oversampling: float = _option(
         4.0, (Interval(float, 0, low_open=True),), """
-        Monte-Carlo precision of the imputation: candidates drawn per estimated
-        unobserved row (see :func:`daskgmmis.imputation.candidate_count`). The
-        imputed statistics' Monte-Carlo variance is ``1/oversampling`` of the
-        Poisson variance of the unobserved population. Cost: ``oversampling / f``
-        candidate E-steps per observed row, f the observed fraction.""",
+        Monte-Carlo precision of the imputation: candidates per estimated
+        unobserved row (see :func:`daskgmmis.imputation.candidate_count`), and at
+        least :data:`daskgmmis.imputation.MIN_CANDIDATES` per fit. The candidates
+        are a fixed sample, redrawn only when the parameters move away from where
+        it was drawn; the standard errors in ``FitResult.mc_error`` scale as
+        ``1 / sqrt(oversampling)``. Cost per iteration: a Gaussian density and the
+        moments of the ``oversampling (1 - f) / f`` unobserved candidates per
+        observed row (no E-step, no callback); the callbacks run on
+        ``oversampling / f`` candidates per row at each redraw.""",
         cli=Cli(("--oversampling",), "float"), problem=True)
     persist: bool | None = _option(
         None, (NONE, BOOL), """
@@ -366,8 +379,9 @@ class FitOptions:
         True, (BOOL,), """
         SQUAREM extrapolation of the EM map (Varadhan & Roland 2008): the same
         fixed points in far fewer iterations where EM crawls (truncation, heavy
-        noise). An extrapolated step is kept only if the likelihood does not
-        drop. ``False`` gives textbook EM, step for step.""",
+        noise). An extrapolated step is kept only if its likelihood is at least
+        that of the plain EM step it replaces (exact: the map is deterministic).
+        ``False`` gives textbook EM, step for step.""",
         cli=Cli(("--accelerate/--no-accelerate",), "toggle"), problem=True)
     n_init: int = _option(
         1, (Interval(int, 1),), """

@@ -38,8 +38,12 @@ def test_default_truncated_fit_on_the_demo_geometry(seed):
     gmm = dg.GMM(3, 2)
     res = dg.fit(gmm, X, covar, sel_callback=sel, covar_callback=ConstantNoise(S), rng=seed)
     assert res.converged
-    assert kl(truth, gmm) < 0.08
-    assert abs(res.N_orig / n - 1) < 0.1
+    # Bounds are those of the maximum-likelihood answer, not of the truth: on seed 1
+    # the ML reference (a long run from the truth, oversampling 32) has KL 0.086-0.105
+    # and N_orig 1.13-1.15x the truth (benchmarks/truncation_accuracy.py), and the
+    # default fit lands within 0.01 / 2 % of it.
+    assert kl(truth, gmm) < 0.15
+    assert abs(res.N_orig / n - 1) < 0.2
 
 
 def six_in_4d():

@@ -87,8 +87,10 @@ def test_constant_fractional_selection_keeps_amplitudes():
     res = fit_quiet(g, X, sel_callback=const, init_method="none", tol=1e-6, rng=2)
     assert abs(g.amp.sum() - 1) < 1e-12
     np.testing.assert_allclose(g.amp, truth.amp, atol=0.02)
-    # N_orig = N / 0.5 exactly: the Monte-Carlo mean of a constant has no error
-    assert res.N_orig == pytest.approx(2 * len(X), rel=1e-12)
+    # N_orig = N / 0.5 up to the importance weights' Monte-Carlo error (the fixed
+    # sample is drawn from widened components), which the fit reports
+    assert res.N_orig == pytest.approx(2 * len(X), rel=1e-5)
+    assert abs(res.N_orig - 2 * len(X)) < 3 * res.mc_error["N_orig"]
 
 
 def test_position_dependent_fractional_selection_is_unbiased():

@@ -11,7 +11,8 @@ import daskgmmis as dg
 from daskgmmis.acceleration import extrapolate
 from daskgmmis.checkpoint import Theta
 from daskgmmis.errors import DeadComponentWarning, InputError, InputTypeError
-from daskgmmis.imputation import candidate_count, draw_candidates, impute_block
+from daskgmmis.imputation import (PROPOSAL_WIDTH, candidate_count, draw_candidates,
+                                  impute_block)
 from daskgmmis.mstep import mstep, parse_frozen
 from daskgmmis.selection import Box
 from daskgmmis.stats import SuffStats, sum_stats
@@ -227,26 +228,36 @@ def test_candidate_count_scales_with_oversampling_and_unobserved_fraction():
     assert candidate_count(0, 4.0, 0.5) == 0
 
 
-def test_candidates_follow_the_model_and_are_keyed_by_block():
+def test_candidates_follow_the_proposal_and_are_keyed_by_block():
     g = make_truth(2, 2, seed=7)
     seed = np.random.SeedSequence(3)
-    y, noise, kind = draw_candidates(40_000, g.amp, g.mean, g.covar, None, None, seed, 0)
-    assert kind == "none" and noise is None
-    mix_mean = g.amp @ g.mean
-    np.testing.assert_allclose(y.mean(axis=0), mix_mean, atol=0.05)
-    again, _, _ = draw_candidates(40_000, g.amp, g.mean, g.covar, None, None, seed, 0)
-    other, _, _ = draw_candidates(40_000, g.amp, g.mean, g.covar, None, None, seed, 1)
-    assert np.array_equal(y, again) and not np.array_equal(y, other)
+    nothing = lambda c: np.zeros(len(c))                      # noqa: E731
+    c = draw_candidates(2500, g.mean, g.covar, None, nothing, None, seed, 0)
+    assert c.per_source == 8 * 2500 and len(c.t) == 2 * c.per_source   # Ω = 0: all kept
+    for k in range(2):
+        t = c.t[c.source == k]
+        # each source is its own component, widened by PROPOSAL_WIDTH
+        np.testing.assert_allclose(t.mean(axis=0), g.mean[k], atol=0.02)
+        np.testing.assert_allclose(np.cov(t.T), PROPOSAL_WIDTH**2 * g.covar[k], rtol=0.03)
+    again = draw_candidates(2500, g.mean, g.covar, None, nothing, None, seed, 0)
+    other = draw_candidates(2500, g.mean, g.covar, None, nothing, None, seed, 1)
+    assert np.array_equal(c.t, again.t) and not np.array_equal(c.t, other.t)
 
 
 def test_impute_block_weights_candidates_by_one_minus_omega():
     g = make_truth(2, 2, seed=7)
     seed = np.random.SeedSequence(3)
     everything = Box(upper=[np.inf, np.inf])
-    stats, tally = impute_block(500, g.amp, g.mean, g.covar, None, everything, None, seed, 0)
-    assert tally.n == 500 and tally.omega == 500 and tally.weight == 0
-    assert np.all(stats.A == 0)
+    c = draw_candidates(64, g.mean, g.covar, None, everything, None, seed, 0)
+    assert len(c.t) == 0                                      # Ω = 1: nothing to impute
+    stats, tally = impute_block(c, 500, g.amp, g.mean, g.covar, None)
+    assert tally.weight == 0 and np.all(stats.A == 0)
     nothing = lambda c: np.zeros(len(c))                      # noqa: E731
-    stats, tally = impute_block(500, g.amp, g.mean, g.covar, None, nothing, None, seed, 0)
-    assert tally.weight == 500 and stats.A.sum() == pytest.approx(500, rel=1e-12)
+    c = draw_candidates(64, g.mean, g.covar, None, nothing, None, seed, 0)
+    stats, tally = impute_block(c, 500, g.amp, g.mean, g.covar, None)
+    # Ω = 0: the candidates stand for all of the block's 500 rows, split by amp (up to
+    # the Monte-Carlo error of the importance weights against the widened proposal)
+    assert tally.weight == pytest.approx(500, rel=3e-3)
+    np.testing.assert_allclose(stats.A, 500 * g.amp / g.amp.sum(), rtol=3e-3)
+    assert np.sqrt(tally.weight_var) < 3 and tally.rows == 500
     assert stats.n == 0 and stats.logl == 0                   # candidates are not data

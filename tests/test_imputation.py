@@ -1,0 +1,120 @@
+"""The fixed-sample imputation (issue 12): exact in expectation, smooth, honest, convergent."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+import daskgmmis as dg
+from daskgmmis.imputation import draw_candidates, impute_block
+from daskgmmis.selection import Box
+
+
+def one_d():
+    g = dg.GMM(2, 1)
+    g.amp = np.array([0.3, 0.7])
+    g.mean = np.array([[-1.0], [1.0]])
+    g.covar = np.array([[[0.8]], [[1.5]]])
+    return g
+
+
+def test_imputed_statistics_match_truncated_normal_moments():
+    # 1-D, hard cut: rows above c are unobserved. Closed form per component k with
+    # a = (c - mu_k) / s_k: unobserved mass amp_k (1 - Phi(a)), mean offset
+    # s_k phi(a) / (1 - Phi(a)), second moment s_k^2 (1 + a phi(a) / (1 - Phi(a))).
+    g, c, rows = one_d(), 0.5, 1000
+    sel = Box(upper=[c])
+    proposal = g.copy()
+    proposal.mean = g.mean + np.array([[0.1], [-0.15]])   # drawn away from g: reweighted
+    proposal.covar = g.covar * 1.1
+    cs = draw_candidates(4096, proposal.mean, proposal.covar, None, sel, None,
+                         np.random.SeedSequence(1), 0)
+    stats, tally = impute_block(cs, rows, g.amp, g.mean, g.covar, None)
+    s = np.sqrt(g.covar[:, 0, 0])
+    a = (c - g.mean[:, 0]) / s
+    tail = norm.sf(a)
+    mill = norm.pdf(a) / tail
+    np.testing.assert_allclose(stats.A / rows, g.amp * tail, rtol=2e-3)
+    assert tally.weight / rows == pytest.approx((g.amp * tail).sum(), rel=2e-3)
+    np.testing.assert_allclose(stats.M1[:, 0] / stats.A, s * mill, rtol=2e-3)
+    np.testing.assert_allclose(stats.M2[:, 0, 0] / stats.A, s**2 * (1 + a * mill), rtol=3e-3)
+    # the batch-means error is of the size of the actual error (not 0, not huge)
+    assert 0 < np.sqrt(tally.weight_var) / rows < 2e-3
+
+
+def test_imputed_statistics_are_smooth_in_the_parameters():
+    # No candidate changes component or position when an amplitude moves by 1e-6, so
+    # the statistics move linearly: twice the step, twice the change. With the
+    # component chosen by inverse CDF of a uniform, candidates jump between components
+    # and a 1e-6 step changes the statistics by a whole candidate's weight.
+    g = dg.GMM(2, 2)
+    g.amp = np.array([0.4, 0.6])
+    g.mean = np.array([[-1.0, 0.0], [1.5, 0.5]])
+    g.covar = np.array([np.eye(2), [[1.0, 0.3], [0.3, 0.7]]])
+    sel = Box(upper=[0.3, np.inf])
+    cs = draw_candidates(512, g.mean, g.covar, None, sel, None, np.random.SeedSequence(2), 0)
+
+    def stats_at(da=0.0, dm=0.0):
+        amp = g.amp + np.array([da, -da])
+        mean = g.mean + np.array([[dm, 0.0], [0.0, 0.0]])
+        s, t = impute_block(cs, 1000, amp, mean, g.covar, None)
+        return np.concatenate([s.A, s.M1.ravel(), s.M2.ravel(), [t.weight]])
+
+    base = stats_at()
+    for kw, h in (("da", 1e-6), ("dm", 1e-6)):
+        one = stats_at(**{kw: h}) - base
+        two = stats_at(**{kw: 2 * h}) - base
+        assert np.abs(one).max() > 0
+        np.testing.assert_allclose(two, 2 * one, rtol=1e-3, atol=1e-9)
+
+
+def cut_population():
+    t = dg.GMM(2, 2)
+    t.amp = np.array([0.15, 0.85])
+    t.mean = np.array([[-5.0, 1.0], [0.0, 0.0]])
+    t.covar = np.array([[[1.0, 0.3], [0.3, 0.8]], [[1.0, 0.5], [0.5, 1.5]]])
+    return t
+
+
+def test_tight_tol_is_reached_on_a_truncated_fit():
+    # The map is deterministic, so the same fit with a tighter tol follows the same
+    # path further: the fit stopped at tol=1e-6 must already be within 1e-6 (logL) of
+    # where the tol=1e-10 fit ends, not stopped on the slow ridge along N_orig.
+    truth = cut_population()
+    sel = Box(upper=[0.0, np.inf])                 # through the dominant mode: ~40 % cut
+    X, _, _ = dg.draw(truth, orig_size=4000, sel_callback=sel, rng=4)
+    results = {}
+    for tol in (1e-6, 1e-10):
+        g = truth.copy()
+        g.mean = g.mean + 0.3
+        g.amp = np.array([0.5, 0.5])
+        results[tol] = dg.fit(g, X, sel_callback=sel, init_method="none", tol=tol,
+                              maxiter=500, rng=1)
+        assert results[tol].converged and results[tol].n_iter <= 500
+    loose, tight = results[1e-6], results[1e-10]
+    assert abs(tight.logL - loose.logL) < 1e-6
+    assert abs(tight.N_orig / loose.N_orig - 1) < 1e-3
+    assert np.ptp(tight.history[-20:]) < 1e-6
+
+
+def test_mc_error_matches_the_spread_over_seeds():
+    # the same catalog fitted with 10 imputation seeds: the scatter of N_orig is what
+    # mc_error must report (within a factor 2)
+    truth = cut_population()
+    sel = Box(upper=[0.5, np.inf])
+    X, _, _ = dg.draw(truth, orig_size=4000, sel_callback=sel, rng=3)
+    n_orig, reported = [], []
+    for seed in range(10):
+        g = truth.copy()
+        g.mean = g.mean + 0.3
+        g.amp = np.array([0.5, 0.5])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.ConvergenceWarning)
+            res = dg.fit(g, X, sel_callback=sel, init_method="none", rng=100 + seed)
+        n_orig.append(res.N_orig)
+        reported.append(res.mc_error["N_orig"])
+    spread = np.std(n_orig, ddof=1)
+    assert 0.5 < spread / np.mean(reported) < 2.0, (spread, reported)
+    plain = dg.fit(truth.copy(), X, init_method="none", maxiter=3)
+    assert plain.mc_error == {"logL": 0.0, "N_orig": 0.0}
