@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -73,7 +74,8 @@ class FitResult:
     n_iter : int
         Number of M-steps performed.
     converged : bool
-        Whether ``|delta logL| < tol`` was reached before ``maxiter``.
+        Whether the fit ended within ``tol`` of EM's fixed point (the likelihood
+        still to gain below ``tol``) before ``maxiter``.
     history : list of float
         Mean log-likelihood per observed row at every E-step.
     N_orig : float
@@ -115,6 +117,8 @@ class FitResult:
     passes: float = 0.0
     stepwise_history: list = field(default_factory=list)
     mc_error: dict = field(default_factory=lambda: {"logL": 0.0, "N_orig": 0.0})
+    # (final EMState, fingerprint): what a warm start continues from (:func:`_continuation`)
+    _end: tuple | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -588,10 +592,29 @@ _FIT_DOC = """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
 def fit(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions | None = None,
         **kwargs) -> FitResult:
     opts = FitOptions.create(options, **kwargs)
-    if not opts.progress:
+    if not opts.progress:      # _fit is called from here: its warnings' stacklevel counts on it
         return _fit(gmm, data, covar, weights, opts)
     with progress_display():
         return _fit(gmm, data, covar, weights, opts)
+
+
+def continue_fit(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions,
+                 previous: FitResult | None = None) -> FitResult:
+    """:func:`fit`, continuing the convergence test of ``previous`` (a warm start).
+
+    ``previous`` is the result of a fit that left ``gmm`` as it is now, of the same
+    problem (data, noise, weights and problem options: the checkpoint's
+    fingerprint). The fit then goes on from that fit's last EM state - its
+    recent plain-EM points and contraction rates, its imputation sample - so a
+    sequence of short warm-started fits (``max_iter=1``, scikit-learn's habit)
+    judges convergence as one long fit would. Otherwise (``previous`` None, another
+    problem, or ``gmm`` changed since) it is :func:`fit` from ``gmm``'s parameters.
+    ``n_iter`` and ``maxiter`` count this call's M-steps.
+    """
+    if not options.progress:
+        return _fit(gmm, data, covar, weights, options, previous)
+    with progress_display():
+        return _fit(gmm, data, covar, weights, options, previous)
 
 
 fit.__doc__ = _FIT_DOC.format(options=FitOptions.numpydoc())
@@ -619,7 +642,39 @@ class _Run:
     tol: float
 
 
-def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
+# Fingerprint entries that describe how a fit started, not the problem it solves.
+_START_KEYS = frozenset({"seed", "init_method", "prefit"})
+
+
+def _continuation(previous: FitResult | None, fingerprint: dict, gmm: GMM,
+                  init_method: str) -> EMState | None:
+    """The EM state a warm start of ``gmm`` continues from, or None to start afresh.
+
+    Only the same problem (``fingerprint``) from the very parameters ``previous``
+    ended at: the convergence test compares likelihoods and steps across the two
+    calls. The state's last evaluation is dropped (this call evaluates the same
+    parameters again) and its iteration count reset (``maxiter`` is per call).
+    """
+    if previous is None or previous._end is None or init_method != "none":
+        return None
+    state, print_ = previous._end
+    theta = state.theta
+    # how the start was made may differ (a warm start is init_method='none'; a
+    # RandomState draws a new seed per call): the state keeps its own seed
+    same = {k: v for k, v in print_.items() if k not in _START_KEYS} == \
+        {k: v for k, v in fingerprint.items() if k not in _START_KEYS}
+    if not same or not (np.array_equal(theta.amp, gmm.amp)
+                                     and np.array_equal(theta.mean, gmm.mean)
+                                     and np.array_equal(theta.covar, gmm.covar)):
+        return None
+    return dataclasses.replace(state, n_iter=0, history=state.history[-2:-1],
+                               n_orig_history=state.n_orig_history[-2:-1],
+                               seconds=state.seconds[-2:-1], rates=list(state.rates),
+                               cycle=list(state.cycle))
+
+
+def _fit(gmm: GMM, data, covar, weights, opts: FitOptions,
+         previous: FitResult | None = None) -> FitResult:
     t_start = time.perf_counter()
     adopt_sklearn_warnings()     # this fit's warnings: scikit-learn's class if it is loaded
     if not isinstance(gmm, GMM):
@@ -682,8 +737,16 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
     checkpoint = opts.checkpoint
     state = load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
     if state is not None:
-        seed = np.random.SeedSequence(int(state.seed[0]), spawn_key=tuple(state.seed[1:]))
         log.info("resuming from checkpoint %s at iteration %d", checkpoint, state.n_iter)
+    skip = 0
+    if state is None:
+        state = _continuation(previous, fingerprint, gmm, init_method)
+        # the likelihood before its first point, kept for the convergence test only
+        skip = 0 if state is None else len(state.history)
+    if state is not None:
+        # entropy is an int, or a list of ints when the root came from a RandomState
+        seed = np.random.SeedSequence(json.loads(state.seed[0]),
+                                      spawn_key=tuple(state.seed[1:]))
     else:
         seed = _root_seed(opts.rng)
     # children keyed explicitly (SeedSequence.spawn would mutate a caller's object)
@@ -758,15 +821,16 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions) -> FitResult:
     if opts.background is not None:
         opts.background.amp = theta.bg_amp
     result = FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,
-                       history=list(state.history), N_orig=state.n_orig_history[-1],
+                       history=list(state.history[skip:]), N_orig=state.n_orig_history[-1],
                        N=summary.n if weights is None else float(last.total.n),
                        n_outside=last.n_outside, bg_amp=theta.bg_amp,
                        seconds=time.perf_counter() - t_start,
-                       seconds_per_iter=list(state.seconds),
-                       passes=len(state.history) + (
+                       seconds_per_iter=list(state.seconds[skip:]),
+                       passes=len(state.history) - skip + (
                            state.sw_steps / -(-len(plan.x_blocks) // state.sw_group)
                            if state.sw_group else 0.0),
-                       stepwise_history=list(state.sw_history), mc_error=mc_error)
+                       stepwise_history=list(state.sw_history), mc_error=mc_error,
+                       _end=(state, fingerprint))
     log.info("best of %d: mean logL %.10g after %d iterations (%s)%s", n_init, result.logL,
              result.n_iter, "converged" if converged else "not converged",
              f", N_orig {result.N_orig:.6g}" if sel_callback is not None else "",

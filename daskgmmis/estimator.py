@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from .background import Background
-from .em import _root_seed, fit_best
+from .em import _root_seed, continue_fit, fit_best
 from .options import FitOptions
 from .progress import progress_display
 from .skcompat import (check_covariance_type, check_covariances, check_means, check_weights,
@@ -150,7 +150,11 @@ class GaussianMixture:
     random_state : None, int, numpy Generator, SeedSequence or RandomState
         Seed of every random choice (the fit option ``rng``).
     warm_start : bool
-        Start ``fit`` from the previous fit's parameters (one start).
+        Start ``fit`` from the previous fit's parameters (one start). On the same
+        data and options the fit goes on from the previous fit's EM state (SQUAREM
+        cycle, imputation sample, the convergence test's rates), so repeated
+        ``fit`` calls with ``max_iter=1`` take the steps of one long fit and set
+        ``converged_`` where it would stop.
     verbose : int
         0: silent; 1: a header and a one-line summary per start; 2: also the
         iterations (every ``verbose_interval``-th) - on stderr (the fit option
@@ -541,6 +545,8 @@ class GaussianMixture:
                              f"{interval!r}.")
         opts = self._fit_options(background=_copy_background(self.background))
         gmm, opts = self._start(X, covar, opts)
+        # a warm start goes on with the previous fit's convergence test (same problem)
+        previous = getattr(self, "result_", None) if self.warm_start else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if verbose:
@@ -549,9 +555,9 @@ class GaussianMixture:
                 with progress_display(interval=interval if verbose > 1 else 1) as handler:
                     if handler is not None:
                         handler.show_iterations = verbose > 1
-                    result = fit_best(gmm, X, covar, options=opts)
+                    result = continue_fit(gmm, X, covar, options=opts, previous=previous)
             else:
-                result = fit_best(gmm, X, covar, options=opts)
+                result = continue_fit(gmm, X, covar, options=opts, previous=previous)
         _reissue(caught)
         bg = opts.background
         if bg is not None:

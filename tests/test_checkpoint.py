@@ -72,20 +72,24 @@ def count_estep_blocks(monkeypatch):
     return calls
 
 
-def test_in_process_resume_and_history(tmp_path, catalog, monkeypatch):
-    kw = dict(init_method="minmax", rng=3, tol=0, client=None)
+# a root seed may have a list of ints as its entropy (what a RandomState gives the estimator)
+@pytest.mark.parametrize("rng", [lambda: 3, lambda: np.random.SeedSequence([3, 1, 4])],
+                         ids=["int", "entropy-list"])
+def test_in_process_resume_and_history(tmp_path, catalog, monkeypatch, rng):
+    kw = dict(init_method="minmax", tol=0, client=None)
     full = dg.GMM(3, 2)
     calls = count_estep_blocks(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r_full = dg.fit(full, catalog, maxiter=12, **kw)
+        r_full = dg.fit(full, catalog, maxiter=12, rng=rng(), **kw)
         n_blocks = len(set(calls))
         full_steps = len(calls) / n_blocks
         part = dg.GMM(3, 2)
-        dg.fit(part, catalog, maxiter=5, checkpoint=tmp_path / "c.ckpt", **kw)
+        dg.fit(part, catalog, maxiter=5, checkpoint=tmp_path / "c.ckpt", rng=rng(), **kw)
         resumed = dg.GMM(3, 2)
         del calls[:]
-        r_res = dg.fit(resumed, catalog, maxiter=12, checkpoint=tmp_path / "c.ckpt", **kw)
+        r_res = dg.fit(resumed, catalog, maxiter=12, checkpoint=tmp_path / "c.ckpt",
+                       rng=rng(), **kw)
         resumed_steps = len(calls) / n_blocks
     np.testing.assert_array_equal(resumed.mean, full.mean)
     np.testing.assert_array_equal(resumed.covar, full.covar)

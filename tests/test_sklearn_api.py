@@ -115,6 +115,36 @@ def test_warm_start_continues_the_previous_fit(blobs):
     assert second > first and again == first            # without warm_start: restarts
 
 
+def test_warm_started_single_iterations_are_one_fit_and_report_convergence(blobs):
+    """scikit-learn's habit: fit(max_iter=1) in a warm-started loop until converged_.
+
+    Each call goes on with the previous call's EM state (its SQUAREM cycle and the
+    contraction rates of the convergence test), so the loop visits exactly the
+    points of one long fit and stops where it stops; warm-starting on other data
+    starts a new convergence test (and does not converge in one iteration)."""
+    long = GaussianMixture(2, tol=1e-10, random_state=4).fit(blobs)
+    assert long.converged_ and long.n_iter_ > 3
+    warm = GaussianMixture(2, max_iter=1, tol=1e-10, random_state=4, warm_start=True)
+    bounds = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.ConvergenceWarning)
+        for _ in range(100):
+            warm.fit(blobs)
+            # each call evaluates where the last one ended, then one M-step further
+            assert not bounds or warm.lower_bounds_[0] == bounds[-1]
+            bounds += warm.lower_bounds_[1 if bounds else 0:]
+            if warm.converged_:
+                break
+    assert warm.converged_
+    # the same sequence of evaluated points as the long fit, and the same end
+    assert bounds == pytest.approx(long.lower_bounds_, rel=0, abs=1e-12)
+    np.testing.assert_allclose(warm.means_, long.means_, rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.ConvergenceWarning)
+        warm.fit(blobs[::-1][:-3])       # other data: a fresh test, one step is not enough
+    assert not warm.converged_
+
+
 def test_convergence_warning_is_scikit_learns(blobs):
     # scikit-learn was imported after daskgmmis (this module): the fit adopts it
     with warnings.catch_warnings():

@@ -34,9 +34,6 @@ REMAINING = {
     # behaviours that differ on purpose
     "test_check_weights": "expects scikit-learn's message, which prints the minimum as "
                           "'max value' and the maximum as 'min value'; ours does not",
-    "test_warm_start": "compares 2 iterations with 1 + 1 warm-started ones: with SQUAREM "
-                       "acceleration (on by default) the second iteration is an "
-                       "extrapolated step; it passes with accelerate=False",
     "test_regularisation": "expects a ValueError on collapsed components with "
                            "reg_covar=0; daskgmmis re-seeds them (DeadComponentWarning)",
 }
