@@ -664,13 +664,14 @@ def _continuation(previous: FitResult | None, fingerprint: dict, gmm: GMM,
     same = {k: v for k, v in print_.items() if k not in _START_KEYS} == \
         {k: v for k, v in fingerprint.items() if k not in _START_KEYS}
     if not same or not (np.array_equal(theta.amp, gmm.amp)
-                                     and np.array_equal(theta.mean, gmm.mean)
-                                     and np.array_equal(theta.covar, gmm.covar)):
+                        and np.array_equal(theta.mean, gmm.mean)
+                        and np.array_equal(theta.covar, gmm.covar)):
         return None
+    # fresh lists: the previous result's state is never modified
     return dataclasses.replace(state, n_iter=0, history=state.history[-2:-1],
                                n_orig_history=state.n_orig_history[-2:-1],
                                seconds=state.seconds[-2:-1], rates=list(state.rates),
-                               cycle=list(state.cycle))
+                               cycle=list(state.cycle), sw_history=list(state.sw_history))
 
 
 def _fit(gmm: GMM, data, covar, weights, opts: FitOptions,
