@@ -42,7 +42,7 @@ from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, In
                      InputTypeError, NumericalError, PrecisionWarning,
                      adopt_sklearn_warnings)
 from .imputation import (GROUPS, candidate_count, candidate_set, impute_block,
-                         points_per_set)
+                         points_per_set, replicate_set)
 from .selection import check_picklable, evaluate_selection
 from .init import init_kmeans, init_minmax, init_random
 from .model import GMM, Theta
@@ -98,10 +98,12 @@ class FitResult:
         ``stepwise``).
     mc_error : dict
         Monte-Carlo standard errors due to the imputation: ``"logL"`` (of the mean
-        logL per row, from the batch-means error of the observed fraction at the
-        final parameters) and ``"N_orig"`` (of the fitted N_orig, that error
-        amplified by EM's slowest contraction, ``1 / (1 - rho)``: the sample's error
-        moves the fixed point along the slow direction). Both 0 without a selection.
+        logL per row, from the batch-means error of the observed fraction f at the
+        final parameters over independent replicate sets of candidates) and
+        ``"N_orig"`` (of the fitted N_orig as the fixed point of the imputed EM: one
+        step from the final parameters per replicate set, amplified by EM's slowest
+        contraction ``1 / (1 - rho)``; docs/design.md §1.4). Both 0 without a
+        selection.
     """
 
     logL: float
@@ -227,19 +229,41 @@ def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None, we
         return SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, n, int(n_out)), None, None
     logl += _weighted_sum(_selection_log(params.sel_callback, x, row_offset), weight, counted)
     observed = SuffStats(mom.A, mom.M1, mom.M2, mom.bg, logl, n, int(n_out))
-    n_sources = params.amp.shape[0] + (params.background is not None)
-    n_set = points_per_set(candidate_count(x.shape[0], params.oversampling,
-                                           params.observed_fraction, params.n_total), n_sources)
-    check_candidates(n_set * n_sources * GROUPS, x.shape[1], params.covar_callback is not None,
-                     params.oversampling, int(x.shape[0]))
-    p0 = params.proposal
-    cset = candidate_set(params.sample_key, n_set, p0.mean, p0.covar,
-                         params.proposal_background, params.sel_callback,
-                         params.covar_callback, params.seed, block)
+    cset = _block_candidates(params, int(x.shape[0]), block)
     # the imputed mass is in the units of the rows' weights (n)
     imputed, tally = impute_block(cset, n, params.amp, params.mean, params.covar,
                                   params.background)
     return observed, imputed, tally
+
+
+def _block_candidates(params: _IterParams, n_rows: int, block: int):
+    """The block's fixed imputation sample (cached per process; see candidate_set)."""
+    D = params.mean.shape[1]
+    n_sources = params.amp.shape[0] + (params.background is not None)
+    n_set = points_per_set(candidate_count(n_rows, params.oversampling,
+                                           params.observed_fraction, params.n_total), n_sources)
+    check_candidates(n_set * n_sources * GROUPS, D, params.covar_callback is not None,
+                     params.oversampling, n_rows)
+    p0 = params.proposal
+    return candidate_set(params.sample_key, n_set, p0.mean, p0.covar,
+                         params.proposal_background, params.sel_callback,
+                         params.covar_callback, params.seed, block)
+
+
+def _replicate_task(params: _IterParams, n_rows: int, block: int, weight=None, at=None):
+    """A block's imputation by replicate set (the fixed point's Monte-Carlo error).
+
+    ``at`` None: per replicate set, the imputed statistics and tally at ``params``
+    from that set alone - a tuple of GROUPS (SuffStats, ImputeTally). Otherwise
+    ``at`` is a list of (amp, mean, covar, background): the whole sample's tally at
+    each of them - a tuple of ImputeTally.
+    """
+    cset = _block_candidates(params, n_rows, block)
+    n = n_rows if weight is None else float(np.asarray(weight, dtype=np.float64).sum())
+    if at is None:
+        return tuple(impute_block(replicate_set(cset, g), n, params.amp, params.mean,
+                                  params.covar, params.background) for g in range(GROUPS))
+    return tuple(impute_block(cset, n, *theta)[1] for theta in at)
 
 
 def _overlap_task(x, noise, params: _IterParams, weight=None):
@@ -290,6 +314,14 @@ class _Plan:
         p = dask.delayed(params, pure=True)
         parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p, wb)
                  for xb, nb, wb in zip(self.x_blocks, self.noise_blocks, self.weight_blocks)]
+        return tree_reduce(parts, sum_stats)
+
+    def replicate_graph(self, params: _IterParams, at=None):
+        """Imputation by replicate set, or tallies at the parameters ``at``
+        (:func:`_replicate_task`), summed over the blocks (one pass, no rows read)."""
+        p = dask.delayed(params, pure=True)
+        parts = [dask.delayed(_replicate_task, pure=True)(p, int(n_rows), b, wb, at)
+                 for b, (n_rows, wb) in enumerate(zip(self.x.chunks[0], self.weight_blocks))]
         return tree_reduce(parts, sum_stats)
 
     def box_graph(self):
@@ -410,6 +442,7 @@ class _Evaluation:
     n_outside: int
     f_se: float = 0.0
     ess_ratio: float = 1.0
+    observed: SuffStats | None = None      # with a selection: the observed rows' part of total
 
 
 def _same_theta(a: Theta, b: Theta | None) -> bool:
@@ -500,7 +533,7 @@ class _Evaluator:
         # imputed statistics are in rows of the catalog: N_orig / N per row
         total = stats + imputed.scaled(N_orig / tally.rows)
         return _Evaluation(logL, N_orig, f_obs, total, int(stats.n_outside), f_se,
-                           tally.ess_ratio)
+                           tally.ess_ratio, stats)
 
 
 # ----------------------------------------------------------------------- fit
@@ -512,22 +545,48 @@ class _Evaluator:
 _DEFAULT_TOL_NATS = 0.01
 
 
-def _mc_error(ev: "_Evaluation", N: int, rates=()) -> dict:
+def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
     """Monte-Carlo standard errors of the final logL and N_orig (0 without selection).
 
-    The batch-means error of the observed fraction f at the final parameters
-    (independent replicate sets of candidates) gives that of ``logL = ... - log f``
-    and of ``N_orig = N / f`` there. The fitted parameters themselves carry the
-    sample's error too: EM moves along its slowest direction (rate ``rho``, the
-    slowest recent contraction of a plain step) by ``1 / (1 - rho)`` times the
-    error of one step, so the N_orig error is amplified by that factor (taken as
-    the error of the fixed point, not of one evaluation).
+    ``logL``: the batch-means error of the observed fraction f at the final
+    parameters (the :data:`GROUPS` independent replicate sets of candidates), as
+    that of ``logL = ... - log f``. ``N_orig``: the error of the *fixed point*. The
+    sample's error enters every EM step - through f and through the imputed
+    moments - and EM accumulates it along its slowest direction, where N_orig
+    lies on a flat ridge: one plain step is taken from the final parameters with
+    each replicate set's imputation alone, N_orig is evaluated (with the whole
+    sample) at each of those GROUPS points, and their batch-means error is
+    amplified by ``1 / (1 - rho)``, rho the slowest recent contraction rate of a
+    plain step; added in quadrature, the error of ``N / f`` evaluated at the
+    final point. Two passes over the candidates (no rows read), once per fit.
     """
-    if ev is None or ev.f_se == 0:
+    if ev is None or ev.f_se == 0 or ev.observed is None:
         return {"logL": 0.0, "N_orig": 0.0}
-    rho = min(max(rates), 0.999) if len(rates) else 0.0
-    se_n = N * ev.f_se / ev.f_obs**2
-    return {"logL": ev.f_se / ev.f_obs, "N_orig": se_n / (1.0 - rho)}
+    rho = min(max(state.rates), 0.999) if len(state.rates) else 0.0
+    evaluate, opts = run.evaluate, run.opts
+    params = evaluate.params(state.theta, state.f_obs, state.proposal)
+    N = ev.observed.n
+    thetas = []
+    for imputed, tally in _compute(evaluate.plan.replicate_graph(params), evaluate.client):
+        f = 1.0 - tally.weight / tally.rows
+        if not f > 0:
+            continue
+        total = ev.observed + imputed.scaled(N / f / tally.rows)
+        theta, _ = mstep(total, state.theta, w=opts.w, frozen=run.frozen,
+                         background=opts.background, N_total=N / f)
+        thetas.append(theta)
+    if len(thetas) < 3:
+        # too few replicate sets say anything: f's own error at the final point
+        return {"logL": ev.f_se / ev.f_obs,
+                "N_orig": N * ev.f_se / ev.f_obs**2 / (1.0 - rho)}
+    at = [(t.amp, t.mean, t.covar, evaluate.background_at(t.bg_amp)) for t in thetas]
+    tallies = _compute(evaluate.plan.replicate_graph(params, at), evaluate.client)
+    n_orig = [N / (1.0 - t.weight / t.rows) for t in tallies]
+    # set g's step carries GROUPS times the variance of the whole sample's step
+    se_step = float(np.std(n_orig, ddof=1)) / math.sqrt(len(n_orig))
+    # plus the error of evaluating N / f at the fixed point itself
+    se_eval = N * ev.f_se / ev.f_obs**2
+    return {"logL": ev.f_se / ev.f_obs, "N_orig": math.hypot(se_step / (1.0 - rho), se_eval)}
 
 
 def _warn_precision(tol: float, se_n_orig: float, ev: "_Evaluation", N: int) -> None:
@@ -810,7 +869,7 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions,
         warnings.warn(f"EM did not converge in maxiter={opts.maxiter} iterations (last change "
                       f"of the mean logL: {change:.3g}, tol={tol:.3g}).", ConvergenceWarning,
                       stacklevel=3)
-    mc_error = _mc_error(last, summary.n, state.rates)
+    mc_error = _mc_error(state, run, last)
     if explicit_tol and tol > 0 and mc_error["N_orig"] > 0:
         _warn_precision(tol, mc_error["N_orig"], last, summary.n)
     theta = state.theta

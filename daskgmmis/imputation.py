@@ -47,7 +47,7 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 
 __all__ = ["GROUPS", "MIN_CANDIDATES", "CandidateSet", "ImputeTally", "base_variates",
            "candidate_count", "points_per_set", "draw_candidates", "candidate_set",
-           "impute_block"]
+           "impute_block", "replicate_set"]
 
 # Independent replicate sets per (block, source): the between-set scatter of the
 # observed fraction gives its Monte-Carlo error (batch means). 8 sets give the
@@ -338,6 +338,18 @@ def draw_candidates(n: int, mean0, covar0, background0, sel_callback, covar_call
         log_q[rows] = _log_gauss(t[rows], mean0[s], L[s])
     group = ((keep % m) // n).astype(np.int32)
     return CandidateSet(t, 1.0 - omega[keep], log_q, source, group, m)
+
+
+def replicate_set(cset: CandidateSet, g: int) -> CandidateSet:
+    """Replicate set ``g`` of a block's fixed sample, as a sample of its own.
+
+    Its weights are those of a sample of ``per_source / GROUPS`` points per source,
+    so :func:`impute_block` on it gives an unbiased estimate of the same sums from
+    that set alone (the batch-means replicates of the Monte-Carlo error).
+    """
+    rows = cset.group == g
+    return CandidateSet(cset.t[rows], cset.unobs[rows], cset.log_q[rows], cset.source[rows],
+                        cset.group[rows], cset.per_source // GROUPS)
 
 
 _sets: OrderedDict = OrderedDict()

@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import norm
 
 import daskgmmis as dg
-from daskgmmis.imputation import draw_candidates, impute_block
+from daskgmmis.imputation import GROUPS, draw_candidates, impute_block, replicate_set
 from daskgmmis.selection import Box
 
 
@@ -41,6 +41,26 @@ def test_imputed_statistics_match_truncated_normal_moments():
     np.testing.assert_allclose(stats.M2[:, 0, 0] / stats.A, s**2 * (1 + a * mill), rtol=3e-3)
     # the batch-means error is of the size of the actual error (not 0, not huge)
     assert 0 < np.sqrt(tally.weight_var) / rows < 2e-3
+
+
+def test_replicate_sets_are_samples_of_their_own_averaging_to_the_whole():
+    # each replicate set alone estimates the same sums (its own per-source count);
+    # the whole sample's estimate is their average, and the sets scatter
+    g = one_d()
+    sel = Box(upper=[0.5])
+    cset = draw_candidates(4096, g.mean, g.covar, None, sel, None, np.random.SeedSequence(2), 0)
+    moved = g.copy()
+    moved.mean = moved.mean + 0.1
+    whole, tally = impute_block(cset, 1000, moved.amp, moved.mean, moved.covar, None)
+    parts = [impute_block(replicate_set(cset, k), 1000, moved.amp, moved.mean, moved.covar,
+                          None) for k in range(GROUPS)]
+    assert sum(len(replicate_set(cset, k).t) for k in range(GROUPS)) == len(cset.t)
+    for name in ("A", "M1", "M2"):
+        np.testing.assert_allclose(np.mean([getattr(p[0], name) for p in parts], axis=0),
+                                   getattr(whole, name), rtol=1e-12)
+    weights = [p[1].weight for p in parts]
+    assert np.mean(weights) == pytest.approx(tally.weight, rel=1e-12)
+    assert np.std(weights) > 0 and all(abs(w / tally.weight - 1) < 0.05 for w in weights)
 
 
 def test_imputed_statistics_are_smooth_in_the_parameters():
