@@ -51,8 +51,10 @@ def brute_force(y, R, S, amp, mean, covar, log_bg=None, weight=None):
     return dict(row=row, A=A, M1=M1, M2=M2, bg=bg, b=post_b, B=post_B, resp=resp)
 
 
-def projected_problem(seed, n=60, d=2, D=3, K=3, missing=0.0, shared=False):
+def projected_problem(seed, n=60, d=2, D=3, K=3, missing=0.0, shared=False, empty=True):
     """Random mixture in D dims, rows y = R v + e in d dims, every noise kind.
+
+    ``empty=False``: every row keeps an observed entry (a fit refuses empty rows).
 
     Returns y, R (n, d, D) (the same matrix on every row when ``shared``), the
     mixture, and {kind: (noise argument, dense (n, d, d) noise)}.
@@ -71,6 +73,8 @@ def projected_problem(seed, n=60, d=2, D=3, K=3, missing=0.0, shared=False):
     diag = rng.uniform(0.05, 1.0, size=(n, d))
     if missing:
         gaps = rng.random((n, d)) < missing
+        if not empty:
+            gaps[gaps.all(axis=1), 0] = False
         y[gaps] = np.nan
         R[gaps] = np.nan                  # the documented layout: NaN rows of R_i
     noises = {
@@ -184,3 +188,150 @@ def test_projection_lowers_the_dimension_of_the_data():
         np.testing.assert_allclose(post.means[0, k], mean[k] + G @ (y[0] - R[0] @ mean[k]),
                                    atol=1e-10)
     assert np.all(np.einsum("i,kij,j->k", null, post.covars[0], null) > 1e-3)
+
+
+# ------------------------------------------------------------------ through fit
+
+
+import warnings  # noqa: E402
+
+import daskgmmis as dg  # noqa: E402
+
+
+def _model(amp, mean, covar):
+    g = dg.GMM(*mean.shape)
+    g.amp, g.mean, g.covar = amp.copy(), mean.copy(), covar.copy()
+    return g
+
+
+def _quiet_fit(g, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.ConvergenceWarning)
+        return dg.fit(g, *args, init_method="none", **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["none", "diag", "full"])
+def test_fit_start_logl_score_and_posterior_match_brute_force(kind):
+    # the fit's first evaluated logL, score() and posterior() of per-row projections
+    # with NaN padding (rows seen in fewer dimensions) and noise: brute-force Bayes
+    y, R, amp, mean, covar, noises = projected_problem(12, n=90, d=3, D=4, missing=0.2, empty=False)
+    noise, S = noises[kind]
+    ref = brute_force(y, R, S, amp, mean, covar)
+    ok = ~np.isnan(ref["row"])
+    res = _quiet_fit(_model(amp, mean, covar), y, noise, projection=R, maxiter=0)
+    np.testing.assert_allclose(res.history[0], ref["row"][ok].mean(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dg.score(_model(amp, mean, covar), y, noise, projection=R),
+                               ref["row"][ok].mean(), rtol=1e-10)
+    post = dg.posterior(_model(amp, mean, covar), y, noise, projection=R)
+    np.testing.assert_allclose(post.means[ok], ref["b"][ok], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(post.covars[ok], ref["B"][ok], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(_model(amp, mean, covar).logL(y, noise, projection=R)[ok],
+                               ref["row"][ok], atol=1e-10)
+
+
+def _fit_params(g):
+    return np.concatenate([g.amp, g.mean.ravel(), g.covar.ravel()])
+
+
+@pytest.mark.parametrize("kind", ["none", "shared", "diag"])
+def test_fit_with_identity_projection_is_the_unprojected_fit(kind):
+    # missing features are rows of the identity: the same EM steps, one code path
+    y, R, amp, mean, covar, noises = projected_problem(13, n=400, d=3, D=3, missing=0.2, empty=False)
+    noise, _ = noises[kind]
+    start = _model(amp, mean, covar)
+    plain = start.copy()
+    _quiet_fit(plain, y, noise, maxiter=4, tol=0)
+    eye = np.broadcast_to(np.eye(3), R.shape).copy()
+    eye[np.isnan(y)] = np.nan
+    for proj in (np.eye(3), eye):
+        g = start.copy()
+        _quiet_fit(g, y, noise, projection=proj, maxiter=4, tol=0)
+        np.testing.assert_allclose(_fit_params(g), _fit_params(plain), rtol=1e-10, atol=1e-10)
+
+
+def test_fit_shared_projection_equals_it_repeated_per_row():
+    y, R, amp, mean, covar, noises = projected_problem(14, n=300, d=2, shared=True)
+    noise, _ = noises["full"]
+    a, b = _model(amp, mean, covar), _model(amp, mean, covar)
+    _quiet_fit(a, y, noise, projection=R[0], maxiter=4, tol=0)
+    _quiet_fit(b, y, noise, projection=R, maxiter=4, tol=0)
+    np.testing.assert_allclose(_fit_params(a), _fit_params(b), rtol=1e-9, atol=1e-10)
+
+
+def _bovy_population():
+    """Bovy et al. 2011's test: a 3-D mixture seen only through 2-D projections."""
+    g = dg.GMM(3, 3)
+    g.amp = np.array([0.3, 0.3, 0.4])
+    g.mean = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, -3.0], [-3.0, 4.0, 2.0]])
+    rng = np.random.default_rng(21)
+    A = rng.normal(size=(3, 3, 3)) * 0.5
+    g.covar = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(3)
+    return g
+
+
+def test_projected_rows_recover_the_3d_population(tmp_path, cluster_client):
+    # 4000 rows, each a random 2-D projection of a 3-D value plus noise; no row sees
+    # the 3-D space, yet the fit recovers the 3-D means and covariances. Fitted from
+    # a real Zarr catalog on a LocalCluster. Tolerances: 3-5 standard errors at this N.
+    truth = _bovy_population()
+    N = 4000
+    rng = np.random.default_rng(22)
+    R = rng.normal(size=(N, 2, 3))
+    var = rng.uniform(0.1, 0.3, size=(N, 2))
+    y = truth.draw(N, rng=23, projection=R, covar=var)
+    cat = dg.write_catalog(tmp_path / "proj.zarr", y, var, projection=R, chunks=1000)
+    assert cat.projection.shape == (N, 2, 3)
+    g = truth.copy()
+    g.amp = np.full(3, 1 / 3)
+    g.mean = truth.mean + rng.normal(size=(3, 3))
+    g.covar = np.broadcast_to(4.0 * np.eye(3), (3, 3, 3)).copy()
+    res = dg.fit(g, str(tmp_path / "proj.zarr"), init_method="none", tol=1e-7,
+                 client=cluster_client)
+    assert res.converged
+    np.testing.assert_allclose(g.amp, truth.amp, atol=0.03)
+    np.testing.assert_allclose(g.mean, truth.mean, atol=0.2)
+    np.testing.assert_allclose(g.covar, truth.covar, atol=0.45)
+    # the unprojected reading of the same numbers is a different (worse) model
+    assert dg.score(g, cat) > dg.score(truth, cat) - 0.01
+
+
+def test_catalog_stores_the_projection_in_any_row_order(tmp_path):
+    y, R, amp, mean, covar, noises = projected_problem(15, n=200, d=2, missing=0.1, empty=False)
+    g = _model(amp, mean, covar)
+    want = dg.score(g, y, noises["diag"][0], projection=R)
+    for order in ("input", "spatial"):
+        cat = dg.write_catalog(tmp_path / f"{order}.zarr", y, noises["diag"][0],
+                               projection=R, order=order, chunks=64)
+        assert dg.score(g, cat) == pytest.approx(want, rel=1e-12)
+        assert dg.score(g, dg.open_catalog(tmp_path / f"{order}.zarr")) == pytest.approx(
+            want, rel=1e-12)
+    shared = dg.write_catalog(tmp_path / "shared.zarr", y[:, :2], projection=np.eye(2, 3))
+    np.testing.assert_array_equal(dg.open_catalog(tmp_path / "shared.zarr").projection,
+                                  np.eye(2, 3))
+
+
+def test_draw_projects_the_same_draws_and_adds_the_noise():
+    truth = _bovy_population()
+    rng = np.random.default_rng(4)
+    R = rng.normal(size=(20000, 2, 3))
+    v = truth.draw(20000, rng=5)
+    np.testing.assert_array_equal(truth.draw(20000, rng=5, projection=R),
+                                  np.einsum("nij,nj->ni", R, v))
+    np.testing.assert_array_equal(truth.draw(20000, rng=5, projection=R[0]), v @ R[0].T)
+    S = np.array([[0.5, 0.2], [0.2, 0.3]])
+    e = truth.draw(20000, rng=5, projection=R, covar=S) - np.einsum("nij,nj->ni", R, v)
+    np.testing.assert_allclose(np.cov(e.T), S, atol=0.03)
+
+
+def test_cv_fit_splits_per_row_projections_with_the_rows():
+    y, R, amp, mean, covar, noises = projected_problem(16, n=300, d=3, D=3, missing=0.1, empty=False)
+    eye = np.broadcast_to(np.eye(3), R.shape).copy()
+    eye[np.isnan(y)] = np.nan
+    start = _model(amp, mean, covar)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.ConvergenceWarning)
+        a = dg.cv_fit(start, y, noises["diag"][0], n_folds=3, rng=1, init_method="none",
+                      maxiter=3, tol=0)
+        b = dg.cv_fit(start, y, noises["diag"][0], n_folds=3, rng=1, init_method="none",
+                      maxiter=3, tol=0, projection=eye)
+    np.testing.assert_allclose(b.scores, a.scores, rtol=1e-10)
