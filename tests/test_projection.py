@@ -272,7 +272,9 @@ def _bovy_population():
 def test_projected_rows_recover_the_3d_population(tmp_path, cluster_client):
     # 4000 rows, each a random 2-D projection of a 3-D value plus noise; no row sees
     # the 3-D space, yet the fit recovers the 3-D means and covariances. Fitted from
-    # a real Zarr catalog on a LocalCluster. Tolerances: 3-5 standard errors at this N.
+    # a real Zarr catalog on a LocalCluster. Tolerances: the largest errors over three
+    # seeds of this problem were 0.017 (amplitudes), 0.18 (means) and 0.38
+    # (covariance entries, up to 2.4 in size); the bounds allow about 1.6x that.
     truth = _bovy_population()
     N = 4000
     rng = np.random.default_rng(22)
@@ -289,10 +291,10 @@ def test_projected_rows_recover_the_3d_population(tmp_path, cluster_client):
                  client=cluster_client)
     assert res.converged
     np.testing.assert_allclose(g.amp, truth.amp, atol=0.03)
-    np.testing.assert_allclose(g.mean, truth.mean, atol=0.2)
-    np.testing.assert_allclose(g.covar, truth.covar, atol=0.45)
-    # the unprojected reading of the same numbers is a different (worse) model
-    assert dg.score(g, cat) > dg.score(truth, cat) - 0.01
+    np.testing.assert_allclose(g.mean, truth.mean, atol=0.3)
+    np.testing.assert_allclose(g.covar, truth.covar, atol=0.6)
+    # a maximum of the likelihood: at least as good as the truth on its own sample
+    assert dg.score(g, cat) >= dg.score(truth, cat)
 
 
 def test_catalog_stores_the_projection_in_any_row_order(tmp_path):
