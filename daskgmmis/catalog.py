@@ -976,6 +976,23 @@ def dask_input(data, covar=None, *, _stacklevel: int = 4):
     return x, noise.map_rows(chunked)
 
 
+def _catalog_array(data, name: str, value, what: str):
+    """``(array, from_catalog)``: a catalog's own ``name`` array, else ``value``.
+
+    ``data`` as for :func:`as_dask_input`; giving ``value`` as well as a catalog that
+    carries ``name`` is an error (``what`` describes the array in the message).
+    """
+    if isinstance(data, (str, os.PathLike)):
+        data = open_catalog(data)
+    own = getattr(data, name) if isinstance(data, Catalog) else None
+    if own is None:
+        return value, False
+    if value is not None:
+        raise InputError(f"{name}: the catalog carries its own {what}; pass {name}=None "
+                         f"when data is a catalog.")
+    return own, True
+
+
 def as_dask_projection(data, projection, x: da.Array, D: int):
     """Resolve the ``projection`` argument of fit-like functions.
 
@@ -997,15 +1014,9 @@ def as_dask_projection(data, projection, x: da.Array, D: int):
     ``x``: its blocks are checked against the rows (finite where observed) by
     :func:`daskgmmis.validation.check_projection_block` where they are read.
     """
-    if isinstance(data, (str, os.PathLike)):
-        data = open_catalog(data)
-    if isinstance(data, Catalog) and data.projection is not None:
-        if projection is not None:
-            raise InputError("projection: the catalog carries its own projection matrices; "
-                             "pass projection=None when data is a catalog.")
-        projection = data.projection
-    if projection is None:
-        return None
+    projection, own = _catalog_array(data, "projection", projection, "projection matrices")
+    if projection is None or own:
+        return projection
     R = projection if isinstance(projection, da.Array) else _check_array(
         projection, "projection", ndim=(2, 3))
     N, d = (int(s) for s in x.shape)
@@ -1030,15 +1041,9 @@ def as_dask_weights(data, weights, x: da.Array) -> da.Array | None:
     -------
     dask array, shape (N,), float64, chunked like ``x`` (checked block by block), or None
     """
-    if isinstance(data, (str, os.PathLike)):
-        data = open_catalog(data)
-    if isinstance(data, Catalog) and data.weights is not None:
-        if weights is not None:
-            raise InputError("weights: the catalog carries its own per-row weights; pass "
-                             "weights=None when data is a catalog.")
-        return data.weights
-    if weights is None:
-        return None
+    weights, own = _catalog_array(data, "weights", weights, "per-row weights")
+    if weights is None or own:
+        return weights
     N = x.shape[0]
     w = weights if isinstance(weights, da.Array) else _check_array(weights, "weights",
                                                                      ndim=(1,))
