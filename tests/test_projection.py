@@ -337,3 +337,32 @@ def test_cv_fit_splits_per_row_projections_with_the_rows():
         b = dg.cv_fit(start, y, noises["diag"][0], n_folds=3, rng=1, init_method="none",
                       maxiter=3, tol=0, projection=eye)
     np.testing.assert_allclose(b.scores, a.scores, rtol=1e-10)
+
+
+def _bovy_rows(N, seed):
+    truth = _bovy_population()
+    rng = np.random.default_rng(seed)
+    R = rng.normal(size=(N, 2, 3))
+    var = rng.uniform(0.1, 0.3, size=(N, 2))
+    return truth, truth.draw(N, rng=seed + 1, projection=R, covar=var), var, R
+
+
+def test_stepwise_reaches_the_batch_fixed_point_with_projections():
+    import dask.array as da
+
+    truth, y, var, R = _bovy_rows(3000, 5)
+    yd, vd, Rd = (da.from_array(a, chunks=500) for a in (y, var, R))
+    a, b = truth.copy(), truth.copy()
+    dg.fit(a, yd, vd, projection=Rd, init_method="none", tol=1e-9)
+    res = dg.fit(b, yd, vd, projection=Rd, init_method="none", tol=1e-9, stepwise=2)
+    assert res.passes > 2
+    np.testing.assert_allclose(b.mean, a.mean, atol=1e-3)
+    np.testing.assert_allclose(b.covar, a.covar, atol=1e-3)
+
+
+def test_checkpoint_refuses_another_projection(tmp_path):
+    truth, y, var, R = _bovy_rows(400, 7)
+    ck = tmp_path / "ck"
+    _quiet_fit(truth.copy(), y, var, projection=R, maxiter=2, tol=0, checkpoint=ck)
+    with pytest.raises(dg.CheckpointError, match="differs in: projection"):
+        _quiet_fit(truth.copy(), y, var, projection=R * 1.01, maxiter=2, tol=0, checkpoint=ck)
