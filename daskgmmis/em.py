@@ -709,7 +709,10 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None) -> F
 
     # 0. memory plan: refuse (or shrink the blocks) before the first pass
     x, noise = plan_fit(x, noise, kind, K, D, client=client, n_init=n_init,
-                        oversampling=opts.oversampling if sel_callback is not None else None)
+                        oversampling=opts.oversampling if sel_callback is not None else None,
+                        projection_floats=(int(np.prod(projection.shape[1:]))
+                                           if projection is not None and projection.ndim == 3
+                                           else 0))
     if weights is not None:
         weights = weights.rechunk({0: x.chunks[0]})   # the memory plan may shrink blocks
     if projection is not None and projection.ndim == 3:
