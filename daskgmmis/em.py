@@ -811,8 +811,9 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None) -> F
         # (the check standardizes by the data's ranges, which a projection's data lack)
         _warn_singular(theta, summary, frozen_idx["covar"])
     gmm.amp, gmm.mean, gmm.covar = theta.amp, theta.mean, theta.covar
-    if isinstance(data, Catalog):
-        gmm.columns = list(data.columns)       # the model's features carry their names
+    if isinstance(data, Catalog) and projection is None:
+        # the model's features carry their names (a projection's columns are y's, not v's)
+        gmm.columns = list(data.columns)
     if opts.background is not None:
         opts.background.amp = theta.bg_amp
     result = FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,

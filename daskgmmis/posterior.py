@@ -356,7 +356,9 @@ def posterior(gmm: GMM, data, covar=None, background: Background | None = None, 
     post = Posterior(**out, row_index=None if cat is None else cat.row_index,
                      ids=None if cat is None else cat.ids,
                      id_name=None if cat is None else cat.id_name,
-                     columns=list(cat.columns) if cat is not None else gmm.columns)
+                     # the catalog's columns name y's entries, not v's, under a projection
+                     columns=(list(cat.columns) if cat is not None and proj is None
+                              and params.projection is None else gmm.columns))
     return post if lazy else post.compute()
 
 

@@ -366,3 +366,14 @@ def test_checkpoint_refuses_another_projection(tmp_path):
     _quiet_fit(truth.copy(), y, var, projection=R, maxiter=2, tol=0, checkpoint=ck)
     with pytest.raises(dg.CheckpointError, match="differs in: projection"):
         _quiet_fit(truth.copy(), y, var, projection=R * 1.01, maxiter=2, tol=0, checkpoint=ck)
+
+
+def test_model_and_posterior_keep_the_model_columns_under_a_projection(tmp_path):
+    # the catalog's columns name the projected entries y, not the model's features
+    truth, y, var, R = _bovy_rows(300, 9)
+    cat = dg.write_catalog(tmp_path / "c.zarr", y, var, projection=R, columns=["a", "b"])
+    g = truth.copy()
+    _quiet_fit(g, cat, maxiter=2, tol=0)
+    assert g.columns is None
+    post = dg.posterior(g, cat).compute()
+    assert post.mean.shape == (300, 3) and post.columns is None
