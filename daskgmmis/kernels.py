@@ -4,14 +4,16 @@ Everything in this module works on numpy blocks of rows and returns numpy arrays
 The EM driver (:mod:`daskgmmis.em`) and the model (:mod:`daskgmmis.model`) call it
 inside block tasks.
 
-Notation (docs/design.md §1.1-1.2): for row ``i`` with observed dimensions ``o`` and
-component ``k``, ``T_ik = V_k[o,o] + S_i[o,o]``, ``r_ik = x_i[o] - mu_k[o]``,
+Notation (docs/design.md §1.1-1.2): row ``i`` observes ``x_i = R_i v_i + e_i`` (a
+projection; ``R_i = I`` without one) on its observed entries ``o``; ``P_i = R_i[o]``
+(the rows ``o`` of the identity for missing features: one code path). For component
+``k``, ``T_ik = P_i V_k P_i^T + S_i[o,o]``, ``r_ik = x_i[o] - P_i mu_k``,
 ``u_ik = T_ik^-1 r_ik``. A block accumulates, per component and weighted by the
 responsibility ``q_ik`` (times an optional row weight),
 
 * ``A_k = sum q``
-* ``U_k = sum q u`` (embedded into D dimensions, zero on missing ones)
-* ``WP_k = sum q (u u^T - T^-1)`` (embedded likewise)
+* ``U_k = sum q P^T u`` (embedded into D dimensions, zero on missing ones)
+* ``WP_k = sum q P^T (u u^T - T^-1) P`` (embedded likewise)
 
 and converts them with the component's own ``V_k`` into moments centred on the
 current mean ``mu_k``:
