@@ -682,6 +682,15 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
     return n_out, -1
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dot_rows(X, a, Y, b, n):  # pragma: no cover - compiled
+    """sum_c X[a, c] Y[b, c] over the first n columns (a row of P times a row)."""
+    t = 0.0
+    for c in range(n):
+        t += X[a, c] * Y[b, c]
+    return t
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_bg, weight,
                 chi2_by_d, accumulate, row_logl, A, U, WP, bg_acc):  # pragma: no cover
@@ -727,6 +736,7 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
     G = np.empty((d, D))                            # P V_k
     Pu = np.empty(D)                                # P^T u
     H = np.empty((d, D))                            # (u u^T - T^-1) P
+    mo = np.empty(d)                                # P mu_k
     n_out = 0
     for i in range(n):
         dd = 0
@@ -746,6 +756,8 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
         c0 = -0.5 * dd * LOG_2PI
         for k in range(K):
             Lk = Ls[k]
+            # T = P V P^T (lower triangle) and P mu: products for a projection, gathers
+            # for rows of the identity; then + S on the observed entries
             if has_R:
                 for a in range(dd):
                     for c in range(D):
@@ -753,24 +765,27 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
                         for e in range(D):
                             t += P[a, e] * V[k, e, c]
                         G[a, c] = t
-            for a in range(dd):
-                oa = obs[a]
-                for b in range(a + 1):
-                    ob = obs[b]
-                    if has_R:
-                        t = 0.0
-                        for c in range(D):
-                            t += G[a, c] * P[b, c]
-                    else:
-                        t = V[k, oa, ob]
-                    if noise_kind == 1:
-                        t += S_shared[oa, ob]
-                    elif noise_kind == 2:
-                        if a == b:
-                            t += S_diag[i, oa]
-                    elif noise_kind == 3:
-                        t += S_full[i, oa, ob]
-                    Lk[a, b] = t
+                for a in range(dd):
+                    for b in range(a + 1):
+                        Lk[a, b] = _dot_rows(G, a, P, b, D)
+                    mo[a] = _dot_rows(P, a, mu, k, D)
+            else:
+                for a in range(dd):
+                    oa = obs[a]
+                    for b in range(a + 1):
+                        Lk[a, b] = V[k, oa, obs[b]]
+                    mo[a] = mu[k, oa]
+            if noise_kind == 1:
+                for a in range(dd):
+                    for b in range(a + 1):
+                        Lk[a, b] += S_shared[obs[a], obs[b]]
+            elif noise_kind == 2:
+                for a in range(dd):
+                    Lk[a, a] += S_diag[i, obs[a]]
+            elif noise_kind == 3:
+                for a in range(dd):
+                    for b in range(a + 1):
+                        Lk[a, b] += S_full[i, obs[a], obs[b]]
             logdet = 0.0
             for a in range(dd):
                 for b in range(a + 1):
@@ -788,13 +803,7 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
                         Lk[a, b] = t * inv[k, b]
             mah = 0.0
             for a in range(dd):
-                if has_R:
-                    m = 0.0
-                    for c in range(D):
-                        m += P[a, c] * mu[k, c]
-                else:
-                    m = mu[k, obs[a]]
-                t = x[i, obs[a]] - m
+                t = x[i, obs[a]] - mo[a]
                 for c in range(a):
                     t -= Lk[a, c] * zs[k, c]
                 t *= inv[k, a]
