@@ -177,8 +177,8 @@ def test_projection_lowers_the_dimension_of_the_data():
     row, _, mom = kernels.estep_block(y, noises["diag"][0], "diag", amp, mean, covar,
                                       projection=R)
     assert y.shape[1] == 2 and mom.M1.shape == (3, 3) and mom.M2.shape == (3, 3, 3)
-    # the posterior of an unseen direction (the null space of R_i) keeps the prior's
-    # spread there: B v = V v for V's own ... checked through one row by hand
+    # one noiseless row by hand: the posterior is certain along R_0's rows (B R_0^T = 0)
+    # and keeps a spread along its null space, the direction the row does not see
     post = kernels.posterior_block(y[:1], noises["none"][0], "none", amp, mean, covar,
                                    projection=R[:1])
     null = np.linalg.svd(R[0])[2][-1]              # R_0 null = 0
