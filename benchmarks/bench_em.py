@@ -14,14 +14,19 @@ one run, not figures from different runs):
   subset: their cost is linear in the rows);
 * many-pattern missing data (20-D, 20% random gaps, diagonal noise): one E-step of
   the row-wise kernel against the per-pattern path of ``kernels._run_patterns``;
+* projected data (Bovy's ``projection``): each row a random 3-D projection
+  ``y = R v + e`` of a 5-D value with full (3, 3) noise, ``dg.fit(projection=R)``.
+  Peers: astroML's ``XDGMM`` has no projection; pyGMMis's ``R`` is square
+  (N, D, D) only (d = D), not this problem; Bovy's ``extreme_deconvolution`` (C)
+  is reported when importable but not timed here (its Python binding);
 * the arithmetic floor: the flops of one (row, component) pair of the XD E-step and
   moment accumulation at D=5 (counted below, :func:`xd_flops`) divided by the flop
   rate of a large float64 numpy matrix product on all cores (BLAS near peak).
 
-Projected data (issue 15 item 2) is not built yet and not measured.
 The peers are optional: ``pip install -e .[bench]``; a missing one is reported, not timed.
 
 Run: python benchmarks/bench_em.py [--rows N] [--xd-rows N] [--peer-rows N] [--repeat R]
+     [--skip plain,xd,projected,missing]
 """
 
 import argparse
@@ -79,6 +84,20 @@ def xd_flops(d: int, diag: bool) -> int:
     return build + ldl + solve + 6 + back + linv + scale + wp + d + 3
 
 
+def projected_flops(d: int, D: int) -> int:
+    """Flops of one (row, component) pair of the projected XD kernel (``_gap_kernel``).
+
+    The d-dimensional XD work of :func:`xd_flops` (full noise) plus the projection:
+    ``G = P V`` (2 d D^2), the lower triangle of ``T = G P^T`` (d (d+1) D), ``P mu``
+    (2 d D), and the embedding of the statistics: ``P^T u`` (2 d D),
+    ``H = (u u^T - T^-1) P`` (2 d^2 D) and the lower triangle of ``P^T H``
+    (D (D+1) d).
+    """
+    proj = 2 * d * D * D + d * (d + 1) * D + 2 * d * D
+    embed = 2 * d * D + 2 * d * d * D + D * (D + 1) * d
+    return xd_flops(d, False) + proj + embed
+
+
 def matmul_flops(n=2000, repeat=3):
     """Flop rate of a float64 (n, n) @ (n, n) product (BLAS, all threads)."""
     a = np.random.default_rng(0).random((n, n))
@@ -94,11 +113,12 @@ def _timed(f):
     return time.perf_counter() - t
 
 
-def time_daskgmmis(g, X, covar=None, iters=5):
+def time_daskgmmis(g, X, covar=None, iters=5, projection=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # two blocks or more, so the threaded scheduler keeps both cores busy
-        res = dg.fit(g.copy(), X, covar, init_method="none", maxiter=iters, tol=0)
+        res = dg.fit(g.copy(), X, covar, init_method="none", maxiter=iters, tol=0,
+                     projection=projection)
     return statistics.median(res.seconds_per_iter[1:])  # first one includes JIT warm-up
 
 
@@ -196,6 +216,32 @@ def xd_section(args, flops_rate):
           f"{peer('astroML', lambda: time_astroml(gs, Xn[:n], S[:n], args.repeat), n)}")
 
 
+def projected_section(args, flops_rate, d=3):
+    N = args.xd_rows
+    v, gs = problem(N, D, K, seed=3)
+    rng = np.random.default_rng(4)
+    R = rng.normal(size=(N, d, D))
+    B = rng.normal(size=(N, d, d)) * 0.4
+    S = B @ B.transpose(0, 2, 1) + 0.05 * np.eye(d)
+    y = (np.einsum("nij,nj->ni", R, v)
+         + np.einsum("nij,nj->ni", np.linalg.cholesky(S), rng.normal(size=(N, d))))
+    best = np.inf
+    for _ in range(args.repeat):
+        best = min(best, time_daskgmmis(gs, y, S, 3, projection=R))
+    flops = projected_flops(d, D)
+    print(f"\nprojected, N={N} D={D} K={K}, random ({d}, {D}) projection per row, full "
+          f"noise: dg.fit {ns(best, N):.1f} ns per (row, component) per EM iteration "
+          f"(threaded, {os.cpu_count()} cores); floor {flops / flops_rate * 1e9:.1f} "
+          f"({flops} flops)")
+    print("  peers: astroML XDGMM has no projection; pyGMMis's R is square (N, D, D), "
+          "d = D only: neither is this problem")
+    try:
+        import extreme_deconvolution  # noqa: F401
+        print("  Bovy's extreme_deconvolution: installed, not timed by this script")
+    except ImportError:
+        print("  Bovy's extreme_deconvolution: not installed")
+
+
 def gap_problem(N, D, K, gaps):
     """Rows with random gaps (fraction ``gaps`` missing) and diagonal noise variances.
 
@@ -238,7 +284,8 @@ def main(argv=None):
     ap.add_argument("--peer-rows", type=int, default=5_000)
     ap.add_argument("--gap-rows", type=int, default=5_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of sections: plain,xd,missing")
+    ap.add_argument("--skip", default="",
+                    help="comma list of sections: plain,xd,projected,missing")
     args = ap.parse_args(argv)
     skip = set(args.skip.split(","))
     rate = matmul_flops()
@@ -253,6 +300,8 @@ def main(argv=None):
               f"({ours:.3f} vs {theirs:.3f} s/iter, {theirs / ours:.1f}x)")
     if "xd" not in skip:
         xd_section(args, rate)
+    if "projected" not in skip:
+        projected_section(args, rate)
     if "missing" not in skip:
         missing_section(args)
 

@@ -10,6 +10,10 @@ Layout of a catalog (a Zarr v3 group):
   user's table; group attribute ``id_name`` is the identifier column's name;
 * ``weights`` - optional (N,) float64 per-row weights >= 0: a row of weight w
   counts as w rows in a fit and in the scores (0 leaves it out);
+* ``projection`` - optional float64 projection matrices (Bovy's ``projection``):
+  one shared ``(d, D)`` matrix or one ``(N, d, D)`` per row (chunked like ``data``),
+  rows observing ``y_i = R_i v_i + e_i`` of a D-dimensional model (``data`` has d
+  columns; NaN rows of ``R_i`` where ``y_i`` is NaN, docs/design.md §1.1);
 * ``row_index`` - (N,) int64, the row's position in the input, when the rows were
   reordered (``order="spatial"``);
 * group attributes ``daskgmmis_format`` (``"daskgmmis-catalog"``),
@@ -39,12 +43,12 @@ from .errors import (CatalogError, CatalogNotFoundError, DaskGMMisError, InputEr
                      InputTypeError, OutputError, StoreExistsError)
 from .files import check_new_output
 from .noise import STORED_KINDS, Noise, kind_of, noise_class, per_row_noise
-from .validation import check_weights_block
+from .validation import check_projection_block, check_projection_shape, check_weights_block
 from .neighborhoods import spatial_order
 from .memory import machine_memory_limit
 
 __all__ = ["Catalog", "write_catalog", "open_catalog", "install_store", "default_row_chunk",
-           "as_dask_input", "as_dask_weights", "dask_input", "check_ids", "check_not_input",
+           "as_dask_input", "as_dask_weights", "as_dask_projection", "dask_input", "check_ids", "check_not_input",
            "stores_read_by",
            "CATALOG_FORMAT", "CATALOG_FORMAT_VERSION"]
 
@@ -105,6 +109,9 @@ class Catalog:
         Name of the identifier column (e.g. ``"source_id"``).
     weights : dask array or None, shape (N,)
         Per-row weights (float64, >= 0), used by every fit and score of the catalog.
+    projection : ndarray (d, D), dask array (N, d, D), or None
+        Projection matrices of the rows (``data`` holds ``y_i = R_i v_i + e_i`` of a
+        D-dimensional model), used by every fit, score and posterior of the catalog.
     """
 
     data: da.Array
@@ -115,6 +122,7 @@ class Catalog:
     ids: da.Array | None = None
     id_name: str | None = None
     weights: da.Array | None = None
+    projection: object = None
 
     def row_keys(self) -> dict:
         """The column that joins a per-row output back to the user's table.
@@ -151,6 +159,8 @@ class Catalog:
     def __repr__(self) -> str:
         ids = f", ids={self.id_name!r}" if self.ids is not None else ""
         ids += ", weights" if self.weights is not None else ""
+        ids += (f", projection={tuple(self.projection.shape)}" if self.projection is not None
+                else "")
         return (f"Catalog(path={self.path!r}, N={self.data.shape[0]}, D={self.data.shape[1]}, "
                 f"covar_kind={self.covar_kind!r}, chunks={self.data.chunksize[0]} rows{ids})")
 
@@ -420,7 +430,7 @@ def _id_array_dtype(ids: np.ndarray):
 
 def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=None,
                   order: str = "input", overwrite: bool = False, ids=None,
-                  id_name: str = "id", weights=None) -> Catalog:
+                  id_name: str = "id", weights=None, projection=None) -> Catalog:
     """Write a catalog to a Zarr v3 store.
 
     Parameters
@@ -448,6 +458,12 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
     weights : array_like or dask array, shape (N,), optional
         Per-row weights >= 0 (a row of weight w counts as w rows; 0 leaves it out),
         stored with the rows and used by every fit and score of the catalog.
+    projection : array_like or dask array, shape (d, D) or (N, d, D), optional
+        Projection matrices: the rows are ``y_i = R_i v_i + e_i`` of a D-dimensional
+        model, ``data`` has the d columns of ``y`` (docs/design.md §1.1; per-row
+        NaN rows of ``R_i`` where ``y_i`` is NaN). Stored as float64 and used by every
+        fit, score and posterior of the catalog; checked against the rows when they
+        are read.
 
     Returns
     -------
@@ -496,11 +512,18 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
             weights = weights.map_blocks(_checked_weights_block, dtype=np.float64)
         else:
             weights = check_weights_block(weights, 0)
+    if projection is not None:
+        projection = _check_array(projection, "projection", ndim=(2, 3))
+        if check_projection_shape(projection.shape, N, D, projection.shape[-1]):
+            if not isinstance(projection, da.Array):
+                projection = check_projection_block(projection, np.asarray(x), 0)
+        else:
+            projection = check_projection_block(np.asarray(projection), None, 0)
     rows = int(chunks) if chunks is not None else default_row_chunk(N, D, kind)
     if rows < 1:
         raise InputError(f"chunks: expected a positive number of rows; found {chunks}.")
 
-    check_not_input(path, stores_read_by(x, covar, weights), "path")
+    check_not_input(path, stores_read_by(x, covar, weights, projection), "path")
     if not _is_url(path):
         # before any work; a catalog is never overwritten by default
         check_new_output(path, overwrite, exists_error=StoreExistsError)
@@ -509,6 +532,8 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
                                                (rows,) + tuple(covar.shape[1:]))
     if weights is not None:
         weights = _as_source(weights, np.float64, (rows,))
+    if projection is not None and projection.ndim == 3:
+        projection = _as_source(projection, np.float64, (rows,) + tuple(projection.shape[1:]))
     row_index = None
     if order == "spatial":
         perm = spatial_order(np.asarray(xd))
@@ -520,6 +545,8 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
             ids = ids[perm]
         if weights is not None:
             weights = np.asarray(weights)[perm]
+        if projection is not None and projection.ndim == 3:
+            projection = np.asarray(projection)[perm]
     try:
         with new_store(path, overwrite) as group:
             group.attrs.update({"daskgmmis_format": CATALOG_FORMAT,
@@ -529,9 +556,12 @@ def write_catalog(path, data, covar=None, *, chunks: int | None = None, columns=
             if ids is not None:
                 group.attrs["id_name"] = id_name
             arrays = ([("data", xd)] + ([("covar", cd)] if cd is not None else [])
-                      + ([("weights", weights)] if weights is not None else []))
+                      + ([("weights", weights)] if weights is not None else [])
+                      + ([("projection", projection)] if projection is not None else []))
+            # a shared (d, D) projection is one chunk, a per-row one chunked like data
             targets = [complete_array(group, name, arr.shape, arr.dtype,
-                                      (rows,) + tuple(arr.shape[1:]))
+                                      arr.shape if name == "projection" and arr.ndim == 2
+                                      else (rows,) + tuple(arr.shape[1:]))
                        for name, arr in arrays]
             for (_, arr), z in zip(arrays, targets):
                 if isinstance(arr, da.Array):
@@ -689,7 +719,22 @@ def open_catalog(path) -> Catalog:
                                f"{zw.dtype}; expected ({N},) float64, one weight per row.")
         weights = _checked_dask(zw, path, "weights").rechunk({0: data.chunks[0]})
         weights = weights.map_blocks(_checked_weights_block, dtype=np.float64)
-    return Catalog(data, covar, list(columns), path, row_index, ids, id_name, weights)
+    projection = None
+    if "projection" in names:
+        zp = _open_array(group, path, "projection")
+        shape = tuple(zp.shape)
+        if (zp.dtype != np.float64 or len(shape) not in (2, 3) or shape[-2] != D
+                or (len(shape) == 3 and shape[0] != N) or shape[-1] < D):
+            raise CatalogError(f"catalog: {path}/projection has shape {shape} and dtype "
+                               f"{zp.dtype}; expected float64 ({D}, D') or ({N}, {D}, D'), "
+                               f"D' >= {D}. Write the catalog again.")
+        projection = _checked_dask(zp, path, "projection")
+        if len(shape) == 2:
+            projection = np.asarray(projection.compute())
+        else:
+            projection = projection.rechunk((data.chunks[0],) + tuple((s,) for s in shape[1:]))
+    return Catalog(data, covar, list(columns), path, row_index, ids, id_name, weights,
+                   projection)
 
 
 def _checked_weights_block(block: np.ndarray, block_info=None) -> np.ndarray:
@@ -931,6 +976,55 @@ def dask_input(data, covar=None, *, _stacklevel: int = 4):
     return x, noise.map_rows(chunked)
 
 
+def _catalog_array(data, name: str, value, what: str):
+    """``(array, from_catalog)``: a catalog's own ``name`` array, else ``value``.
+
+    ``data`` as for :func:`as_dask_input`; giving ``value`` as well as a catalog that
+    carries ``name`` is an error (``what`` describes the array in the message).
+    """
+    if isinstance(data, (str, os.PathLike)):
+        data = open_catalog(data)
+    own = getattr(data, name) if isinstance(data, Catalog) else None
+    if own is None:
+        return value, False
+    if value is not None:
+        raise InputError(f"{name}: the catalog carries its own {what}; pass {name}=None "
+                         f"when data is a catalog.")
+    return own, True
+
+
+def as_dask_projection(data, projection, x: da.Array, D: int):
+    """Resolve the ``projection`` argument of fit-like functions.
+
+    Parameters
+    ----------
+    data : as for :func:`as_dask_input`
+        A :class:`Catalog` (or its path) may carry its own projection.
+    projection : None, array_like or dask array, shape (d, D) or (N, d, D)
+        Rows observe ``y_i = R_i v_i + e_i`` (docs/design.md §1.1); must be None when
+        the catalog carries a projection.
+    x : dask array, shape (N, d)
+        The data as :func:`as_dask_input` returned it (gives N, d and the row chunks).
+    D : int
+        Dimension of the model.
+
+    Returns
+    -------
+    None, ndarray (d, D) float64 (shared, checked), or dask array (N, d, D) chunked like
+    ``x``: its blocks are checked against the rows (finite where observed) by
+    :func:`daskgmmis.validation.check_projection_block` where they are read.
+    """
+    projection, own = _catalog_array(data, "projection", projection, "projection matrices")
+    if projection is None or own:
+        return projection
+    R = projection if isinstance(projection, da.Array) else _check_array(
+        projection, "projection", ndim=(2, 3))
+    N, d = (int(s) for s in x.shape)
+    if not check_projection_shape(R.shape, N, d, D):
+        return check_projection_block(np.asarray(R), None, 0)
+    return da.asarray(R).rechunk((x.chunks[0], (d,), (D,)))
+
+
 def as_dask_weights(data, weights, x: da.Array) -> da.Array | None:
     """Resolve the ``weights`` argument of fit-like functions.
 
@@ -947,15 +1041,9 @@ def as_dask_weights(data, weights, x: da.Array) -> da.Array | None:
     -------
     dask array, shape (N,), float64, chunked like ``x`` (checked block by block), or None
     """
-    if isinstance(data, (str, os.PathLike)):
-        data = open_catalog(data)
-    if isinstance(data, Catalog) and data.weights is not None:
-        if weights is not None:
-            raise InputError("weights: the catalog carries its own per-row weights; pass "
-                             "weights=None when data is a catalog.")
-        return data.weights
-    if weights is None:
-        return None
+    weights, own = _catalog_array(data, "weights", weights, "per-row weights")
+    if weights is None or own:
+        return weights
     N = x.shape[0]
     w = weights if isinstance(weights, da.Array) else _check_array(weights, "weights",
                                                                      ndim=(1,))

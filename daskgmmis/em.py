@@ -35,7 +35,7 @@ from . import kernels
 from .background import Background, log_background
 from .blocks import compute as _compute
 from .blocks import tree_reduce
-from .catalog import Catalog, as_dask_input, as_dask_weights, open_catalog
+from .catalog import Catalog, as_dask_input, as_dask_projection, as_dask_weights, open_catalog
 from .memory import check_candidates, plan_fit
 from .timelimit import time_limited
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
@@ -57,7 +57,7 @@ from .progress import progress_display
 from .stats import DataSummary, SuffStats, sum_stats
 from .stepwise import DEFAULT_ALPHA, RunningStats, block_groups, step_size
 from .validation import (check_background, check_data_block, check_model_params,
-                         check_regularization)
+                         check_projection_block, check_regularization)
 
 __all__ = ["fit", "fit_best", "FitResult", "child_seed"]
 
@@ -163,13 +163,18 @@ def _block_noise(noise, params_kind, shared):
     return noise_block(params_kind, noise, shared)
 
 
-def _summary_task(x, noise, kind, shared, row_offset, weight=None):
+def _summary_task(x, noise, kind, shared, row_offset, weight=None, proj=None):
     """First pass over a block: validation fused with the data summary."""
     x = np.asarray(x)
     total_weight = x.shape[0] if weight is None else float(np.asarray(weight).sum())
     check_data_block(x, row_offset)
     nz = noise_block(kind, noise, shared)
     nz.validate(x, row_offset)
+    proj_sum = 0.0
+    if proj is not None:
+        proj = check_projection_block(proj, x, row_offset)
+        proj_sum = float(np.nansum(proj if proj.ndim == 2
+                                   else np.where(np.isnan(x)[:, :, None], 0.0, proj)))
     observed = ~np.isnan(x)
     max_var = nz.max_variance(observed)
     with warnings.catch_warnings():
@@ -177,7 +182,8 @@ def _summary_task(x, noise, kind, shared, row_offset, weight=None):
         lo = np.nanmin(x, axis=0).astype(np.float64)
         hi = np.nanmax(x, axis=0).astype(np.float64)
     return DataSummary(x.shape[0], observed.sum(axis=0), lo, hi,
-                       np.nansum(x, axis=0, dtype=np.float64), max_var, total_weight)
+                       np.nansum(x, axis=0, dtype=np.float64), max_var, total_weight,
+                       proj_sum)
 
 
 def _selection_log(sel_callback, x, row_offset):
@@ -200,21 +206,24 @@ def _weighted_sum(values: np.ndarray, weight: np.ndarray | None, rows: np.ndarra
     return float(np.dot(weight[rows], values[rows]))
 
 
-def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None, weight=None):
+def _estep_task(x, noise, params: _IterParams, row_offset, block, comps=None, weight=None,
+                proj=None):
     """One block's E-step: (observed SuffStats, imputed SuffStats or None, tally or None).
 
     ``comps``: components that may reach the block (neighborhoods); None for all.
     ``weight``: per-row weights (n,), or None for weight 1: a row of weight w counts
-    as w rows in every sum, ``n`` included.
+    as w rows in every sum, ``n`` included. ``proj``: the rows' projection, shared
+    (d, D) or per row (n, d, D) (checked in the first pass), or None.
     """
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
     weight = None if weight is None else np.asarray(weight, dtype=np.float64)
+    proj = None if proj is None else np.asarray(proj, dtype=np.float64)
     log_bg = log_background(params.background, x, noise, params.kind)
     if params.cutoff is None:
         row_logl, n_out, mom = kernels.estep_block(
             x, noise, params.kind, params.amp, params.mean, params.covar, log_bg=log_bg,
-            weight=weight, row_offset=row_offset)
+            weight=weight, row_offset=row_offset, projection=proj)
     else:
         row_logl, n_out, mom = estep_neighborhoods(
             x, noise, params.kind, params.amp, params.mean, params.covar,
@@ -266,13 +275,14 @@ def _replicate_task(params: _IterParams, n_rows: int, block: int, weight=None, a
     return tuple(impute_block(cset, n, *theta)[1] for theta in at)
 
 
-def _overlap_task(x, noise, params: _IterParams, weight=None):
+def _overlap_task(x, noise, params: _IterParams, weight=None, proj=None):
     """Responsibility overlap of a block: sum_i w_i q_ik q_il, shape (K, K)."""
     x = np.asarray(x)
     noise = _block_noise(noise, params.kind, params.shared_noise)
     log_bg = log_background(params.background, x, noise, params.kind)
     post = kernels.posterior_block(x, noise, params.kind, params.amp, params.mean, params.covar,
-                           log_bg, covariances=False)
+                                   log_bg, covariances=False,
+                                   projection=None if proj is None else np.asarray(proj))
     q = post.resp if post.resp_bg is None else post.resp * (1 - post.resp_bg)[:, None]
     rows = np.isfinite(q).all(axis=1)
     if weight is None:
@@ -287,7 +297,7 @@ def _overlap_task(x, noise, params: _IterParams, weight=None):
 class _Plan:
     """Static per-fit description of the data as delayed blocks."""
 
-    def __init__(self, x, noise, kind, weights=None):
+    def __init__(self, x, noise, kind, weights=None, projection=None):
         self.N, self.D = (int(s) for s in x.shape)
         self.kind = kind
         nz = noise_class(kind).from_array(noise)
@@ -300,20 +310,27 @@ class _Plan:
         self.weights = weights
         self.weight_blocks = (list(weights.to_delayed().ravel()) if weights is not None
                               else [None] * len(self.x_blocks))
+        # the projection: None, one shared (d, D) matrix in every task, or its blocks
+        self.projection = projection
+        self.proj_blocks = (list(projection.to_delayed().ravel())
+                            if projection is not None and projection.ndim == 3
+                            else [projection] * len(self.x_blocks))
         self.offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int).tolist()
         self.nbytes = int(x.nbytes + (self.noise.nbytes if self.noise is not None else 0))
 
     def summary_graph(self):
-        parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off, wb)
-                 for xb, nb, off, wb in zip(self.x_blocks, self.noise_blocks, self.offsets,
-                                            self.weight_blocks)]
+        parts = [dask.delayed(_summary_task, pure=True)(xb, nb, self.kind, self.shared, off, wb,
+                                                        pb)
+                 for xb, nb, off, wb, pb in zip(self.x_blocks, self.noise_blocks, self.offsets,
+                                                self.weight_blocks, self.proj_blocks)]
         return tree_reduce(parts, sum_stats)
 
     def overlap_graph(self, params: _IterParams):
         """Summed responsibility overlaps (K, K) for split-and-merge (one pass)."""
         p = dask.delayed(params, pure=True)
-        parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p, wb)
-                 for xb, nb, wb in zip(self.x_blocks, self.noise_blocks, self.weight_blocks)]
+        parts = [dask.delayed(_overlap_task, pure=True)(xb, nb, p, wb, pb)
+                 for xb, nb, wb, pb in zip(self.x_blocks, self.noise_blocks, self.weight_blocks,
+                                           self.proj_blocks)]
         return tree_reduce(parts, sum_stats)
 
     def replicate_graph(self, params: _IterParams, at=None):
@@ -341,7 +358,7 @@ class _Plan:
         visit = range(len(self.x_blocks)) if blocks is None else blocks
         parts = [dask.delayed(_estep_task, pure=True)(
                      self.x_blocks[b], self.noise_blocks[b], p, self.offsets[b], b, comps[b],
-                     self.weight_blocks[b]) for b in visit]
+                     self.weight_blocks[b], self.proj_blocks[b]) for b in visit]
         return tree_reduce(parts, sum_stats)
 
 
@@ -363,19 +380,21 @@ def _memory_budget(client) -> float:
     return 0.25 * psutil.virtual_memory().available
 
 
-def _maybe_persist(x, noise, kind, persist, client, weights=None):
+def _maybe_persist(x, noise, kind, persist, client, weights=None, projection=None):
     """Persist the data once when it fits in memory (or when told); else stream.
 
-    Returns (x, noise, weights).
+    Returns (x, noise, weights, projection).
     """
     per_row = noise_class(kind).per_row
-    arrays = [x] + ([noise] if per_row else []) + ([weights] if weights is not None else [])
+    proj_rows = projection is not None and projection.ndim == 3
+    arrays = ([x] + ([noise] if per_row else []) + ([weights] if weights is not None else [])
+              + ([projection] if proj_rows else []))
     nbytes = sum(a.nbytes for a in arrays)
     if persist is None:
         persist = nbytes <= _memory_budget(client)
     if not persist:
         log.info("streaming %.3g GB from storage every iteration", nbytes / 1e9)
-        return x, noise, weights
+        return x, noise, weights, projection
     if client is not None:
         persisted = list(client.persist(arrays))
     else:
@@ -385,7 +404,9 @@ def _maybe_persist(x, noise, kind, persist, client, weights=None):
         noise = persisted.pop(0)
     if weights is not None:
         weights = persisted.pop(0)
-    return x, noise, weights
+    if proj_rows:
+        projection = persisted.pop(0)
+    return x, noise, weights, projection
 
 
 def _quantize_fraction(f: float) -> float:
@@ -626,6 +647,15 @@ _FIT_DOC = """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
         w times, weight 0 leaves the row out. ``logL`` is then the weighted mean,
         and ``N`` and ``N_orig`` are in units of weight. Taken from the catalog
         when it carries weights. The initialization ignores them.
+    projection : None, array_like or dask array, shape (d, D) or (N, d, D)
+        Projection matrices (Bovy's XD ``projection``): row i observes
+        ``y_i = R_i v_i + e_i`` of the model's D-dimensional ``v_i``; ``data`` then
+        has d <= D columns and ``covar`` is the noise of ``y`` (d x d). One shared
+        matrix or one per row; a row seen in fewer dimensions pads ``y_i`` and the
+        matching rows of ``R_i`` with NaN (docs/design.md §1.1). Taken from the
+        catalog when it carries one. Needs ``init_method="none"`` (the data do not
+        live in the model's space) and is not combined with ``sel_callback``,
+        ``cutoff`` or ``background``.
     options : FitOptions, optional
         The options below as one validated object (:class:`daskgmmis.FitOptions`);
         keywords given as well replace its values.
@@ -648,13 +678,13 @@ _FIT_DOC = """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
     """
 
 
-def fit(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions | None = None,
-        **kwargs) -> FitResult:
+def fit(gmm: GMM, data, covar=None, *, weights=None, projection=None,
+        options: FitOptions | None = None, **kwargs) -> FitResult:
     opts = FitOptions.create(options, **kwargs)
     if not opts.progress:      # _fit is called from here: its warnings' stacklevel counts on it
-        return _fit(gmm, data, covar, weights, opts)
+        return _fit(gmm, data, covar, weights, opts, projection)
     with progress_display():
-        return _fit(gmm, data, covar, weights, opts)
+        return _fit(gmm, data, covar, weights, opts, projection)
 
 
 def continue_fit(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions,
@@ -671,9 +701,9 @@ def continue_fit(gmm: GMM, data, covar=None, *, weights=None, options: FitOption
     ``n_iter`` and ``maxiter`` count this call's M-steps.
     """
     if not options.progress:
-        return _fit(gmm, data, covar, weights, options, previous)
+        return _fit(gmm, data, covar, weights, options, previous=previous)
     with progress_display():
-        return _fit(gmm, data, covar, weights, options, previous)
+        return _fit(gmm, data, covar, weights, options, previous=previous)
 
 
 fit.__doc__ = _FIT_DOC.format(options=FitOptions.numpydoc())
@@ -682,6 +712,7 @@ fit.__signature__ = inspect.Signature(
      inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD),
      inspect.Parameter("covar", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
      inspect.Parameter("weights", inspect.Parameter.KEYWORD_ONLY, default=None),
+     inspect.Parameter("projection", inspect.Parameter.KEYWORD_ONLY, default=None),
      inspect.Parameter("options", inspect.Parameter.KEYWORD_ONLY, default=None,
                        annotation="FitOptions | None"),
      *FitOptions.signature_parameters()],
@@ -733,7 +764,22 @@ def _continuation(previous: FitResult | None, fingerprint: dict, gmm: GMM,
                                cycle=list(state.cycle), sw_history=list(state.sw_history))
 
 
-def _fit(gmm: GMM, data, covar, weights, opts: FitOptions,
+def _check_projection_options(opts: FitOptions) -> None:
+    """Refuse the options a projected fit does not support (clear InputError)."""
+    if opts.init_method != "none":
+        raise InputError(f"init_method: with a projection the data are not in the model's "
+                         f"space, so init_method={opts.init_method!r} cannot start from them; "
+                         f"set the model's starting parameters and pass init_method='none'.")
+    for name, why in (("sel_callback", "truncation (imputation of unobserved rows)"),
+                      ("cutoff", "neighborhoods (bounding boxes in the data's space)"),
+                      ("background", "a background (uniform over a box of the data's "
+                                     "space)")):
+        if getattr(opts, name) is not None:
+            raise InputError(f"{name}: {why} is not supported together with a projection; "
+                             f"pass {name}=None, or fit without projection.")
+
+
+def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None, *,
          previous: FitResult | None = None) -> FitResult:
     t_start = time.perf_counter()
     adopt_sklearn_warnings()     # this fit's warnings: scikit-learn's class if it is loaded
@@ -749,9 +795,12 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions,
         data = open_catalog(data)
     x, noise, kind = as_dask_input(data, covar)
     weights = as_dask_weights(data, weights, x)
-    if x.shape[1] != D:
+    projection = as_dask_projection(data, projection, x, D)
+    if projection is None and x.shape[1] != D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={D}; build the "
                          f"model with GMM(K, D={x.shape[1]}).")
+    if projection is not None:
+        _check_projection_options(opts)
     check_background(opts.background, D, "data")
     frozen_idx = parse_frozen(opts.frozen, K)
     if init_method == "none":
@@ -775,11 +824,17 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions,
 
     # 0. memory plan: refuse (or shrink the blocks) before the first pass
     x, noise = plan_fit(x, noise, kind, K, D, client=client, n_init=n_init,
-                        oversampling=opts.oversampling if sel_callback is not None else None)
+                        oversampling=opts.oversampling if sel_callback is not None else None,
+                        projection_floats=(int(np.prod(projection.shape[1:]))
+                                           if projection is not None and projection.ndim == 3
+                                           else 0))
     if weights is not None:
         weights = weights.rechunk({0: x.chunks[0]})   # the memory plan may shrink blocks
-    x, noise, weights = _maybe_persist(x, noise, kind, opts.persist, client, weights)
-    plan = _Plan(x, noise, kind, weights)
+    if projection is not None and projection.ndim == 3:
+        projection = projection.rechunk({0: x.chunks[0]})
+    x, noise, weights, projection = _maybe_persist(x, noise, kind, opts.persist, client,
+                                                   weights, projection)
+    plan = _Plan(x, noise, kind, weights, projection)
 
     # 1. first pass: validation + summary (+ block boxes for neighborhoods), one compute
     boxes = None
@@ -828,8 +883,10 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions,
             plan, client, cutoff, None, None, impute_seed, opts.oversampling,
             opts.background, boxes))
 
-    # the anchor of the stepwise sums: the data's mean (NaN-free: init checked n_obs)
-    anchor = np.nan_to_num(summary.total / np.maximum(summary.n_obs, 1))
+    # the anchor of the stepwise sums: the data's mean (NaN-free: init checked n_obs); a
+    # projection's data are not in the model's space: the origin (any fixed point will do)
+    anchor = (np.nan_to_num(summary.total / np.maximum(summary.n_obs, 1)) if projection is None
+              else np.zeros(D))
 
     def em_from(start: EMState):
         if opts.stepwise:
@@ -873,11 +930,13 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions,
     if explicit_tol and tol > 0 and mc_error["N_orig"] > 0:
         _warn_precision(tol, mc_error["N_orig"], last, summary.n)
     theta = state.theta
-    if not noise_class(kind).noisy:
+    if not noise_class(kind).noisy and projection is None:
+        # (the check standardizes by the data's ranges, which a projection's data lack)
         _warn_singular(theta, summary, frozen_idx["covar"])
     gmm.amp, gmm.mean, gmm.covar = theta.amp, theta.mean, theta.covar
-    if isinstance(data, Catalog):
-        gmm.columns = list(data.columns)       # the model's features carry their names
+    if isinstance(data, Catalog) and projection is None:
+        # the model's features carry their names (a projection's columns are y's, not v's)
+        gmm.columns = list(data.columns)
     if opts.background is not None:
         opts.background.amp = theta.bg_amp
     result = FitResult(logL=state.history[-1], n_iter=state.n_iter, converged=converged,
@@ -913,8 +972,8 @@ def _log_restart_end(i: int, n: int, outcome) -> None:
                     "seconds": secs})
 
 
-def fit_best(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions | None = None,
-             **fit_kwargs) -> FitResult:
+def fit_best(gmm: GMM, data, covar=None, *, weights=None, projection=None,
+             options: FitOptions | None = None, **fit_kwargs) -> FitResult:
     """:func:`daskgmmis.fit` from ``n_init`` starts, optionally prefitted without selection.
 
     The same as ``fit(gmm, data, covar, options=options, **fit_kwargs)``: kept
@@ -927,7 +986,7 @@ def fit_best(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions | 
     ----------
     gmm : GMM
         Model to fit; updated in place with the best start.
-    data, covar, weights
+    data, covar, weights, projection
         As for :func:`daskgmmis.fit`.
     options, **fit_kwargs
         Fit options (:class:`daskgmmis.FitOptions`): ``n_init``, ``rng``,
@@ -938,7 +997,8 @@ def fit_best(gmm: GMM, data, covar=None, *, weights=None, options: FitOptions | 
     FitResult
         The winning start's result.
     """
-    return fit(gmm, data, covar, weights=weights, options=options, **fit_kwargs)
+    return fit(gmm, data, covar, weights=weights, projection=projection, options=options,
+               **fit_kwargs)
 
 
 fit_best.__signature__ = fit.__signature__
@@ -1335,6 +1395,9 @@ def _fingerprint(plan, summary, K, opts: FitOptions, frozen: dict,
                          "weight": float(summary.weight).hex()},
         "shared_noise": None if plan.shared is None else hexes(plan.shared),
     }
+    if plan.projection is not None:
+        fp["projection"] = {"shape": [int(v) for v in plan.projection.shape],
+                            "checksum": float(summary.projection_sum).hex()}
     for f in option_fields():
         if not f.metadata["problem"]:
             continue

@@ -4,14 +4,16 @@ Everything in this module works on numpy blocks of rows and returns numpy arrays
 The EM driver (:mod:`daskgmmis.em`) and the model (:mod:`daskgmmis.model`) call it
 inside block tasks.
 
-Notation (docs/design.md §1.1-1.2): for row ``i`` with observed dimensions ``o`` and
-component ``k``, ``T_ik = V_k[o,o] + S_i[o,o]``, ``r_ik = x_i[o] - mu_k[o]``,
+Notation (docs/design.md §1.1-1.2): row ``i`` observes ``x_i = R_i v_i + e_i`` (a
+projection; ``R_i = I`` without one) on its observed entries ``o``; ``P_i = R_i[o]``
+(the rows ``o`` of the identity for missing features: one code path). For component
+``k``, ``T_ik = P_i V_k P_i^T + S_i[o,o]``, ``r_ik = x_i[o] - P_i mu_k``,
 ``u_ik = T_ik^-1 r_ik``. A block accumulates, per component and weighted by the
 responsibility ``q_ik`` (times an optional row weight),
 
 * ``A_k = sum q``
-* ``U_k = sum q u`` (embedded into D dimensions, zero on missing ones)
-* ``WP_k = sum q (u u^T - T^-1)`` (embedded likewise)
+* ``U_k = sum q P^T u`` (embedded into D dimensions, zero on missing ones)
+* ``WP_k = sum q P^T (u u^T - T^-1) P`` (embedded likewise)
 
 and converts them with the component's own ``V_k`` into moments centred on the
 current mean ``mu_k``:
@@ -680,67 +682,112 @@ def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi
     return n_out, -1
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dot_rows(X, a, Y, b, n):  # pragma: no cover - compiled
+    """sum_c X[a, c] Y[b, c] over the first n columns (a row of P times a row)."""
+    t = 0.0
+    for c in range(n):
+        t += X[a, c] * Y[b, c]
+    return t
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _gap_kernel(x, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_bg, weight,
+def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_bg, weight,
                 chi2_by_d, accumulate, row_logl, A, U, WP, bg_acc):  # pragma: no cover
-    """E-step of rows with scattered missing values, one row at a time.
+    """E-step of rows each seen through its own projection, one row at a time.
 
-    For data where nearly every row has its own missingness pattern (random gaps
-    in many features) the per-pattern batches of :func:`_pattern_estep` hold one
-    row each; here each row gathers its observed features ``o`` and factors
-    ``T_ik = V_k[o, o] + S_i[o, o]`` itself. The statistics are accumulated
-    *embedded* in D dimensions (zeros at the missing features), so that one
-    product with ``V_k`` per block, not per row, maps them to the moments
-    (docs/design.md §1.2: ``V_k[:, o] u = V_k E_o u``).
+    Row ``i`` observes ``y_i = R_i v_i + e_i`` on its observed (non-NaN) entries
+    ``o``; with ``P = R_i[o]`` (d x D) it factors ``T_ik = P V_k P^T + S_i[o, o]``
+    itself, and accumulates the statistics *embedded* in the model's D dimensions,
+    ``P^T u`` and ``P^T (u u^T - T^-1) P``, so that one product with ``V_k`` per block,
+    not per row, maps them to the moments (docs/design.md §1.1-1.2).
 
-    x (n, D) with NaN; noise_kind 0 none, 1 shared S_shared (D, D), 2 diagonal
-    S_diag (n, D), 3 full S_full (n, D, D) (unused ones empty); V (K, D, D);
-    mu (K, D); chi2_by_d (D + 1,) the neighborhood cut per observed count.
-    Writes row_logl (NaN for a row with nothing observed) and adds to A (K,),
-    U (K, D), WP (K, D, D) (lower triangle), bg_acc (1,).
+    Missing features are the case ``R_i = I``: then ``P`` is the rows ``o`` of the
+    identity and is passed as those indices, not as a matrix (``R`` empty): the
+    products with ``P`` become the gathers ``V_k[o, o]``, ``mu_k[o]`` and the
+    scatters into ``U[:, o]``, ``WP[:, o, o]`` - the same arithmetic without the
+    multiplications by 0 and 1. For data where nearly every row has its own
+    missingness pattern or its own projection the per-pattern batches of
+    :func:`_pattern_estep` would hold one row each.
+
+    x (n, d) with NaN; R (nR, d, D) with nR = n (per row) or 1 (shared), or
+    (0, 0, 0): the identity (d = D); noise_kind 0 none, 1 shared S_shared (d, d),
+    2 diagonal S_diag (n, d), 3 full S_full (n, d, d) (unused ones empty), on the
+    observed entries; V (K, D, D); mu (K, D); chi2_by_d (d + 1,) the neighborhood
+    cut per observed count. Writes row_logl (NaN for a row with nothing observed)
+    and adds to A (K,), U (K, D), WP (K, D, D) (lower triangle), bg_acc (1,).
     Returns (n_outside, failing_row), failing_row = -1 when every T_ik was
     positive definite.
     """
-    n, D = x.shape
-    K = mu.shape[0]
+    n, d = x.shape
+    K, D = mu.shape
+    has_R = R.shape[0] > 0
+    shared_R = R.shape[0] == 1
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
-    obs = np.empty(D, dtype=np.int64)
-    Ls = np.empty((K, D, D))
-    zs = np.empty((K, D))
+    obs = np.empty(d, dtype=np.int64)
+    Ls = np.empty((K, d, d))
+    zs = np.empty((K, d))
     lp = np.empty(K)
-    u = np.empty(D)
-    Li = np.zeros((D, D))
-    inv = np.empty((K, D))                          # 1 / diag(L_k): multiply, not divide
+    u = np.empty(d)
+    Li = np.zeros((d, d))
+    inv = np.empty((K, d))                          # 1 / diag(L_k): multiply, not divide
+    P = np.empty((d, D))                            # R_i[o] (projection rows)
+    G = np.empty((d, D))                            # P V_k
+    Pu = np.empty(D)                                # P^T u
+    H = np.empty((d, D))                            # (u u^T - T^-1) P
+    mo = np.empty(d)                                # P mu_k
     n_out = 0
     for i in range(n):
-        d = 0
-        for a in range(D):
+        dd = 0
+        for a in range(d):
             if not math.isnan(x[i, a]):
-                obs[d] = a
-                d += 1
-        if d == 0:
+                obs[dd] = a
+                dd += 1
+        if dd == 0:
             row_logl[i] = np.nan
             continue
-        chi2_cut = chi2_by_d[d]
-        c0 = -0.5 * d * LOG_2PI
+        if has_R:
+            ri = 0 if shared_R else i
+            for a in range(dd):
+                for c in range(D):
+                    P[a, c] = R[ri, obs[a], c]
+        chi2_cut = chi2_by_d[dd]
+        c0 = -0.5 * dd * LOG_2PI
         for k in range(K):
             Lk = Ls[k]
-            for a in range(d):
-                oa = obs[a]
-                for b in range(a + 1):
-                    ob = obs[b]
-                    t = V[k, oa, ob]
-                    if noise_kind == 1:
-                        t += S_shared[oa, ob]
-                    elif noise_kind == 2:
-                        if a == b:
-                            t += S_diag[i, oa]
-                    elif noise_kind == 3:
-                        t += S_full[i, oa, ob]
-                    Lk[a, b] = t
+            # T = P V P^T (lower triangle) and P mu: products for a projection, gathers
+            # for rows of the identity; then + S on the observed entries
+            if has_R:
+                for a in range(dd):
+                    for c in range(D):
+                        t = 0.0
+                        for e in range(D):
+                            t += P[a, e] * V[k, e, c]
+                        G[a, c] = t
+                for a in range(dd):
+                    for b in range(a + 1):
+                        Lk[a, b] = _dot_rows(G, a, P, b, D)
+                    mo[a] = _dot_rows(P, a, mu, k, D)
+            else:
+                for a in range(dd):
+                    oa = obs[a]
+                    for b in range(a + 1):
+                        Lk[a, b] = V[k, oa, obs[b]]
+                    mo[a] = mu[k, oa]
+            if noise_kind == 1:
+                for a in range(dd):
+                    for b in range(a + 1):
+                        Lk[a, b] += S_shared[obs[a], obs[b]]
+            elif noise_kind == 2:
+                for a in range(dd):
+                    Lk[a, a] += S_diag[i, obs[a]]
+            elif noise_kind == 3:
+                for a in range(dd):
+                    for b in range(a + 1):
+                        Lk[a, b] += S_full[i, obs[a], obs[b]]
             logdet = 0.0
-            for a in range(d):
+            for a in range(dd):
                 for b in range(a + 1):
                     t = Lk[a, b]
                     for c in range(b):
@@ -755,8 +802,8 @@ def _gap_kernel(x, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_bg, 
                     else:
                         Lk[a, b] = t * inv[k, b]
             mah = 0.0
-            for a in range(d):
-                t = x[i, obs[a]] - mu[k, obs[a]]
+            for a in range(dd):
+                t = x[i, obs[a]] - mo[a]
                 for c in range(a):
                     t -= Lk[a, c] * zs[k, c]
                 t *= inv[k, a]
@@ -795,27 +842,55 @@ def _gap_kernel(x, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_bg, 
             if qk == 0.0:
                 continue
             Lk = Ls[k]
-            for a in range(d - 1, -1, -1):          # u = L^-T z
+            for a in range(dd - 1, -1, -1):         # u = L^-T z
                 t = zs[k, a]
-                for c in range(a + 1, d):
+                for c in range(a + 1, dd):
                     t -= Lk[c, a] * u[c]
                 u[a] = t * inv[k, a]
             A[k] += qk
-            for a in range(d):
-                U[k, obs[a]] += qk * u[a]
-            for col in range(d):                    # Li = L^-1 (lower); T^-1 = Li^T Li
-                for a in range(col, d):
+            for col in range(dd):                   # Li = L^-1 (lower); T^-1 = Li^T Li
+                for a in range(col, dd):
                     t = 1.0 if a == col else 0.0
                     for c in range(col, a):
                         t -= Lk[a, c] * Li[c, col]
                     Li[a, col] = t * inv[k, a]
-            for a in range(d):
-                # obs is increasing: (obs[a], obs[b]) with b <= a stays in the lower triangle
-                for b in range(a + 1):
+            if not has_R:
+                for a in range(dd):
+                    U[k, obs[a]] += qk * u[a]
+                for a in range(dd):
+                    # obs is increasing: (obs[a], obs[b]) with b <= a stays in the lower
+                    # triangle
+                    for b in range(a + 1):
+                        t = 0.0
+                        for c in range(a, dd):
+                            t += Li[c, a] * Li[c, b]
+                        WP[k, obs[a], obs[b]] += qk * (u[a] * u[b] - t)
+                continue
+            # embedded through P: U += q P^T u, WP += q P^T (u u^T - T^-1) P
+            for c in range(D):
+                t = 0.0
+                for a in range(dd):
+                    t += P[a, c] * u[a]
+                Pu[c] = t
+                U[k, c] += qk * t
+            for a in range(dd):
+                for c in range(D):
+                    H[a, c] = 0.0
+            for a in range(dd):
+                for b in range(dd):
+                    hi, lo = (a, b) if a >= b else (b, a)
                     t = 0.0
-                    for c in range(a, d):
-                        t += Li[c, a] * Li[c, b]
-                    WP[k, obs[a], obs[b]] += qk * (u[a] * u[b] - t)
+                    for c in range(hi, dd):         # (T^-1)_ab = sum_{c >= max} Li_ca Li_cb
+                        t += Li[c, hi] * Li[c, lo]
+                    mab = u[a] * u[b] - t
+                    for c in range(D):
+                        H[a, c] += mab * P[b, c]
+            for c in range(D):
+                for e in range(c + 1):
+                    t = 0.0
+                    for a in range(dd):
+                        t += P[a, c] * H[a, e]
+                    WP[k, c, e] += qk * t
     return n_out, -1
 
 
@@ -879,17 +954,21 @@ def chi2_cut_for(cutoff: float | None, d: int) -> float:
     return float(chi2.isf(erfc(cutoff / np.sqrt(2.0)), d))
 
 
-def _pattern_estep(x_o, noise_o: Noise, obs, mean, covar, log_amp, log_bg, weight,
+def _pattern_estep(x_o, noise_o: Noise, P, mean, covar, log_amp, log_bg, weight,
                    cutoff, accumulate, row_logl, first_row):
-    """E-step of the rows of one missingness pattern (``noise_o`` on its features).
+    """E-step of rows seen through one projection ``P`` (d, D) (``noise_o`` on its d
+    observed entries): the rows of one missingness pattern, ``P`` the rows of the
+    identity (missing features) or of a shared projection matrix.
 
     Returns (n_outside, A, U_o, WP_o) with U_o (K, d), WP_o (K, d, d) full-symmetric,
     or (n_outside, None, None, None) without accumulation.
     """
     K = mean.shape[0]
-    d = int(obs.sum())
-    mu_o = np.ascontiguousarray(mean[:, obs])
-    V_oo = np.ascontiguousarray(covar[np.ix_(np.arange(K), obs, obs)])
+    d = P.shape[0]
+    # for rows of the identity the products are exact gathers (every term but one is 0)
+    mu_o = np.ascontiguousarray(mean @ P.T)
+    V_oo = P @ covar @ P.T
+    V_oo = np.ascontiguousarray(0.5 * (V_oo + np.swapaxes(V_oo, 1, 2)))
     A = np.zeros(K)
     bg_acc = np.zeros(1)
     lb = log_bg if log_bg is not None else _empty1()
@@ -968,17 +1047,26 @@ ROWS_PER_PATTERN_MIN = 32
 PATTERNS_MIN = 16
 
 
-def _run_rowwise(x, noise: Noise, mean, covar, log_amp, log_bg, weight, cutoff,
+def _run_rowwise(x, noise: Noise, R, mean, covar, log_amp, log_bg, weight, cutoff,
                  accumulate, row_offset):
-    """:func:`_run_patterns` for many patterns: every row through :func:`_gap_kernel`."""
-    n, D = x.shape
-    K = mean.shape[0]
+    """:func:`_run_patterns` row by row: every row through :func:`_gap_kernel`.
+
+    ``R``: None (the identity, missing features as selection indices), a shared
+    (d, D) or per-row (n, d, D) projection.
+    """
+    n, d = x.shape
+    K, D = mean.shape
     S_shared, S_diag, S_full = noise.gap_arrays()
-    chi2_by_d = np.array([np.inf] + [chi2_cut_for(cutoff, d) for d in range(1, D + 1)])
+    chi2_by_d = np.array([np.inf] + [chi2_cut_for(cutoff, m) for m in range(1, d + 1)])
+    if R is None:
+        R = np.empty((0, 0, 0))
+    elif R.ndim == 2:
+        R = R[None]
     row_logl = np.empty(n)
     A, U, WP, bg = np.zeros(K), np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(1)
     n_out, bad = _gap_kernel(
-        np.ascontiguousarray(x), noise.code, S_shared, S_diag, S_full,
+        np.ascontiguousarray(x), np.ascontiguousarray(R, dtype=np.float64), noise.code,
+        S_shared, S_diag, S_full,
         np.ascontiguousarray(covar, dtype=np.float64),
         np.ascontiguousarray(mean, dtype=np.float64), log_amp,
         _empty1() if log_bg is None else np.ascontiguousarray(log_bg, dtype=np.float64),
@@ -997,15 +1085,30 @@ def _run_rowwise(x, noise: Noise, mean, covar, log_amp, log_bg, weight, cutoff,
     return row_logl, n_out, BlockMoments(A, M1, 0.5 * (M2 + np.swapaxes(M2, 1, 2)), bg[0])
 
 
+def _projection_rows(R, obs: np.ndarray, D: int) -> np.ndarray:
+    """The (d_o, D) projection of rows observing the entries ``obs`` (bool (d,)).
+
+    ``R`` None (no projection: the rows of the D x D identity, so missing features are
+    a selection projection) or a shared (d, D) matrix.
+    """
+    if R is None:
+        return np.eye(D)[obs]
+    return np.ascontiguousarray(R[obs])
+
+
 def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
-                  accumulate, row_offset, rowwise: bool | None = None):
+                  accumulate, row_offset, rowwise: bool | None = None, projection=None):
     """Shared loop of :func:`estep_block` and :func:`log_density_block`.
 
-    ``rowwise``: process the rows one by one (:func:`_gap_kernel`) rather than per
-    missingness pattern; None chooses by the number of patterns.
+    Rows are grouped by the projection they are seen through: per missingness
+    pattern, the rows of the identity (no projection) or of the shared projection
+    matrix. ``rowwise``: process the rows one by one (:func:`_gap_kernel`) rather
+    than per group; None chooses by the number of patterns; a per-row projection
+    is always row by row.
     """
-    n, D = x.shape
-    K = mean.shape[0]
+    n, d = x.shape
+    K, D = mean.shape
+    R = None if projection is None else np.asarray(projection, dtype=np.float64)
     # float32 rows with per-row noise may keep float32 arithmetic in the per-row kernel
     # (_ROWCOV_FLOAT32; _rowcov_tiled accumulates in float64); otherwise float64
     noise = as_noise(noise, kind).as_float64()
@@ -1021,13 +1124,15 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
     bg = 0.0
     n_out = 0
     patterns = missing_patterns(x)
-    if rowwise is None:
+    if R is not None and R.ndim == 3:
+        rowwise = True
+    elif rowwise is None:
         rowwise = (len(patterns) > PATTERNS_MIN
                    and len(patterns) * ROWS_PER_PATTERN_MIN > n)
     if rowwise:
         if f32:
             x = x.astype(np.float64)
-        return _run_rowwise(x, noise, mean, covar, log_amp, log_bg, weight, cutoff,
+        return _run_rowwise(x, noise, R, mean, covar, log_amp, log_bg, weight, cutoff,
                             accumulate, row_offset)
     if not (patterns and patterns[0][1] is None):
         # rows with no observed feature carry no information: NaN, never used
@@ -1042,23 +1147,25 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
             w = None if weight is None else np.ascontiguousarray(weight[rows])
             out = np.empty(len(rows))
         noise_o = noise.observed(rows, obs)
+        P = _projection_rows(R, obs, D)
 
         def first_row(local, rows=rows):
             return row_offset + int(local if rows is None else rows[local])
 
         n_o, A_p, U_p, WP_p, bg_p = _pattern_estep(
-            x_o, noise_o, obs, mean, covar, log_amp, lb, w, cutoff, accumulate,
+            x_o, noise_o, P, mean, covar, log_amp, lb, w, cutoff, accumulate,
             out, first_row)
         n_out += n_o
         if rows is not None:
             row_logl[rows] = out
         if not accumulate:
             continue
-        # embed into D dims and apply the component's own V (docs/design.md §1.2)
-        V_o = covar[:, :, obs]                           # (K, D, d)
+        # embed into D dims through P^T and apply the component's own V
+        # (docs/design.md §1.1-1.2): V P^T U, V P^T WP P V
+        VP = covar @ P.T                                 # (K, D, d)
         A += A_p
-        M1 += np.einsum("kij,kj->ki", V_o, U_p)
-        M2 += A_p[:, None, None] * covar + V_o @ WP_p @ np.swapaxes(V_o, 1, 2)
+        M1 += np.einsum("kij,kj->ki", VP, U_p)
+        M2 += A_p[:, None, None] * covar + VP @ WP_p @ np.swapaxes(VP, 1, 2)
         bg += bg_p
     return row_logl, n_out, (BlockMoments(A, M1, 0.5 * (M2 + np.swapaxes(M2, 1, 2)), bg)
                              if accumulate else None)
@@ -1119,24 +1226,28 @@ def _forward_sub(L: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return Z
 
 
-def _pattern_posterior(x_o, noise_o: Noise, obs, log_amp, mean, covar, covariances,
+def _pattern_posterior(x_o, noise_o: Noise, P, log_amp, mean, covar, covariances,
                        rows_global):
-    """Per-component log-weights, b and B of the rows of one missingness pattern.
+    """Per-component log-weights, b and B of rows seen through the projections ``P``.
 
+    ``P`` (1, d, D) shared by the rows (the rows of the identity for one missingness
+    pattern, or of a shared projection) or (n, d, D) one per row.
     Returns logp (n, K), b (n, K, D), B (1 or n, K, D, D) or None.
     """
     n, d = x_o.shape
-    V_oo = covar[:, obs][:, :, obs]                        # (K, d, d)
-    V_o = covar[:, obs, :]                                 # (K, d, D)
-    T = noise_o.add_to(V_oo, n)
-    if not noise_o.per_row:
-        # T_k is the same for every row of the pattern: factor K matrices, not n K
+    V_o = P[:, None] @ covar[None]                         # (1|n, K, d, D)
+    V_oo = V_o @ np.swapaxes(P, 1, 2)[:, None]             # (1|n, K, d, d)
+    V_oo = 0.5 * (V_oo + np.swapaxes(V_oo, -1, -2))
+    shared_P = P.shape[0] == 1
+    T = noise_o.add_to(V_oo[0] if shared_P else V_oo, n)
+    if T.ndim == 3:
+        # T_k is the same for every row: factor K matrices, not n K
         L = cholesky_lower(T, "component covariance (+ shared noise)")[None]
     else:
         L = cholesky_lower(T, rows_global=rows_global)     # (n, K, d, d)
-    r = x_o[:, None, :] - mean[None, :, obs]               # (n, K, d)
+    r = x_o[:, None, :] - np.einsum("pdj,kj->pkd", P, mean)   # (n, K, d)
     z = _forward_sub(L, r[..., None])[..., 0]              # (n, K, d)
-    G = _forward_sub(L, V_o[None])                         # (1|n, K, d, D)
+    G = _forward_sub(L, V_o)                               # (1|n, K, d, D)
     logdet = np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
     logp = log_amp - 0.5 * d * LOG_2PI - logdet - 0.5 * np.einsum("nkd,nkd->nk", z, z)
     Gt = np.swapaxes(G, -1, -2)
@@ -1150,7 +1261,8 @@ def _pattern_posterior(x_o, noise_o: Noise, obs, log_amp, mean, covar, covarianc
 
 def posterior_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mean: np.ndarray,
                     covar: np.ndarray, log_bg: np.ndarray | None = None, *,
-                    covariances: bool = True, row_offset: int = 0) -> PosteriorBlock:
+                    covariances: bool = True, row_offset: int = 0,
+                    projection: np.ndarray | None = None) -> PosteriorBlock:
     """Posterior of the error-free values of a block of rows (pure numpy).
 
     Parameters
@@ -1173,6 +1285,11 @@ def posterior_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mea
         for :func:`predict_missing`).
     row_offset : int
         Global index of the first row, for error messages.
+    projection : ndarray, shape (d, D) or (n, d, D), optional
+        Rows observe ``x_i = R_i v_i + e_i`` of the model's D-dimensional ``v_i``
+        (docs/design.md §1.1): one shared ``R`` or one per row; ``x`` and the noise
+        then have d columns. NaN rows of ``R_i`` stand where ``x_i`` is NaN
+        (fewer projected dimensions for that row). None: ``R = I``.
 
     Returns
     -------
@@ -1180,8 +1297,8 @@ def posterior_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mea
         float64 arrays; see its attributes for shapes and meaning.
     """
     x = np.asarray(x, dtype=np.float64)
-    n, D = x.shape
-    K = mean.shape[0]
+    n = x.shape[0]
+    K, D = mean.shape
     with np.errstate(divide="ignore"):
         log_amp = np.log(np.asarray(amp, dtype=np.float64))
     noise = as_noise(noise, kind).as_float64()
@@ -1189,15 +1306,20 @@ def posterior_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mea
     means = np.empty((n, K, D))
     covars = np.empty((n, K, D, D)) if covariances else None
     covered = np.zeros(n, dtype=bool)
+    R = None if projection is None else np.asarray(projection, dtype=np.float64)
     for obs, rows in missing_patterns(x):
         sel = slice(None) if rows is None else rows
         x_o = x if rows is None else x[np.ix_(rows, obs)]
         noise_o = noise.observed(rows, obs)
+        if R is not None and R.ndim == 3:
+            P = R[sel][:, obs]                             # (n_p, d_o, D) per row
+        else:
+            P = _projection_rows(R, obs, D)[None]          # (1, d_o, D)
 
         def rows_global(local, rows=rows):
             return row_offset + int(local if rows is None else rows[local])
 
-        lp, b, B = _pattern_posterior(x_o, noise_o, obs, log_amp, mean, covar,
+        lp, b, B = _pattern_posterior(x_o, noise_o, P, log_amp, mean, covar,
                                       covariances, rows_global)
         logp[sel], means[sel] = lp, b
         if covariances:
@@ -1232,7 +1354,8 @@ def posterior_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mea
 def estep_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mean: np.ndarray,
                 covar: np.ndarray, *, log_bg: np.ndarray | None = None,
                 weight: np.ndarray | None = None, cutoff: float | None = None,
-                row_offset: int = 0, exact_outside: bool = True):
+                row_offset: int = 0, exact_outside: bool = True,
+                projection: np.ndarray | None = None):
     """E-step of one block: per-row log-likelihoods and centred moments.
 
     Parameters
@@ -1264,6 +1387,11 @@ def estep_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mean: n
         With ``cutoff``: give rows outside every neighborhood their exact
         log-density over all components (see :func:`fill_outside`); ``False``
         leaves ``-inf`` there (for a caller that fills them itself).
+    projection : ndarray, shape (d, D) or (n, d, D), optional
+        Rows observe ``x_i = R_i v_i + e_i`` of the model's D-dimensional ``v_i``
+        (docs/design.md §1.1): one shared ``R`` or one per row; ``x`` and the noise
+        then have d columns. NaN rows of ``R_i`` stand where ``x_i`` is NaN
+        (fewer projected dimensions for that row). None: ``R = I``.
 
     Returns
     -------
@@ -1278,16 +1406,16 @@ def estep_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mean: n
     """
     noise = as_noise(noise, kind)
     row_logl, n_out, mom = _run_patterns(x, noise, None, mean, covar, amp, log_bg, weight,
-                                         cutoff, True, row_offset)
+                                         cutoff, True, row_offset, projection=projection)
     if cutoff is not None and exact_outside:
         fill_outside(row_logl, x, noise, kind, amp, mean, covar, log_bg=log_bg,
-                     row_offset=row_offset)
+                     row_offset=row_offset, projection=projection)
     return row_logl, n_out, mom
 
 
 def fill_outside(row_logl: np.ndarray, x: np.ndarray, noise, kind: str | None, amp: np.ndarray,
                  mean: np.ndarray, covar: np.ndarray, *, log_bg: np.ndarray | None = None,
-                 row_offset: int = 0) -> np.ndarray:
+                 row_offset: int = 0, projection: np.ndarray | None = None) -> np.ndarray:
     """Replace the ``-inf`` of rows outside every neighborhood by their log-density.
 
     The neighborhoods decide which components *update* from a row; the row still
@@ -1300,23 +1428,26 @@ def fill_outside(row_logl: np.ndarray, x: np.ndarray, noise, kind: str | None, a
     ----------
     row_logl : ndarray, shape (n,)
         Updated in place (and returned).
-    x, noise, kind, amp, mean, covar, log_bg, row_offset
+    x, noise, kind, amp, mean, covar, log_bg, row_offset, projection
         As in :func:`estep_block` (all K components).
     """
     out = np.flatnonzero(np.isneginf(row_logl))
     if out.size:
+        if projection is not None and np.ndim(projection) == 3:
+            projection = np.asarray(projection)[out]
         row_logl[out] = log_density_block(
             x[out], as_noise(noise, kind).rows(out), kind, amp, mean, covar,
-            log_bg=None if log_bg is None else np.asarray(log_bg)[out], row_offset=row_offset)
+            log_bg=None if log_bg is None else np.asarray(log_bg)[out], row_offset=row_offset,
+            projection=projection)
     return row_logl
 
 
 def log_density_block(x: np.ndarray, noise, kind: str | None, amp: np.ndarray, mean: np.ndarray,
                       covar: np.ndarray, *, log_bg: np.ndarray | None = None,
-                      row_offset: int = 0) -> np.ndarray:
+                      row_offset: int = 0, projection: np.ndarray | None = None) -> np.ndarray:
     """Log-density of each row under the noise-convolved mixture.
 
     Same parameters as :func:`estep_block`; returns ``row_logl`` of shape ``(n,)``.
     """
     return _run_patterns(x, noise, kind, mean, covar, amp, log_bg, None, None, False,
-                         row_offset)[0]
+                         row_offset, projection=projection)[0]

@@ -139,7 +139,8 @@ def _chunk_rows(x) -> int:
 
 
 def plan_fit(x, noise, kind: str, K: int, D: int, *, client=None,
-             oversampling: float | None = None, n_init: int = 1, limit=None):
+             oversampling: float | None = None, n_init: int = 1, limit=None,
+             projection_floats: int = 0):
     """Check (and if needed shrink) a fit's memory before its first pass.
 
     Parameters
@@ -159,6 +160,9 @@ def plan_fit(x, noise, kind: str, K: int, D: int, *, client=None,
     n_init : int
     limit : (int, str), optional
         Memory per task and its description (default :func:`task_memory_limit`).
+    projection_floats : int
+        Numbers per row of a per-row projection (d D; 0 without one): a task holds
+        its block, a float64 copy and the kernel's contiguous copy.
 
     Returns
     -------
@@ -184,7 +188,7 @@ def plan_fit(x, noise, kind: str, K: int, D: int, *, client=None,
                          f"with more memory.")
     rows = _chunk_rows(x)
     fixed = task_bytes(0, K, D, kind)
-    per_row = row_bytes(D, kind)
+    per_row = row_bytes(D, kind) + 3 * 8 * projection_floats
     noisy = noise_class(kind).noisy
     if oversampling is not None:
         per_row += candidate_bytes(int(math.ceil(oversampling)), D, noisy) if oversampling >= 1 \

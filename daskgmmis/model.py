@@ -18,7 +18,7 @@ from .errors import InputError, InputTypeError, ModelFileError
 from .files import check_new_output, write_bytes_atomic
 from .validation import is_dask as _is_dask
 from .validation import (check_background, check_data_block, check_model_params,
-                         check_numeric)
+                         check_numeric, check_projection_block, check_projection_shape)
 from .memory import machine_memory_limit
 
 __all__ = ["GMM", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
@@ -120,7 +120,8 @@ class GMM:
 
     # ------------------------------------------------------------------ density
 
-    def __call__(self, coords, covar=None, as_log: bool = False, background=None):
+    def __call__(self, coords, covar=None, as_log: bool = False, background=None, *,
+                 projection=None):
         """Density (or log-density) of the mixture, convolved with noise.
 
         Parameters
@@ -134,25 +135,41 @@ class GMM:
             Return ``log p`` instead of ``p``.
         background : Background, optional
             Add ``amp_bg * U(x)`` (noise-convolved) to the density.
+        projection : None, ndarray or dask array, shape (d, D) or (n, d, D)
+            The rows are ``y_i = R_i v_i + e_i`` (d columns, noise d x d): the density
+            of ``y_i`` (docs/design.md §1.1). Not combined with ``background``.
 
         Returns
         -------
         ndarray or dask array, shape (n,)
             Lazy (dask) when ``coords`` is a dask array.
         """
-        return self._density(coords, covar, as_log, background)
+        return self._density(coords, covar, as_log, background, projection=projection)
 
-    def _density(self, coords, covar, as_log, background, name="coords"):
+    def _density(self, coords, covar, as_log, background, name="coords", projection=None):
         """:meth:`__call__`, with ``name`` the caller's argument name for messages."""
         amp, mean, cov = self._params(background)
         D = mean.shape[1]
         check_background(background, D, "the model")
+        if projection is not None and background is not None:
+            raise InputError("background: a background (uniform over a box of the data's "
+                             "space) is not supported together with a projection; pass "
+                             "background=None.")
         if _is_dask(coords):
-            return self._dask_density(coords, covar, as_log, background, amp, mean, cov, name)
+            return self._dask_density(coords, covar, as_log, background, amp, mean, cov, name,
+                                      projection)
         x = np.asarray(check_numeric(coords, name))
         if x.ndim == 1 and D == 1:
             x = x[:, None]
-        if x.ndim != 2 or x.shape[1] != D:
+        d = D
+        if projection is not None:
+            if _is_dask(projection):
+                projection = projection.compute()
+            projection = np.asarray(check_numeric(projection, "projection"))
+            if x.ndim == 2:
+                d = x.shape[1]
+                check_projection_shape(projection.shape, x.shape[0], d, D)
+        if x.ndim != 2 or x.shape[1] != d:
             raise InputError(f"{name}: expected shape (n, D) with D={D}; found {x.shape}.")
         if not np.issubdtype(x.dtype, np.floating):
             x = x.astype(np.float64)
@@ -160,17 +177,32 @@ class GMM:
         noise = None
         if covar is not None:
             noise = np.asarray(check_numeric(covar, "covar"), dtype=np.float64)
-        nz = Noise.of(noise, x.shape[0], D, warn_ambiguous=True)
+        nz = Noise.of(noise, x.shape[0], d, warn_ambiguous=True)
         nz.validate(x, 0)
+        if projection is not None:
+            projection = check_projection_block(projection, x, 0)
         log_bg = _log_background(background, x, nz)
-        out = kernels.log_density_block(x, nz, None, amp, mean, cov, log_bg=log_bg)
+        out = kernels.log_density_block(x, nz, None, amp, mean, cov, log_bg=log_bg,
+                                        projection=projection)
         return out if as_log else np.exp(out)
 
-    def _dask_density(self, coords, covar, as_log, background, amp, mean, cov, name):
+    def _dask_density(self, coords, covar, as_log, background, amp, mean, cov, name,
+                      projection=None):
         import dask.array as da
 
         D = mean.shape[1]
-        if coords.ndim != 2 or coords.shape[1] != D:
+        d = D
+        shared_R = None
+        if projection is not None and coords.ndim == 2:
+            d = coords.shape[1]
+            if not check_projection_shape(projection.shape, coords.shape[0], d, D):
+                shared_R = check_projection_block(
+                    np.asarray(projection.compute() if _is_dask(projection) else projection),
+                    None, 0)
+                projection = None
+            else:
+                projection = da.asarray(projection).rechunk((coords.chunks[0], (d,), (D,)))
+        if coords.ndim != 2 or coords.shape[1] != d:
             raise InputError(f"{name}: expected shape (n, D) with D={D}; found {coords.shape}.")
         check_numeric(coords, name)
         x = coords.rechunk({1: -1})
@@ -178,36 +210,39 @@ class GMM:
             covar = np.asarray(check_numeric(covar, "covar"), dtype=np.float64)
         elif covar is not None:
             check_numeric(covar, "covar")
-        noise = Noise.of(covar, x.shape[0], D)
+        noise = Noise.of(covar, x.shape[0], d)
         if not noise.per_row:
             noise.validate()
         kind, shared = noise.kind, noise.shared_matrix    # what crosses into the tasks
         # global index of each row, so that the checks in the block tasks name rows
         idx = da.arange(x.shape[0], chunks=(x.chunks[0],))
 
-        def block(xb, ib, nb=None):
+        def block(xb, ib, nb=None, pb=None):
             offset = int(ib[0]) if len(ib) else 0
             check_data_block(xb, offset, name, allow_empty=True)
             nz = noise_block(kind, nb, shared)
             if nz.per_row:
                 nz.validate(xb, offset)
+            R = shared_R if pb is None else check_projection_block(pb, xb, offset)
             log_bg = _log_background(background, xb, nz)
             out = kernels.log_density_block(xb, nz, None, amp, mean, cov, log_bg=log_bg,
-                                            row_offset=offset)
+                                            row_offset=offset, projection=R)
             return out if as_log else np.exp(out)
 
-        if not noise.per_row:
-            return da.blockwise(block, "i", x, "ij", idx, "i", dtype=np.float64,
-                                concatenate=True)
-        rows = da.asarray(noise.row_array)
-        rows = rows.rechunk((x.chunks[0],) + tuple((s,) for s in rows.shape[1:]))
-        index = "ijk"[:rows.ndim]
-        return da.blockwise(block, "i", x, "ij", idx, "i", rows, index, dtype=np.float64,
-                            concatenate=True)
+        args = [x, "ij", idx, "i"]
+        if noise.per_row:
+            rows = da.asarray(noise.row_array)
+            rows = rows.rechunk((x.chunks[0],) + tuple((s,) for s in rows.shape[1:]))
+            args += [rows, "ijk"[:rows.ndim]]
+        else:
+            args += [None, None]
+        if projection is not None:
+            args += [projection, "imn"]
+        return da.blockwise(block, "i", *args, dtype=np.float64, concatenate=True)
 
-    def logL(self, coords, covar=None, background=None):
+    def logL(self, coords, covar=None, background=None, *, projection=None):
         """Log-density of each row: ``self(coords, covar, as_log=True)``."""
-        return self(coords, covar, as_log=True, background=background)
+        return self(coords, covar, as_log=True, background=background, projection=projection)
 
     def condition(self, values, dims, *, background: Background | None = None) -> "GMM":
         """Conditional mixture over the other dimensions, given values of ``dims``.
@@ -292,8 +327,8 @@ class GMM:
 
     # ---------------------------------------------------------------- sampling
 
-    def draw(self, size: int = 1, rng=None) -> np.ndarray:
-        """Draw samples from the mixture (no noise, no selection).
+    def draw(self, size: int = 1, rng=None, *, projection=None, covar=None) -> np.ndarray:
+        """Draw samples from the mixture (no selection), optionally projected and noisy.
 
         Parameters
         ----------
@@ -301,10 +336,18 @@ class GMM:
             Number of samples.
         rng : None, int, Generator or SeedSequence
             Random source.
+        projection : ndarray, shape (d, D) or (size, d, D), optional
+            Return ``y_i = R_i v_i`` (+ noise) of the drawn ``v_i`` (docs/design.md
+            §1.1): what a catalog fitted with ``projection`` holds.
+        covar : ndarray, optional
+            Noise added to the (projected) samples: shared ``(d, d)``, diagonal
+            variances ``(size, d)`` or full ``(size, d, d)``; ``d = D`` without a
+            projection. The mixture draws come first from ``rng``: the same seed
+            gives the same ``v`` with and without projection or noise.
 
         Returns
         -------
-        ndarray, shape (size, D)
+        ndarray, shape (size, D), or (size, d) with a projection
             Samples in random order.
         """
         amp, mean, cov = self._params()
@@ -328,6 +371,17 @@ class GMM:
             out[start:start + c] = mean[k] + z @ L[k].T
             start += c
         rng.shuffle(out, axis=0)
+        if projection is not None:
+            R = np.asarray(check_numeric(projection, "projection"), dtype=np.float64)
+            d = R.shape[-2] if R.ndim in (2, 3) else 0
+            per_row = check_projection_shape(R.shape, size, d, self.D)
+            R = check_projection_block(R, np.zeros((size, d)) if per_row else None, 0)
+            out = out @ R.T if not per_row else np.einsum("nij,nj->ni", R, out)
+        if covar is not None:
+            nz = Noise.of(np.asarray(check_numeric(covar, "covar"), dtype=np.float64),
+                          size, out.shape[1])
+            nz.validate(out, 0)
+            out = out + nz.sample(rng.standard_normal(out.shape))
         return out
 
     # ---------------------------------------------------------------- persistence

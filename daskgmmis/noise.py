@@ -243,8 +243,9 @@ class Noise:
 
         Parameters
         ----------
-        V : ndarray, shape (K, d, d)
-            Component covariances on the observed features.
+        V : ndarray, shape (K, d, d) or (n, K, d, d)
+            Component covariances on the observed features (per row when every
+            row sees them through its own projection).
         n : int
             Number of rows.
 
@@ -501,7 +502,7 @@ class DiagNoise(_PerRowNoise):
         return DiagNoise(sub if obs.all() else sub[:, obs])
 
     def add_to(self, V, n):
-        T = np.broadcast_to(V, (n,) + V.shape).copy()
+        T = np.broadcast_to(V, (n,) + V.shape[-3:]).copy()
         idx = np.arange(V.shape[-1])
         T[:, :, idx, idx] += self.array[:, None, :]
         return T
@@ -572,7 +573,7 @@ class FullNoise(_PerRowNoise):
         return FullNoise(sub if obs.all() else sub[:, obs][:, :, obs])
 
     def add_to(self, V, n):
-        T = np.broadcast_to(V, (n,) + V.shape).copy()
+        T = np.broadcast_to(V, (n,) + V.shape[-3:]).copy()
         T += self.array[:, None]
         return T
 

@@ -57,9 +57,9 @@ from .background import Background, log_background
 from .errors import InputError, InputTypeError
 from .model import GMM
 from .tables import table_format, write_table
-from .validation import check_background
+from .validation import check_background, check_projection_block
 from .validation import is_dask as _is_dask
-from .catalog import (dask_input, Catalog, check_not_input, complete_array,
+from .catalog import (dask_input, as_dask_projection, Catalog, check_not_input, complete_array,
                       default_row_chunk, new_store, open_catalog, stores_read_by)
 
 if TYPE_CHECKING:  # dask is imported lazily: the block math must not need it
@@ -92,6 +92,7 @@ class _Params:
     kind: str
     shared: np.ndarray | None
     background: Background | None
+    projection: np.ndarray | None = None     # a shared (d, D) projection
 
 
 def _check_values_block(x: np.ndarray, row_offset: int) -> None:
@@ -102,20 +103,27 @@ def _check_values_block(x: np.ndarray, row_offset: int) -> None:
                          f"expected a finite value or NaN (missing).")
 
 
-def _block_task(x, idx, noise, params: _Params, covariances: bool) -> PosteriorBlock:
-    """One row block: validation fused with the posterior (a single read of the data)."""
+def _block_task(x, idx, noise, params: _Params, covariances: bool, proj=None) -> PosteriorBlock:
+    """One row block: validation fused with the posterior (a single read of the data).
+
+    ``proj``: the block of per-row projections (n, d, D), or None (then the shared one
+    of ``params``, if any).
+    """
     x = np.asarray(x)
     offset = int(idx[0]) if len(idx) else 0
     _check_values_block(x, offset)
     noise = noise_block(params.kind, noise, params.shared)
     noise.validate(x, offset)
+    proj = params.projection if proj is None else check_projection_block(proj, x, offset)
     log_bg = log_background(params.background, x, noise)
     return posterior_block(x, noise, None, params.amp, params.mean, params.covar,
-                           log_bg, covariances=covariances, row_offset=offset)
+                           log_bg, covariances=covariances, row_offset=offset,
+                           projection=proj)
 
 
-def _resolve(gmm, data, covar, background):
-    """Validate arguments; return (params, x, noise, is_lazy, catalog or None)."""
+def _resolve(gmm, data, covar, background, projection=None):
+    """Validate arguments; return (params, x, noise, per-row projection or None, is_lazy,
+    catalog or None)."""
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
     check_background(background, gmm.D, "gmm")
@@ -128,28 +136,36 @@ def _resolve(gmm, data, covar, background):
         data = open_catalog(data)
     cat = data if isinstance(data, Catalog) else None
     x, noise = dask_input(data, covar)
-    if x.shape[1] != gmm.D:
+    proj = as_dask_projection(data, projection, x, gmm.D)
+    if proj is None and x.shape[1] != gmm.D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={gmm.D}.")
-    params = _Params(amp, mean, cov, noise.kind, noise.shared_matrix, background)
-    return params, x, noise.row_array, lazy, cat
+    if proj is not None and background is not None:
+        raise InputError("background: a background (uniform over a box of the data's space) "
+                         "is not supported together with a projection; pass "
+                         "background=None.")
+    shared = proj if proj is not None and proj.ndim == 2 else None
+    params = _Params(amp, mean, cov, noise.kind, noise.shared_matrix, background, shared)
+    return params, x, noise.row_array, (None if shared is not None else proj), lazy, cat
 
 
-def _reblock(x, noise, K: int):
-    """Row blocks whose posterior output stays below the byte budget."""
+def _reblock(x, noise, K: int, D: int, proj=None):
+    """Row blocks whose posterior output (K components in D dims) stays below the byte
+    budget; the per-row noise and projection follow the rows' chunks."""
     import dask.array as da
 
-    D = x.shape[1]
     per_row = 8 * (2 * K + K * D + K * D * D + 2 * D + D * D + 2)
     rows = max(1, _BLOCK_OUTPUT_BYTES // per_row)
     if max(x.chunks[0], default=0) > rows:
         x = x.rechunk({0: rows})
-        if noise is not None:
-            noise = noise.rechunk({0: x.chunks[0]})
+    if noise is not None:
+        noise = noise.rechunk({0: x.chunks[0]})
+    if proj is not None:
+        proj = proj.rechunk({0: x.chunks[0]})
     idx = da.arange(x.shape[0], chunks=(x.chunks[0],))
-    return x, noise, idx
+    return x, noise, idx, proj
 
 
-def _block_graph(params: _Params, x, noise, idx, covariances: bool):
+def _block_graph(params: _Params, x, noise, idx, covariances: bool, proj=None):
     """Object-valued dask array: one PosteriorBlock per row block."""
     import dask.array as da
     from dask.base import tokenize
@@ -164,8 +180,11 @@ def _block_graph(params: _Params, x, noise, idx, covariances: bool):
     # (fits update it in place), which hashing the object would not guarantee
     name = "posterior-block-" + tokenize(
         x, noise, idx, params.amp, params.mean, params.covar, params.kind, params.shared,
-        None if bg is None else bg.to_dict(), covariances)
-    return da.blockwise(_block_task, "i", *args, params, None, covariances, None,
+        None if bg is None else bg.to_dict(), covariances, params.projection, proj)
+    args += [params, None, covariances, None]
+    if proj is not None:
+        args += [proj, "imn"]
+    return da.blockwise(_block_task, "i", *args,
                         name=name, dtype=object, meta=np.empty((0,), dtype=object),
                         concatenate=True)
 
@@ -283,8 +302,8 @@ class Posterior:
 _METADATA = ("id_name", "columns")
 
 
-def posterior(gmm: GMM, data, covar=None, background: Background | None = None
-              ) -> Posterior:
+def posterior(gmm: GMM, data, covar=None, background: Background | None = None, *,
+              projection=None) -> Posterior:
     """Posterior of each row's error-free values given the model and its noise.
 
     Parameters
@@ -300,6 +319,10 @@ def posterior(gmm: GMM, data, covar=None, background: Background | None = None
     background : Background, optional
         Uniform background of the model (as passed to :func:`daskgmmis.fit`).
         Not taken from ``gmm.background`` implicitly, as in :meth:`GMM.logL`.
+    projection : None, (d, D) or (N, d, D)
+        Projection matrices (as for :func:`daskgmmis.fit`): the rows are
+        ``y_i = R_i v_i + e_i`` with d columns; the posterior is that of the
+        D-dimensional ``v_i``. Taken from the catalog when it carries one.
 
     Returns
     -------
@@ -315,10 +338,10 @@ def posterior(gmm: GMM, data, covar=None, background: Background | None = None
     NumericalError
         A component covariance plus a row's noise is not positive definite.
     """
-    params, x, noise, lazy, cat = _resolve(gmm, data, covar, background)
-    x, noise, idx = _reblock(x, noise, params.amp.shape[0])
-    blocks = _block_graph(params, x, noise, idx, True)
+    params, x, noise, proj, lazy, cat = _resolve(gmm, data, covar, background, projection)
     K, D = params.mean.shape
+    x, noise, idx, proj = _reblock(x, noise, K, D, proj)
+    blocks = _block_graph(params, x, noise, idx, True, proj)
     rows = x.chunks[0]
     trailing = {"mean": (D,), "covar": (D, D), "resp": (K,), "means": (K, D),
                 "covars": (K, D, D), "logL": (), "resp_bg": ()}
@@ -333,7 +356,9 @@ def posterior(gmm: GMM, data, covar=None, background: Background | None = None
     post = Posterior(**out, row_index=None if cat is None else cat.row_index,
                      ids=None if cat is None else cat.ids,
                      id_name=None if cat is None else cat.id_name,
-                     columns=list(cat.columns) if cat is not None else gmm.columns)
+                     # the catalog's columns name y's entries, not v's, under a projection
+                     columns=(list(cat.columns) if cat is not None and proj is None
+                              and params.projection is None else gmm.columns))
     return post if lazy else post.compute()
 
 
@@ -364,8 +389,12 @@ def predict_missing(gmm: GMM, data, covar=None):
     ndarray or dask array, shape (N, D), float64
         numpy for numpy input, lazy dask otherwise.
     """
-    params, x, noise, lazy, _ = _resolve(gmm, data, covar, None)
-    x, noise, idx = _reblock(x, noise, params.amp.shape[0])
+    params, x, noise, proj, lazy, _ = _resolve(gmm, data, covar, None)
+    if proj is not None or params.projection is not None:
+        raise InputError("data: the catalog carries a projection: its rows are not in the "
+                         "model's space, so there are no missing features of theirs to fill; "
+                         "use posterior() for the posterior of the true values.")
+    x, noise, idx, _ = _reblock(x, noise, *params.mean.shape)
     blocks = _block_graph(params, x, noise, idx, False)
     import dask.array as da
 

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from .background import Background
-from .catalog import as_dask_input, as_dask_weights
+from .catalog import as_dask_input, as_dask_projection, as_dask_weights
 from .errors import InputError, InputTypeError
 from .validation import check_background
 from .model import GMM
@@ -39,20 +39,23 @@ def _check_model(gmm, name: str = "gmm") -> None:
         raise InputTypeError(f"{name}: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
 
 
-def _resolve_data(gmm: GMM, data, covar, weights=None):
-    """(x, noise, weights or None) of a scoring call; the catalog's weights if it has them."""
+def _resolve_data(gmm: GMM, data, covar, weights=None, projection=None):
+    """(x, noise, weights or None, projection or None) of a scoring call; the catalog's
+    weights and projection if it has them."""
     x, noise, kind = as_dask_input(data, covar)
-    if x.shape[1] != gmm.D:
+    projection = as_dask_projection(data, projection, x, gmm.D)
+    if projection is None and x.shape[1] != gmm.D:
         raise InputError(f"data: has D={x.shape[1]} features but the model has D={gmm.D}.")
-    return x, noise, as_dask_weights(data, weights, x)
+    return x, noise, as_dask_weights(data, weights, x), projection
 
 
-def _loglike_graph(gmm: GMM, x, noise, background, weights=None):
+def _loglike_graph(gmm: GMM, x, noise, background, weights=None, projection=None):
     """Lazy (sum of per-row (weighted) logL, (weighted) count of rows with an observed
     feature)."""
     import dask.array as da
 
-    ll = gmm._density(x, noise, True, background, name="data")   # messages name 'data'
+    # messages name 'data'
+    ll = gmm._density(x, noise, True, background, name="data", projection=projection)
     used = ~da.isnan(ll)            # NaN: no observed feature, carries no information
     if weights is None:
         return da.where(used, ll, 0.0).sum(), used.sum()
@@ -93,7 +96,7 @@ def n_parameters(gmm: GMM, background: Background | None = None) -> int:
 
 
 def loglike(gmm: GMM, data, covar=None, background: Background | None = None, *,
-            weights=None) -> tuple[float, int | float]:
+            weights=None, projection=None) -> tuple[float, int | float]:
     """Total deconvolved log-likelihood of a catalog, in one pass over the data.
 
     Parameters
@@ -108,6 +111,9 @@ def loglike(gmm: GMM, data, covar=None, background: Background | None = None, *,
     weights : None, array_like or dask array, shape (N,)
         Per-row weights >= 0 (a row of weight w counts as w rows); taken from the
         catalog when it carries them.
+    projection : None, array_like or dask array, shape (d, D) or (N, d, D)
+        Projection matrices of the rows (see :func:`daskgmmis.fit`); taken from the
+        catalog when it carries them.
 
     Returns
     -------
@@ -119,13 +125,13 @@ def loglike(gmm: GMM, data, covar=None, background: Background | None = None, *,
     """
     _check_model(gmm)
     check_background(background, gmm.D, "the model")
-    x, noise, w = _resolve_data(gmm, data, covar, weights)
-    total, n = _compute(*_loglike_graph(gmm, x, noise, background, w))
+    x, noise, w, proj = _resolve_data(gmm, data, covar, weights, projection)
+    total, n = _compute(*_loglike_graph(gmm, x, noise, background, w, proj))
     return float(total), (int(n) if w is None else float(n))
 
 
 def bic(gmm: GMM, data, covar=None, background: Background | None = None, *,
-        weights=None) -> float:
+        weights=None, projection=None) -> float:
     """Bayesian information criterion ``-2 log L + p log N`` (lower is better).
 
     Parameters
@@ -140,6 +146,8 @@ def bic(gmm: GMM, data, covar=None, background: Background | None = None, *,
         Background fitted with the model (one more parameter if adjustable).
     weights : None, array_like or dask array, shape (N,)
         Per-row weights, as for :func:`loglike`.
+    projection : None, (d, D) or (N, d, D)
+        Projection matrices, as for :func:`loglike`.
 
     Returns
     -------
@@ -148,12 +156,12 @@ def bic(gmm: GMM, data, covar=None, background: Background | None = None, *,
         ``p`` is :func:`n_parameters`, ``N`` the number of rows with an observed
         feature (their total weight for weighted rows).
     """
-    total, n = loglike(gmm, data, covar, background, weights=weights)
+    total, n = loglike(gmm, data, covar, background, weights=weights, projection=projection)
     return float(-2.0 * total + n_parameters(gmm, background) * np.log(n))
 
 
 def aic(gmm: GMM, data, covar=None, background: Background | None = None, *,
-        weights=None) -> float:
+        weights=None, projection=None) -> float:
     """Akaike information criterion ``-2 log L + 2 p`` (lower is better).
 
     Same parameters as :func:`bic`.
@@ -162,12 +170,12 @@ def aic(gmm: GMM, data, covar=None, background: Background | None = None, *,
     -------
     float
     """
-    total, _ = loglike(gmm, data, covar, background, weights=weights)
+    total, _ = loglike(gmm, data, covar, background, weights=weights, projection=projection)
     return float(-2.0 * total + 2.0 * n_parameters(gmm, background))
 
 
 def score(gmm: GMM, data, covar=None, background: Background | None = None, *,
-          weights=None) -> float:
+          weights=None, projection=None) -> float:
     """Mean log-likelihood per row (on held-out data: a generalization score).
 
     Same parameters as :func:`bic`.
@@ -177,7 +185,7 @@ def score(gmm: GMM, data, covar=None, background: Background | None = None, *,
     float
         ``loglike / n`` (higher is better).
     """
-    total, n = loglike(gmm, data, covar, background, weights=weights)
+    total, n = loglike(gmm, data, covar, background, weights=weights, projection=projection)
     if n == 0:
         raise InputError("data: no row has an observed feature; nothing to score.")
     return total / n
@@ -261,7 +269,8 @@ class CVResult:
 
 
 def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: int | None = None,
-           weights=None, options: FitOptions | None = None, **fit_kwargs) -> CVResult:
+           weights=None, projection=None, options: FitOptions | None = None,
+           **fit_kwargs) -> CVResult:
     """K-fold cross-validated fit: held-out likelihood of the model class of ``gmm``.
 
     Rows are split into ``n_folds`` balanced folds, drawn per row chunk from
@@ -289,6 +298,9 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
     weights : None, array_like or dask array, shape (N,)
         Per-row weights (see :func:`daskgmmis.fit`), split with the rows: they
         weight both the fits and the held-out scores.
+    projection : None, (d, D) or (N, d, D)
+        Projection matrices (see :func:`daskgmmis.fit`); per-row ones are split with
+        the rows.
     options : FitOptions, optional
         The fits' options (validated once, here); ``rng`` is replaced per fold.
     **fit_kwargs
@@ -310,7 +322,7 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
     opts = FitOptions.create(options, **fit_kwargs)
     background = opts.background
     check_background(background, gmm.D, "the model")
-    x, noise, weights = _resolve_data(gmm, data, covar, weights)
+    x, noise, weights, projection = _resolve_data(gmm, data, covar, weights, projection)
     N = int(x.shape[0])
     if n_folds > N:
         raise InputError(f"n_folds: {n_folds} folds for {N} rows; expected n_folds <= N.")
@@ -325,21 +337,23 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         ns = _fold_split(noise, n_folds, fold, train, base_seed, offsets) if per_row else noise
         ws = (None if weights is None else
               _fold_split(weights, n_folds, fold, train, base_seed, offsets))
-        return xs, ns, ws
+        ps = (_fold_split(projection, n_folds, fold, train, base_seed, offsets)
+              if projection is not None and projection.ndim == 3 else projection)
+        return xs, ns, ws, ps
 
     models, results, backgrounds, graphs = [], [], [], []
     for fold in range(n_folds):
-        x_train, n_train, w_train = split(fold, True)
+        x_train, n_train, w_train, p_train = split(fold, True)
         g = gmm.copy()
         bg = None if background is None else background.copy()
         # the package's one multi-start loop (best training likelihood of n_init)
-        res = fit(g, x_train, n_train, weights=w_train,
+        res = fit(g, x_train, n_train, weights=w_train, projection=p_train,
                   options=opts.replace(background=bg, rng=child_seed(fit_seed, fold)))
         models.append(g)
         results.append(res)
         backgrounds.append(bg)
-        x_test, n_test, w_test = split(fold, False)
-        graphs.extend(_loglike_graph(g, x_test, n_test, bg, w_test))
+        x_test, n_test, w_test, p_test = split(fold, False)
+        graphs.extend(_loglike_graph(g, x_test, n_test, bg, w_test, p_test))
     values = _compute(*graphs)
     totals = np.array(values[0::2], dtype=np.float64)
     counts = np.array(values[1::2], dtype=np.int64 if weights is None else np.float64)
@@ -428,10 +442,10 @@ def stack(models, weights=None, *, data=None, covar=None, background=None,
                 raise InputError(f"background: expected one per model ({M}); found {len(bgs)}.")
             for bg in bgs:
                 check_background(bg, D, "the model")
-            x, noise, weights = _resolve_data(models[0], data, covar)
+            x, noise, weights, proj = _resolve_data(models[0], data, covar)
             graphs = []
             for g, bg in zip(models, bgs):
-                graphs.extend(_loglike_graph(g, x, noise, bg, weights))
+                graphs.extend(_loglike_graph(g, x, noise, bg, weights, proj))
             values = _compute(*graphs)
             totals = np.array(values[0::2], dtype=np.float64)
             counts = np.array(values[1::2], dtype=np.float64)

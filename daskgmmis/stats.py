@@ -78,6 +78,9 @@ class DataSummary:
         Largest noise variance per feature (0 without noise).
     weight : float
         Sum of the per-row weights (``n`` when the rows are unweighted).
+    projection_sum : float
+        Sum of the projection matrices' entries the rows use (0 without a
+        projection): a checkpoint's fingerprint of the projection.
     """
 
     n: int
@@ -87,13 +90,15 @@ class DataSummary:
     total: np.ndarray
     max_noise_var: np.ndarray
     weight: float = 0.0
+    projection_sum: float = 0.0
 
     def __add__(self, other: "DataSummary") -> "DataSummary":
         return DataSummary(self.n + other.n, self.n_obs + other.n_obs,
                            np.fmin(self.lo, other.lo), np.fmax(self.hi, other.hi),
                            self.total + other.total,
                            np.fmax(self.max_noise_var, other.max_noise_var),
-                           self.weight + other.weight)
+                           self.weight + other.weight,
+                           self.projection_sum + other.projection_sum)
 
 
 def sum_stats(*parts):

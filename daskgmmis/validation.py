@@ -16,6 +16,8 @@ __all__ = [
     "check_model_params",
     "check_data_block",
     "check_weights_block",
+    "check_projection_shape",
+    "check_projection_block",
     "check_noise_block",
     "check_shared_noise",
     "check_numeric",
@@ -308,3 +310,92 @@ def check_regularization(w) -> None:
         raise InputError(f"w: {w!r} squared (the variance added to every covariance) "
                          f"overflows float64; expected w <= {MAX_W:g} in data units (a "
                          f"regularization is a small fraction of the data's spread).")
+
+
+def check_projection_shape(shape: tuple, N: int, d: int, D: int,
+                           name: str = "projection") -> bool:
+    """Check the shape of a projection argument; return whether it is per row.
+
+    Rows observe ``y_i = R_i v_i + e_i`` (docs/design.md §1.1): ``R`` is one shared
+    ``(d, D)`` matrix or one ``(N, d, D)`` matrix per row, ``d`` the data's columns,
+    ``D`` the model's dimension, ``d <= D``.
+
+    Parameters
+    ----------
+    shape : tuple
+        Shape of the projection array.
+    N, d : int
+        Rows and columns of the data.
+    D : int
+        Dimension of the model.
+    name : str
+        Argument name for the message.
+
+    Returns
+    -------
+    bool
+        True for per-row matrices (N, d, D), False for one shared (d, D).
+
+    Raises
+    ------
+    InputError
+        Any other shape, or ``d > D``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if d > D:
+        raise InputError(f"{name}: the data have d={d} columns but the model only D={D} "
+                         f"dimensions; a projection maps D dimensions to d <= D.")
+    if shape == (d, D):
+        return False
+    if shape == (N, d, D):
+        return True
+    raise InputError(f"{name}: expected one shared matrix of shape ({d}, {D}) or one per row, "
+                     f"({N}, {d}, {D}) (data columns d={d}, model dimension D={D}); found "
+                     f"shape {shape}.")
+
+
+def check_projection_block(R: np.ndarray, x: np.ndarray, row_offset: int,
+                           name: str = "projection") -> np.ndarray:
+    """A block of projection matrices as float64, finite where the rows are observed.
+
+    Row ``a`` of ``R_i`` maps the model to entry ``a`` of ``y_i``; where ``y_i[a]`` is
+    NaN (missing, or padding of a row seen in fewer dimensions) that row of ``R_i`` is
+    not used and may be NaN. A shared ``(d, D)`` matrix must be finite everywhere.
+
+    Parameters
+    ----------
+    R : ndarray, shape (d, D) or (n, d, D)
+    x : ndarray, shape (n, d)
+        The block's rows (NaN = missing).
+    row_offset : int
+        Global index of the block's first row, for the message.
+    name : str
+        Argument name for the message.
+
+    Returns
+    -------
+    ndarray, float64, same shape as ``R``
+    """
+    R = np.asarray(R)
+    if R.dtype.kind not in "biuf":
+        raise InputTypeError(f"{name}: expected real numbers; found dtype {R.dtype}.")
+    R = R.astype(np.float64, copy=False)
+    if R.ndim == 2:
+        bad = ~np.isfinite(R)
+        if bad.any():
+            a, c = np.argwhere(bad)[0]
+            raise InputError(f"{name}: entry ({int(a)}, {int(c)}) of the shared matrix is "
+                             f"{R[a, c]}; expected finite numbers (a row of y that is NaN "
+                             f"selects out its row of R; pass per-row matrices to pad them "
+                             f"with NaN).")
+        return R
+    used = ~np.isnan(np.asarray(x))[:, :, None]
+    bad = used & ~np.isfinite(R)
+    if bad.any():
+        i, a, c = (int(v) for v in np.argwhere(bad)[0])
+        raise InputError(
+            f"{name}: row {row_offset + i}, entry ({a}, {c}) is {R[i, a, c]} where the row "
+            f"observes y[{a}]; expected finite numbers (only the rows of R_i at NaN entries "
+            f"of y_i may be NaN). Found {int(bad.any(axis=(1, 2)).sum())} such rows in rows "
+            f"{row_offset}..{row_offset + len(R) - 1}.")
+    return R

@@ -45,6 +45,12 @@ def with_params(**params):
     return g
 
 
+def scaled_amp(g, factor):
+    """``g`` with its amplitudes scaled (leaving room for a background's share)."""
+    g.amp = g.amp * factor
+    return g
+
+
 def at(arr, index, value):
     """A copy of ``arr`` with one entry replaced."""
     out = np.array(arr, dtype=float)
@@ -258,6 +264,36 @@ CASES = [
                         "smallest eigenvalue -1"]),
     ("fit", "covar_callback returns strings", lambda d: fit(model(), INSIDE, sel_callback=Box([-1, -1], [1, 1]), covar_callback=lambda c: "S"),
      dg.CallbackError, ["covar_callback", "numeric", "dtype <U1"]),
+
+    # -- projections: X (200, 2) seen through R of a 3-D model
+    ("fit", "projection of the wrong shape", lambda d: fit(model(D=3), X, projection=np.ones((3, 3)), init_method="none"),
+     dg.InputError, ["projection", "expected one shared matrix of shape (2, 3)", "(200, 2, 3)",
+                     "found shape (3, 3)"]),
+    ("fit", "projection to more dimensions than the model's", lambda d: fit(model(D=1), X, projection=np.ones((2, 1)), init_method="none"),
+     dg.InputError, ["projection", "d=2 columns", "only D=1", "d <= D"]),
+    ("fit", "projection of strings", lambda d: fit(model(D=3), X, projection=np.full((2, 3), "a"), init_method="none"),
+     dg.InputTypeError, ["projection", "expected a numeric array", "<U1"]),
+    ("fit", "NaN in a per-row projection where the row is observed", lambda d: fit(model(D=3), X, projection=at(np.ones((200, 2, 3)), (7, 1, 0), np.nan), init_method="none"),
+     dg.InputError, ["projection", "row 7, entry (1, 0) is nan", "observes y[1]",
+                     "only the rows of R_i at NaN entries of y_i may be NaN"]),
+    ("fit", "Inf in a shared projection", lambda d: fit(model(D=3), X, projection=at(np.ones((2, 3)), (0, 2), np.inf), init_method="none"),
+     dg.InputError, ["projection", "entry (0, 2) of the shared matrix is inf", "finite"]),
+    ("fit", "projection with a data-based initialization", lambda d: fit(model(D=3), X, projection=np.ones((2, 3))),
+     dg.InputError, ["init_method", "not in the model's space", "init_method='none'"]),
+    ("fit", "projection with truncation", lambda d: fit(model(D=3), INSIDE, projection=np.ones((2, 3)), init_method="none", sel_callback=Box([-1, -1], [1, 1])),
+     dg.InputError, ["sel_callback", "truncation", "not supported together with a projection"]),
+    ("fit", "projection with neighborhoods", lambda d: fit(model(D=3), X, projection=np.ones((2, 3)), init_method="none", cutoff=4.0),
+     dg.InputError, ["cutoff", "not supported together with a projection"]),
+    ("fit", "projection beside a catalog's own", lambda d: fit(model(D=3), dg.write_catalog(d / "p.zarr", X, projection=np.ones((2, 3))), projection=np.ones((2, 3)), init_method="none"),
+     dg.InputError, ["projection", "the catalog carries its own projection", "projection=None"]),
+    ("score", "per-row projection of the wrong length", lambda d: dg.score(model(D=3), X, projection=np.ones((199, 2, 3))),
+     dg.InputError, ["projection", "(200, 2, 3)", "found shape (199, 2, 3)"]),
+    ("posterior", "projection with a background", lambda d: dg.posterior(scaled_amp(model(D=3), 0.9), X, projection=np.ones((2, 3)), background=dg.Background(([0, 0, 0], [1, 1, 1]), 0.1)),
+     dg.InputError, ["background", "not supported together with a projection"]),
+    ("write_catalog", "projection of the wrong width", lambda d: dg.write_catalog(d / "p.zarr", X, projection=np.ones((3, 4))),
+     dg.InputError, ["projection", "expected one shared matrix of shape (2, 4)", "found shape (3, 4)"]),
+    ("GMM.draw", "per-row projection for another size", lambda d: model(D=3).draw(5, projection=np.ones((4, 2, 3))),
+     dg.InputError, ["projection", "(5, 2, 3)", "found shape (4, 2, 3)"]),
 
     # -- dg.draw
     ("draw", "gmm is not a GMM", lambda d: dg.draw(None, 10),

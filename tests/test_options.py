@@ -50,8 +50,8 @@ def test_fit_signature_is_the_table():
     table = FitOptions.defaults()
     assert {n: params[n].default for n in table} == table
     # weights are data (like covar), not an option
-    assert list(params)[:5] == ["gmm", "data", "covar", "weights", "options"]
-    assert set(params) == {"gmm", "data", "covar", "weights", "options", *table}
+    assert list(params)[:6] == ["gmm", "data", "covar", "weights", "projection", "options"]
+    assert set(params) == {"gmm", "data", "covar", "weights", "projection", "options", *table}
     assert inspect.signature(em.fit_best) == inspect.signature(dg.fit)
     for name in table:                          # the docstring lists every option
         assert f"\n    {name} : " in dg.fit.__doc__
@@ -107,9 +107,10 @@ def test_cli_report_names_every_option(tmp_path):
 
 def test_fingerprint_covers_every_problem_option():
     plan = types.SimpleNamespace(N=10, D=2, kind="none", x=types.SimpleNamespace(
-        chunks=((10,), (2,))), shared=None)
+        chunks=((10,), (2,))), shared=None, projection=None)
     summary = types.SimpleNamespace(n=10, n_obs=np.array([10, 10]), lo=np.zeros(2),
-                                    hi=np.ones(2), total=np.ones(2), weight=10.0)
+                                    hi=np.ones(2), total=np.ones(2), weight=10.0,
+                                    projection_sum=0.0)
     frozen = {"amp": np.array([0]), "mean": np.empty(0, int), "covar": np.empty(0, int)}
     base = FitOptions(rng=1)
     fp = em._fingerprint(plan, summary, 3, base, frozen)
@@ -127,6 +128,12 @@ def test_fingerprint_covers_every_problem_option():
     # the rows' weights are part of the data
     assert em._fingerprint(plan, types.SimpleNamespace(**{**vars(summary), "weight": 11.0}),
                            3, base, frozen) != fp
+    # and so are their projections (shape and the sum of the entries they use)
+    projected = types.SimpleNamespace(**{**vars(plan), "projection": np.ones((2, 3))})
+    fp_proj = em._fingerprint(projected, summary, 3, base, frozen)
+    assert fp_proj != fp
+    assert em._fingerprint(projected, types.SimpleNamespace(
+        **{**vars(summary), "projection_sum": 1.0}), 3, base, frozen) != fp_proj
     # options that do not change the fitted problem may change between runs
     for name, value in {"tol": 0.5, "maxiter": 3, "n_init": 2, "persist": True,
                         "progress": True, "callback_timeout": 9.0}.items():
