@@ -415,10 +415,10 @@ _ROWCOV_TILED = True
 # D=5, K=20 in benchmarks/bench_em.py; log-densities within 1e-4, moments within 1e-5
 # relative). Off: the default promotes float32 rows exactly to float64, so a float32
 # fit equals the float64 fit of the same values (tests/test_robustness.py).
-_ROWCOV_FLOAT32 = False
+_ROWCOV_FLOAT32 = True
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rowcov_tiled(x, S_full, S_diag, is_diag, V, mu, logamp, log_bg, weight, chi2_cut,
                   accumulate, row_logl, A, U, WP, bg_acc, tile):  # pragma: no cover
     """E-step with per-row noise, one component over a tile of rows at a time.
@@ -1105,16 +1105,29 @@ def _run_patterns(x, noise, kind, mean, covar, amp, log_bg, weight, cutoff,
     matrix. ``rowwise``: process the rows one by one (:func:`_gap_kernel`) rather
     than per group; None chooses by the number of patterns; a per-row projection
     is always row by row.
+
+    float32 rows with per-row noise keep float32 arithmetic in the per-row kernel
+    (:data:`_ROWCOV_FLOAT32`; it accumulates in float64); a block whose float32
+    factorization fails (a covariance too ill-conditioned for float32) is done
+    again in float64, which raises only if that fails too.
     """
+    noise = as_noise(noise, kind).as_float64()
+    args = (mean, covar, amp, log_bg, weight, cutoff, accumulate, row_offset, rowwise,
+            projection)
+    if _rowcov_float32(x, noise):
+        try:
+            return _patterns_loop(x, noise, *args, f32=True)
+        except NumericalError:
+            pass       # not positive definite in float32: the same block in float64
+    return _patterns_loop(np.asarray(x, dtype=np.float64), noise, *args, f32=False)
+
+
+def _patterns_loop(x, noise: Noise, mean, covar, amp, log_bg, weight, cutoff, accumulate,
+                   row_offset, rowwise, projection, *, f32: bool):
+    """:func:`_run_patterns`' loop; ``f32``: float32 rows kept for the per-row kernel."""
     n, d = x.shape
     K, D = mean.shape
     R = None if projection is None else np.asarray(projection, dtype=np.float64)
-    # float32 rows with per-row noise may keep float32 arithmetic in the per-row kernel
-    # (_ROWCOV_FLOAT32; _rowcov_tiled accumulates in float64); otherwise float64
-    noise = as_noise(noise, kind).as_float64()
-    f32 = _rowcov_float32(x, noise)
-    if x.dtype != np.float64 and not f32:
-        x = x.astype(np.float64)
     with np.errstate(divide="ignore"):
         log_amp = np.log(np.asarray(amp, dtype=np.float64))
     row_logl = np.empty(n)

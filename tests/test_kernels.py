@@ -261,9 +261,10 @@ def test_float32_per_row_noise_is_computed_in_float32_to_stated_tolerance(kind, 
     x, amp, mean, covar, noises = random_problem(14, n=500, D=4, K=3)
     x32, n32 = x.astype(np.float32), noises[kind][0].astype(np.float32)
     noise32 = as_noise(n32, kind)
-    assert not kernels._rowcov_float32(x32, noise32)      # off by default
+    assert kernels._rowcov_float32(x32, noise32)          # on by default
+    monkeypatch.setattr(kernels, "_ROWCOV_FLOAT32", False)
+    assert not kernels._rowcov_float32(x32, noise32)
     monkeypatch.setattr(kernels, "_ROWCOV_FLOAT32", True)
-    assert kernels._rowcov_float32(x32, noise32)
     rng = np.random.default_rng(0)
     log_bg = np.log(0.05) + rng.normal(size=len(x)) - 6.0
     weight = rng.uniform(0.5, 2.0, len(x))
@@ -284,3 +285,25 @@ def test_float32_per_row_noise_is_computed_in_float32_to_stated_tolerance(kind, 
             got, want = getattr(m32, name), getattr(m64, name)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
         assert abs(m32.bg - m64.bg) <= 1e-5 * max(m64.bg, 1.0)
+
+
+def test_float32_block_too_ill_conditioned_for_float32_is_done_in_float64():
+    # a component of variance ratio 5e-10 and rows without noise: float32's
+    # LDL^T breaks down (pivot <= 0) where float64's does not; the block is redone in
+    # float64 and equals the float64 computation of the same values
+    D, K = 2, 2
+    mean = np.zeros((K, D))
+    c = 1.0 - 1e-9                                   # rounds to 1.0 in float32
+    covar = np.stack([np.array([[1.0, c], [c, 1.0]]), np.eye(D)])
+    x32 = np.random.default_rng(1).normal(size=(300, D)).astype(np.float32)
+    var32 = np.zeros((300, D), dtype=np.float32)
+    amp = np.array([0.5, 0.5])
+    with pytest.raises(kernels.NumericalError):
+        # float32 alone fails on this block (the arithmetic the fallback replaces)
+        kernels._patterns_loop(x32, as_noise(var32, "diag").as_float64(), mean, covar, amp,
+                               None, None, None, True, 0, None, None, f32=True)
+    r32, _, m32 = kernels.estep_block(x32, var32, "diag", amp, mean, covar)
+    r64, _, m64 = kernels.estep_block(x32.astype(np.float64), var32.astype(np.float64),
+                                      "diag", amp, mean, covar)
+    np.testing.assert_array_equal(r32, r64)
+    np.testing.assert_array_equal(m32.M2, m64.M2)
