@@ -87,8 +87,8 @@ def timed(client, cat, **kw) -> dict:
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = dg.fit(dg.GMM(K, D), cat, client=client, persist=False, init_method="minmax",
-                     rng=0, tol=0.0, **kw)
+        res = dg.fit(dg.GMM(K, D), cat, client=client, init_method="minmax", rng=0, tol=0.0,
+                     **{"persist": False, **kw})
     wall = time.perf_counter() - t
     io1 = read_totals(client)
     peak = worker_peak_memory(client)
@@ -147,25 +147,63 @@ def part1(client, path: str, N: int, args, limit: float) -> dict:
     return out
 
 
+def _cpu() -> float:
+    return time.process_time()
+
+
+def cpu_times(client) -> tuple:
+    """CPU seconds so far of the scheduler, of all workers, and of this (driver) process."""
+    return (client.run_on_scheduler(_cpu), sum(client.run(_cpu).values()), time.process_time())
+
+
 def part2(client, workdir: str, N: int, args) -> dict:
+    """Time per iteration against the number of chunks; CPU seconds per iteration of the
+    scheduler, the workers and the driver (the load on this shared machine moves the
+    wall times; CPU times move much less)."""
     rows = []
+    source = None
+    if args.in_memory:
+        source = da.concatenate([da.from_delayed(dask.delayed(_block, pure=True)(i, 100_000),
+                                                 (100_000, D), dtype=np.float32)
+                                 for i in range(-(-N // 100_000))])[:N]
     for n_chunks in args.chunk_counts:
         chunk = -(-N // n_chunks)
-        path = os.path.join(workdir, f"scaling-{n_chunks}.zarr")
-        cat = write(path, N, chunk)
-        f = timed(client, cat, maxiter=args.scaling_iters)
-        per_iter = statistics.median(f["result"].seconds_per_iter[1:])
-        rows.append({"chunks": cat.data.numblocks[0], "chunk_rows": chunk,
-                     "seconds_per_iter": per_iter, "load": f["load"]})
-        print(f"N={N:.3g}: {cat.data.numblocks[0]:6d} chunks of {chunk:8d} rows: "
-              f"{per_iter:.2f} s per iteration ({f['load']})", flush=True)
-        shutil.rmtree(path, ignore_errors=True)
+        if source is not None:
+            data = client.persist(source.rechunk((chunk, D)))
+            client.wait_for_workers(1)
+            client.gather(client.compute(data.sum()))      # persisted before the clock starts
+            kw = dict(persist=True)
+        else:
+            path = os.path.join(workdir, f"scaling-{n_chunks}.zarr")
+            data = write(path, N, chunk)
+            kw = {}
+        c0 = cpu_times(client)
+        f = timed(client, data, maxiter=args.scaling_iters, **kw)
+        c1 = cpu_times(client)
+        res = f["result"]
+        per_iter = statistics.median(res.seconds_per_iter[1:])
+        # the fit's passes: its E-steps plus the data summary
+        n_pass = len(res.seconds_per_iter) + 1
+        sched, work, driver = ((c1[i] - c0[i]) / n_pass for i in range(3))
+        n_blocks = data.numblocks[0]
+        rows.append({"chunks": n_blocks, "chunk_rows": chunk, "seconds_per_iter": per_iter,
+                     "scheduler_cpu_per_pass": sched, "worker_cpu_per_pass": work,
+                     "driver_cpu_per_pass": driver, "load": f["load"]})
+        print(f"N={N:.3g}{' in memory' if source is not None else ''}: {n_blocks:6d} chunks of "
+              f"{chunk:8d} rows: {per_iter:.2f} s per iteration; CPU s per pass: scheduler "
+              f"{sched:.2f}, workers {work:.2f}, driver {driver:.2f} ({f['load']})", flush=True)
+        if source is not None:
+            del data
+        else:
+            shutil.rmtree(path, ignore_errors=True)
     n = np.array([r["chunks"] for r in rows], float)
-    s = np.array([r["seconds_per_iter"] for r in rows])
-    b, a = np.polyfit(n, s, 1)
-    print(f"fit: seconds per iteration = {a:.2f} + {b * 1e3:.2f} ms x chunks; compute "
-          f"{N / a / 1e6:.2f} M rows/s on {len(client.nthreads())} cores", flush=True)
-    return {"rows": rows, "intercept_s": a, "per_chunk_s": b}
+    fits = {}
+    for key in ("seconds_per_iter", "scheduler_cpu_per_pass", "worker_cpu_per_pass",
+                "driver_cpu_per_pass"):
+        b, a = np.polyfit(n, np.array([r[key] for r in rows]), 1)
+        fits[key] = (a, b)
+        print(f"fit: {key} = {a:.2f} + {b * 1e3:.3f} ms x chunks", flush=True)
+    return {"rows": rows, "fits": fits}
 
 
 def main(argv=None) -> dict:
@@ -178,6 +216,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--scaling-rows", type=float, default=1e7)
     ap.add_argument("--chunk-counts", type=int, nargs="+", default=[100, 300, 1000, 3000, 10000])
     ap.add_argument("--scaling-iters", type=int, default=3)
+    ap.add_argument("--in-memory", action="store_true",
+                    help="part 2 on data persisted in the workers (no Zarr stores written)")
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
