@@ -62,6 +62,12 @@ _COMPLETE = {"complete_chunks": True}
 # small enough for a few blocks per core at 10^6 rows.
 _BLOCK_BYTES = 8 * 2**20
 _MIN_ROWS = 16_384
+# A pass costs the scheduler and the driver a few ms per block whatever the number
+# of cores (measured: benchmarks/bench_scale.py, docs/design.md §4.1), so beyond
+# ~4,000 blocks the blocks grow instead (up to 64 MiB each): 10^9 rows stay at
+# ~4,000 blocks, 10^10 rows at ~6,000-12,000 rather than 50,000-100,000.
+_MAX_BLOCKS = 4096
+_MAX_BLOCK_BYTES = 64 * 2**20
 
 
 def default_row_chunk(N: int, D: int, covar_kind: str = "none") -> int:
@@ -82,6 +88,8 @@ def default_row_chunk(N: int, D: int, covar_kind: str = "none") -> int:
     """
     per_row = 8 * (D + noise_class(covar_kind).row_floats(D))
     rows = max(_MIN_ROWS, _BLOCK_BYTES // per_row)
+    # few enough blocks that the per-block scheduling cost stays a small share
+    rows = max(rows, min(-(-N // _MAX_BLOCKS), _MAX_BLOCK_BYTES // per_row))
     # at least ~8 blocks for parallelism when the catalog is not tiny
     rows = min(rows, max(_MIN_ROWS, -(-N // 8)))
     return int(max(1, min(rows, N)))

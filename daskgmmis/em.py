@@ -55,7 +55,7 @@ from .mstep import mstep, parse_frozen
 from .options import FitOptions, callable_name, option_fields
 from .progress import progress_display
 from .stats import DataSummary, SuffStats, sum_stats
-from .stepwise import DEFAULT_ALPHA, RunningStats, block_groups, step_size
+from .stepwise import RunningStats, block_groups, step_size
 from .validation import (check_background, check_data_block, check_model_params,
                          check_projection_block, check_regularization)
 
@@ -1340,13 +1340,15 @@ def _run_stepwise(state: EMState, groups: list, run: _Run, N_all: float,
 
     Every group is one compute over its blocks; its statistics, scaled from the
     group's rows to the catalog's ``N_all``, are blended into the running
-    statistics (:class:`~daskgmmis.stepwise.RunningStats`) and an M-step follows.
+    statistics (:class:`~daskgmmis.stepwise.RunningStats`) with the step size of
+    :func:`~daskgmmis.stepwise.step_size` and an M-step follows.
     """
     evaluate, opts = run.evaluate, run.opts
     while state.sw_steps < len(groups):
-        t0 = time.perf_counter()
+        t_start = time.perf_counter()
+        blocks = groups[state.sw_steps]
         # a truncated group is imputed from a sample drawn at the current parameters
-        ev = evaluate(state.theta, state.f_obs, state.theta, blocks=groups[state.sw_steps])
+        ev = evaluate(state.theta, state.f_obs, state.theta, blocks=blocks)
         n_group = float(ev.total.n)
         state.sw_steps += 1
         if not n_group > 0:
@@ -1357,9 +1359,9 @@ def _run_stepwise(state: EMState, groups: list, run: _Run, N_all: float,
         if state.sw_running is None or state.sw_restart:
             state.sw_running = RunningStats.start(group_stats, state.theta.mean, anchor, n_orig)
         else:
-            state.sw_running = state.sw_running.blend(group_stats, state.theta.mean, n_orig,
-                                                      step_size(state.sw_steps - 1,
-                                                                DEFAULT_ALPHA))
+            state.sw_running = state.sw_running.blend(
+                group_stats, state.theta.mean, n_orig,
+                step_size(state.sw_steps - 1))
         running = state.sw_running
         state.theta, dead = mstep(running.about(state.theta.mean), state.theta, w=opts.w,
                                   frozen=run.frozen, background=opts.background,
@@ -1368,8 +1370,8 @@ def _run_stepwise(state: EMState, groups: list, run: _Run, N_all: float,
         state.sw_restart = bool(dead.size)
         state.sw_history.append(ev.logL)
         log.info("stepwise group %d/%d (%d blocks): mean logL %.8g, N_orig %.6g, %.3f s",
-                 state.sw_steps, len(groups), len(groups[state.sw_steps - 1]), ev.logL,
-                 running.n_orig, time.perf_counter() - t0)
+                 state.sw_steps, len(groups), len(blocks), ev.logL,
+                 running.n_orig, time.perf_counter() - t_start)
         if run.checkpoint is not None:
             save_checkpoint(run.checkpoint, state, run.fingerprint)
     return state

@@ -413,11 +413,15 @@ class FitOptions:
         0, (Interval(int, 0, 1000),), """
         Passes of stepwise (online) EM before batch EM (docs/design.md §1.7): the
         blocks in a seeded random order, one block per worker thread per group,
-        an M-step after every group on running statistics blended with a
-        decaying step size; batch EM then polishes and decides convergence. On
-        large catalogs a couple of stepwise passes come close to the batch answer
-        where batch EM needs many passes. 0: batch EM only. The group size is
-        fixed at the start (kept on resume).""",
+        an M-step after every group on running statistics blended with the step
+        size ``eta_t = ((t0 + 1) / (t + t0 + 1))**alpha``, alpha = 1, t0 = 20
+        (chosen by measurement: 2 passes then one batch E-step ended 4e-4 nats
+        per row below the batch answer on 10^6 rows, K=20, where the former
+        ``(t + 1)**-0.6`` ended 3.4e-3 below and batch EM needed 14 passes);
+        batch EM then polishes and decides convergence. Stepwise EM gains with
+        the number of groups a pass (blocks / worker threads; aim for >= 50).
+        0: batch EM only. The group size is fixed at the start (kept on
+        resume).""",
         cli=Cli(("--stepwise",), "int", metavar="PASSES",
                 help="Passes of stepwise (online) EM over groups of blocks before batch "
                      "EM (large catalogs)."),

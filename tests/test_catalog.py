@@ -122,3 +122,19 @@ def test_chunk_deleted_after_open_is_caught_in_the_task(tmp_path, zarr_format):
     os.remove(path / key)
     with pytest.raises(dg.CatalogError, match=r"no chunk file .* \(rows 100\.\.149\)"):
         dg.fit(dg.GMM(1, 2), cat, maxiter=2)
+
+
+def test_default_chunk_grows_past_a_few_thousand_blocks():
+    """The per-block scheduling cost is paid per pass whatever the cores: a huge
+    catalog gets bigger blocks (<= 64 MiB) rather than tens of thousands of them."""
+    from daskgmmis.catalog import default_row_chunk
+    assert default_row_chunk(10**8, 5) == 8 * 2**20 // 40             # 8 MiB blocks: unchanged
+    assert default_row_chunk(10**6, 5, "diag") == 104_857
+    for N, D, kind in ((10**9, 5, "none"), (10**9, 5, "diag"), (10**10, 5, "none"),
+                       (10**10, 10, "full")):
+        rows = default_row_chunk(N, D, kind)
+        per_row = 8 * (D + {"none": 0, "diag": D, "full": D * D}[kind])
+        assert rows * per_row <= 64 * 2**20
+        blocks = -(-N // rows)
+        assert blocks <= 4096 or rows * per_row > 64 * 2**20 - per_row
+    assert -(-10**9 // default_row_chunk(10**9, 5)) == 4096

@@ -10,7 +10,8 @@ import pytest
 import daskgmmis as dg
 from daskgmmis.selection import Box
 from daskgmmis.stats import SuffStats
-from daskgmmis.stepwise import RunningStats, block_groups, recentre, step_size
+from daskgmmis.stepwise import (DEFAULT_ALPHA, DEFAULT_T0, RunningStats, block_groups, recentre,
+                                step_size)
 
 from conftest import kill_and_resume, make_truth
 
@@ -51,7 +52,16 @@ def test_blend_weights_the_group_by_the_step_size():
     np.testing.assert_allclose(back.M1, 0.75 * a.M1 + 0.25 * b.M1, atol=1e-12)
     np.testing.assert_allclose(back.M2, 0.75 * a.M2 + 0.25 * b.M2, atol=1e-12)
     assert back.bg == pytest.approx(2.5) and run.n_orig == pytest.approx(150.0)
-    assert step_size(0) == 1.0 and step_size(1) == pytest.approx(2 ** -0.6)
+
+
+def test_step_size_schedule():
+    assert step_size(0, 0.6, 0.0) == 1.0 and step_size(1, 0.6, 0.0) == pytest.approx(2 ** -0.6)
+    assert step_size(0, 1.0, 20.0) == 1.0
+    assert step_size(5, 1.0, 20.0) == pytest.approx(21 / 26)
+    assert step_size(9, 0.7, 4.0) == pytest.approx((5 / 14) ** 0.7)
+    steps = [step_size(t) for t in range(1, 200)]
+    assert all(1 >= a > b > 0 for a, b in zip(steps, steps[1:]))   # the defaults decay
+    assert steps[159] == pytest.approx(21 / 181)                     # 1/t decay after t0
 
 
 def test_block_groups_visit_every_block_once_per_pass_in_a_seeded_order():
@@ -62,6 +72,63 @@ def test_block_groups_visit_every_block_once_per_pass_in_a_seeded_order():
     again = block_groups(10, 3, 2, np.random.default_rng(5))
     assert all(np.array_equal(a, b) for a, b in zip(groups, again))
     assert not all(np.array_equal(a, b) for a, b in zip(groups[:4], groups[4:]))
+
+
+def _reference_stepwise(X, blocks, amp, mean, covar, order, alpha, t0):
+    """Stepwise EM for a plain GMM in numpy, from the formulas of docs/design.md §1.7:
+    raw moments of each group scaled to the catalog, blended with
+    ``eta_t = ((t0 + 1) / (t + t0 + 1))**alpha``, a plain M-step after every group."""
+    N = len(X)
+    S = None
+    for t, group in enumerate(order):
+        rows = np.concatenate([blocks[b] for b in group])
+        x = X[rows]
+        d = x[:, None, :] - mean[None]                                     # (n, K, D)
+        L = np.linalg.cholesky(covar)
+        z = np.linalg.solve(L[None], d[..., None])[..., 0]
+        logp = (np.log(amp) - 0.5 * (z ** 2).sum(-1) - np.log(np.diagonal(L, axis1=1, axis2=2)
+                ).sum(-1) - 0.5 * X.shape[1] * np.log(2 * np.pi))
+        q = np.exp(logp - logp.max(1, keepdims=True))
+        q /= q.sum(1, keepdims=True)
+        scale = N / len(x)
+        g = (q.sum(0) * scale, q.T @ x * scale, np.einsum("ik,id,ie->kde", q, x, x) * scale)
+        eta = 1.0 if t == 0 else ((t0 + 1) / (t + t0 + 1)) ** alpha
+        S = g if S is None else tuple((1 - eta) * s + eta * n for s, n in zip(S, g))
+        amp = S[0] / S[0].sum()
+        mean = S[1] / S[0][:, None]
+        covar = S[2] / S[0][:, None, None] - mean[:, :, None] * mean[:, None, :]
+    return amp, mean, covar
+
+
+def test_stepwise_path_equals_a_numpy_reference():
+    """Every blend and M-step of a stepwise pass, against numpy and the documented
+    step-size schedule (a changed schedule or a wrong scaling fails here)."""
+    from daskgmmis import em
+    truth = make_truth(3, 2, seed=2)
+    X = truth.draw(6000, rng=np.random.default_rng(4))
+    start = make_truth(3, 2, seed=2)
+    start.mean = start.mean + 0.7
+    g = dg.GMM(3, 2)
+    g.amp, g.mean, g.covar = start.amp.copy(), start.mean.copy(), start.covar.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg.fit(g, da.from_array(X, chunks=250), init_method="none", stepwise=2, maxiter=0,
+               rng=11)
+    n_blocks = 6000 // 250
+    size = min(em._stepwise_group_size(None), n_blocks)
+    order = block_groups(n_blocks, size, 2, np.random.default_rng(
+        em.child_seed(em._root_seed(11), em._STEPWISE_KEY)))
+    blocks = [np.arange(b * 250, (b + 1) * 250) for b in range(n_blocks)]
+    assert (DEFAULT_ALPHA, DEFAULT_T0) == (1.0, 20.0)                # the documented defaults
+    amp, mean, covar = _reference_stepwise(X, blocks, start.amp, start.mean, start.covar,
+                                           order, 1.0, 20.0)
+    np.testing.assert_allclose(g.amp, amp, rtol=1e-9)
+    np.testing.assert_allclose(g.mean, mean, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(g.covar, covar, rtol=1e-9, atol=1e-10)
+    # the schedule is the one documented: a plain (t + 1)**-0.6 path ends elsewhere
+    _, other, _ = _reference_stepwise(X, blocks, start.amp, start.mean, start.covar, order,
+                                      0.6, 0.0)
+    assert not np.allclose(other, mean, rtol=1e-6)
 
 
 # -------------------------------------------------------------------- fitting
