@@ -8,7 +8,7 @@ one run, not figures from different runs):
   cores) against scikit-learn's ``GaussianMixture`` (one E-step plus one M-step);
 * extreme deconvolution, full (D, D) and diagonal per-row noise: ``dg.fit`` with the
   tiled kernel (float64 rows; float32 rows with float64 noise as a catalog stores
-  them, under the private switch ``kernels._ROWCOV_FLOAT32``), with the scalar kernel
+  them, computed in float32 by default), with the scalar kernel
   it replaced
   (``kernels._ROWCOV_TILED = False``), pyGMMis and astroML's ``XDGMM`` (timed on a
   subset: their cost is linear in the rows);
@@ -202,9 +202,7 @@ def xd_section(args, flops_rate):
             old = min(old, time_daskgmmis(gs, Xn, noise, 3))
             kernels._ROWCOV_TILED = True
             new = min(new, time_daskgmmis(gs, Xn, noise, 3))
-            kernels._ROWCOV_FLOAT32 = True
             new32 = min(new32, time_daskgmmis(gs, X32, noise, 3))
-            kernels._ROWCOV_FLOAT32 = False
         floor = xd_flops(D, label == "diagonal") / flops_rate * 1e9
         print(f"  {label:8s}: scalar kernel {ns(old, N):6.1f}, tiled float64 {ns(new, N):6.1f} "
               f"({old / new:.1f}x), tiled float32 {ns(new32, N):6.1f} ({old / new32:.1f}x); "

@@ -33,8 +33,7 @@ Two numba kernels do the per-row work:
 * :func:`_rowcov_tiled` - per-row noise (diagonal or full): one factorization
   ``T_ik = L D L^T`` per (row, component), as extreme deconvolution needs, one
   component over a tile of rows at a time so that the loops over rows vectorize;
-  with ``_ROWCOV_FLOAT32`` on, float32 rows are factored in float32 (moments
-  in float64).
+  float32 rows are factored in float32 (moments in float64; ``_ROWCOV_FLOAT32``).
   :func:`_rowcov_kernel` is the scalar per-(row, component) kernel it replaced,
   kept for ``benchmarks/bench_em.py`` to measure against (``_ROWCOV_TILED``).
 
@@ -413,8 +412,8 @@ _RTILE_BYTES = 1 << 20
 _ROWCOV_TILED = True
 # Private switch: float32 arithmetic in _rowcov_tiled for float32 rows (1.2-1.5x at
 # D=5, K=20 in benchmarks/bench_em.py; log-densities within 1e-4, moments within 1e-5
-# relative). Off: the default promotes float32 rows exactly to float64, so a float32
-# fit equals the float64 fit of the same values (tests/test_robustness.py).
+# relative). Off promotes float32 rows exactly to float64, so a float32 fit equals the
+# float64 fit of the same values (tests/test_robustness.py).
 _ROWCOV_FLOAT32 = True
 
 
@@ -1034,7 +1033,7 @@ def _rowcov_tile(K: int, d: int, itemsize: int) -> int:
 def _rowcov_float32(x, noise: Noise) -> bool:
     """Whether the per-row kernel runs in float32: float32 rows with per-row noise.
 
-    Only with ``_ROWCOV_FLOAT32`` on. The noise is then rounded to float32 whatever
+    Unless ``_ROWCOV_FLOAT32`` is off. The noise is then rounded to float32 whatever
     its dtype (catalogs store it in float64): the rows carry float32 precision anyway.
     """
     return _ROWCOV_FLOAT32 and _ROWCOV_TILED and noise.per_row and x.dtype == np.float32
