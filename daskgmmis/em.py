@@ -538,9 +538,9 @@ class _Evaluator:
         if self.sel_callback is None:
             return _Evaluation(logL, float(N), 1.0, stats, int(stats.n_outside))
         f_obs = 1.0 - tally.weight / tally.rows
-        if not f_obs > 0:
+        if tally.seen == 0 or not f_obs > 0:
             if not _same_theta(theta, proposal):
-                # weights degenerate away from the proposal: refresh there
+                # no observed candidate or degenerate weights away from the proposal: redraw
                 return _Evaluation(math.nan, math.nan, math.nan, stats, int(stats.n_outside))
             raise CallbackError(f"sel_callback: every one of {tally.n} rows drawn from the "
                                 f"model has selection probability 0; the model has no "

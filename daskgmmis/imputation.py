@@ -89,6 +89,9 @@ class ImputeTally:
     ess : ndarray, shape (4, n_sources)
         Per source: ``sum u_j``, ``sum u_j**2`` of the unobserved importance weights
         ``u_j = (1 - Ω_j) r_j``, and the same at the proposal (``r_j = 1``).
+    seen : int
+        Candidates made with Ω > 0: none means the model has no mass where the
+        catalog could be observed, whatever the weights' Monte-Carlo error.
     """
 
     weight: float = 0.0
@@ -96,6 +99,7 @@ class ImputeTally:
     n: int = 0
     rows: int = 0
     ess: np.ndarray | float = 0.0
+    seen: int = 0
 
     def __add__(self, other: "ImputeTally") -> "ImputeTally":
         return ImputeTally(*(getattr(self, f.name) + getattr(other, f.name)
@@ -249,6 +253,8 @@ class CandidateSet:
         Replicate set of each candidate (0 .. GROUPS - 1).
     per_source : int
         Candidates made per source, kept or not.
+    seen : int
+        Candidates made with Ω > 0 (kept or not).
     """
 
     t: np.ndarray
@@ -257,6 +263,7 @@ class CandidateSet:
     source: np.ndarray
     group: np.ndarray
     per_source: int
+    seen: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -337,7 +344,8 @@ def draw_candidates(n: int, mean0, covar0, background0, sel_callback, covar_call
         rows = source == s
         log_q[rows] = _log_gauss(t[rows], mean0[s], L[s])
     group = ((keep % m) // n).astype(np.int32)
-    return CandidateSet(t, 1.0 - omega[keep], log_q, source, group, m)
+    return CandidateSet(t, 1.0 - omega[keep], log_q, source, group, m,
+                        int(np.count_nonzero(omega > 0)))
 
 
 def replicate_set(cset: CandidateSet, g: int) -> CandidateSet:
@@ -345,11 +353,14 @@ def replicate_set(cset: CandidateSet, g: int) -> CandidateSet:
 
     Its weights are those of a sample of ``per_source / GROUPS`` points per source,
     so :func:`impute_block` on it gives an unbiased estimate of the same sums from
-    that set alone (the batch-means replicates of the Monte-Carlo error).
+    that set alone (the batch-means replicates of the Monte-Carlo error). Its
+    ``seen`` counts only the kept candidates with Ω > 0 (those dropped with Ω = 1
+    are not recorded per set).
     """
     rows = cset.group == g
     return CandidateSet(cset.t[rows], cset.unobs[rows], cset.log_q[rows], cset.source[rows],
-                        cset.group[rows], cset.per_source // GROUPS)
+                        cset.group[rows], cset.per_source // GROUPS,
+                        int(np.count_nonzero(cset.unobs[rows] < 1.0)))
 
 
 _sets: OrderedDict = OrderedDict()
@@ -446,5 +457,5 @@ def impute_block(cset: CandidateSet, n_rows: int, amp, mean, covar, background):
     ess = np.stack([np.bincount(cset.source, weights=v, minlength=S)
                     for v in (ur, ur * ur, cset.unobs, cset.unobs**2)])
     tally = ImputeTally(float(w.sum()), float(per_group.var(ddof=1) / GROUPS),
-                        cset.per_source * S, int(n_rows), ess)
+                        cset.per_source * S, int(n_rows), ess, cset.seen)
     return stats, tally

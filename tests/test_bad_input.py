@@ -714,6 +714,16 @@ def test_model_without_checksum_still_loads(tmp_path):
     np.testing.assert_array_equal(dg.GMM.load(path).mean, model().mean)
 
 
+# seeds at which the importance weights' Monte-Carlo error alone left f > 0 before the
+# count of observed candidates was checked (the fit then ran with N_orig ~ N / f, f ~ 1e-3)
+@pytest.mark.parametrize("seed", [0, 9, 10, 14, 16])
+def test_selection_zero_wherever_the_model_puts_mass_is_refused_for_every_seed(seed):
+    only_the_rows = lambda c: np.isin(c[:, 0], INSIDE[:, 0]).astype(float)   # noqa: E731
+    with pytest.raises(dg.CallbackError, match="rows drawn from the model has selection "
+                                               "probability 0"):
+        fit(model(), INSIDE, sel_callback=only_the_rows, rng=seed)
+
+
 def test_every_error_is_also_a_builtin_error():
     """``except ValueError`` (TypeError, OSError...) keeps working for callers."""
     assert issubclass(dg.InputError, ValueError)
