@@ -587,27 +587,32 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
     evaluate, opts = run.evaluate, run.opts
     params = evaluate.params(state.theta, state.f_obs, state.proposal)
     N = ev.observed.n
+    se_logl = ev.f_se / ev.f_obs
+    se_eval = N * ev.f_se / ev.f_obs**2      # the error of N / f at the final point
     thetas = []
-    for imputed, tally in _compute(evaluate.plan.replicate_graph(params), evaluate.client):
-        f = 1.0 - tally.weight / tally.rows
-        if not f > 0:
-            continue
-        total = ev.observed + imputed.scaled(N / f / tally.rows)
-        theta, _ = mstep(total, state.theta, w=opts.w, frozen=run.frozen,
-                         background=opts.background, N_total=N / f)
-        thetas.append(theta)
-    if len(thetas) < 3:
+    with warnings.catch_warnings():
+        # the replicate steps probe the sample's error; they are not steps of the fit
+        warnings.simplefilter("ignore", DeadComponentWarning)
+        for imputed, tally in _compute(evaluate.plan.replicate_graph(params), evaluate.client):
+            f = 1.0 - tally.weight / tally.rows
+            if not f > 0:
+                continue
+            total = ev.observed + imputed.scaled(N / f / tally.rows)
+            theta, dead = mstep(total, state.theta, w=opts.w, frozen=run.frozen,
+                                background=opts.background, N_total=N / f)
+            if not dead.size:           # a re-seeded component is a jump, not an error
+                thetas.append(theta)
+    n_orig = []
+    if len(thetas) >= 3:
+        at = [(t.amp, t.mean, t.covar, evaluate.background_at(t.bg_amp)) for t in thetas]
+        tallies = _compute(evaluate.plan.replicate_graph(params, at), evaluate.client)
+        n_orig = [N / f for f in (1.0 - t.weight / t.rows for t in tallies) if f > 0]
+    if len(n_orig) < 3:
         # too few replicate sets say anything: f's own error at the final point
-        return {"logL": ev.f_se / ev.f_obs,
-                "N_orig": N * ev.f_se / ev.f_obs**2 / (1.0 - rho)}
-    at = [(t.amp, t.mean, t.covar, evaluate.background_at(t.bg_amp)) for t in thetas]
-    tallies = _compute(evaluate.plan.replicate_graph(params, at), evaluate.client)
-    n_orig = [N / (1.0 - t.weight / t.rows) for t in tallies]
+        return {"logL": se_logl, "N_orig": se_eval / (1.0 - rho)}
     # set g's step carries GROUPS times the variance of the whole sample's step
     se_step = float(np.std(n_orig, ddof=1)) / math.sqrt(len(n_orig))
-    # plus the error of evaluating N / f at the fixed point itself
-    se_eval = N * ev.f_se / ev.f_obs**2
-    return {"logL": ev.f_se / ev.f_obs, "N_orig": math.hypot(se_step / (1.0 - rho), se_eval)}
+    return {"logL": se_logl, "N_orig": math.hypot(se_step / (1.0 - rho), se_eval)}
 
 
 def _warn_precision(tol: float, se_n_orig: float, ev: "_Evaluation", N: int) -> None:

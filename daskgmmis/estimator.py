@@ -16,6 +16,7 @@ highest likelihood; the command line and the demo use it too.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -549,14 +550,13 @@ class GaussianMixture:
         previous = getattr(self, "result_", None) if self.warm_start else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if verbose:
-                # verbose=1: a header and a summary per start; 2: also every
-                # verbose_interval-th iteration (on stderr, as the library's progress)
-                with progress_display(interval=interval if verbose > 1 else 1) as handler:
-                    if handler is not None:
-                        handler.show_iterations = verbose > 1
-                    result = continue_fit(gmm, X, covar, options=opts, previous=previous)
-            else:
+            # verbose=1: a header and a summary per start; 2: also every
+            # verbose_interval-th iteration (on stderr, as the library's progress)
+            display = (progress_display(interval=interval if verbose > 1 else 1) if verbose
+                       else contextlib.nullcontext())
+            with display as handler:
+                if handler is not None:
+                    handler.show_iterations = verbose > 1
                 result = continue_fit(gmm, X, covar, options=opts, previous=previous)
         _reissue(caught)
         bg = opts.background
