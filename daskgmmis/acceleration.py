@@ -1,10 +1,15 @@
-"""SQUAREM acceleration of the EM map (Varadhan & Roland 2008, scheme S3).
+"""Anderson acceleration of the EM map (Walker & Ni 2011; for EM, Henderson & Varadhan 2019).
 
 EM crawls where information is missing (truncation, heavy noise): each step moves
-little along weakly identified directions. Three successive EM iterates give a
-squared extrapolation along the path; the driver (:mod:`daskgmmis.em`) accepts the
-extrapolated point only if its likelihood holds up, and otherwise keeps the plain
-EM iterate, so the fixed points are EM's.
+little along weakly identified directions - on the N_orig ridge of a hard cut EM
+contracts at a rate of 0.9995 and more. Anderson mixing keeps the last few pairs
+``(x_i, M(x_i))`` of the EM map and extrapolates to the point whose residual
+``M(x) - x`` the pairs' secant model puts at zero: it reaches such a ridge's end in
+tens of steps where a squared extrapolation from three iterates (SQUAREM) -
+limited by the ridge's curvature to steps ~20 plain ones long - needed thousands.
+The driver (:mod:`daskgmmis.em`) accepts the extrapolated point only if its
+likelihood holds up, and otherwise keeps the plain EM iterate, so the fixed points
+are EM's.
 """
 
 from __future__ import annotations
@@ -13,16 +18,28 @@ import numpy as np
 
 from .model import Theta
 
-__all__ = ["extrapolate", "distance"]
+__all__ = ["MEMORY", "SADDLE_MARGIN", "anderson", "distance", "feature_scale", "pack"]
+
+# Pairs of the EM map the extrapolation mixes (the newest and MEMORY before it).
+MEMORY = 8
+# An eigenvalue of the pairs' secant Jacobian above 1 + SADDLE_MARGIN: no mixing.
+SADDLE_MARGIN = 1e-3
 
 
-def _pack(t: Theta, scale: np.ndarray) -> np.ndarray:
+def feature_scale(t: Theta) -> np.ndarray:
+    """Per-feature spread of ``t``'s components, ``(D,)``: the unit of :func:`pack`."""
+    return np.sqrt(np.diagonal(t.covar, axis1=1, axis2=2).mean(axis=0))
+
+
+def pack(t: Theta, scale: np.ndarray) -> np.ndarray:
     """Parameters as one vector; covariances through their Cholesky factors.
 
-    Means and factors are divided by the per-feature ``scale``: the step length
+    Means and factors are divided by the per-feature ``scale``: the mixing
     mixes them with the unitless amplitudes, so in data units it would depend on
     the units of the features (data times 1e8 would take other steps, and could
-    reach another optimum, than the same data in unit scale).
+    reach another optimum, than the same data in unit scale). Layout: ``K``
+    amplitudes, ``K D`` means, ``K D (D + 1) / 2`` factor entries, the background
+    amplitude (0 without one).
     """
     K, D = t.mean.shape
     tri = np.tril_indices(D)
@@ -37,51 +54,79 @@ def distance(t0: Theta, t1: Theta) -> float:
     Means and Cholesky factors are in units of ``t0``'s per-feature spread, so the
     length does not depend on the units of the features.
     """
-    scale = np.sqrt(np.diagonal(t0.covar, axis1=1, axis2=2).mean(axis=0))
-    return float(np.linalg.norm(_pack(t1, scale) - _pack(t0, scale)))
+    scale = feature_scale(t0)
+    return float(np.linalg.norm(pack(t1, scale) - pack(t0, scale)))
 
 
-def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background,
-                w: float = 0.0) -> Theta | None:
-    """SQUAREM step (Varadhan & Roland 2008, scheme S3) from three EM iterates.
+def anderson(xs: np.ndarray, gs: np.ndarray, template: Theta, scale: np.ndarray, frozen,
+             background, w: float = 0.0) -> Theta | None:
+    """Anderson-mixed point (type II) from pairs of the EM map.
 
-    Returns None when the extrapolation is degenerate or leaves the parameter
-    space (negative amplitudes, singular covariances, or - with a regularization
-    ``w`` - a free covariance below the floor ``w**2 I`` that every M-step keeps);
-    the caller then keeps the plain EM iterate ``t2``. Frozen values are restored
-    bit for bit.
+    Parameters
+    ----------
+    xs, gs : ndarray, shape (m, P)
+        Packed points ``x_i`` (:func:`pack` with ``scale``) and their EM images
+        ``M(x_i)``, oldest first; ``m >= 2``.
+    template : Theta
+        The newest image ``M(x_m)``: frozen values and a fixed background
+        amplitude are taken from it bit for bit.
+    scale : ndarray, shape (D,)
+        The packing's per-feature unit.
+    frozen, background, w
+        As in :func:`daskgmmis.mstep.mstep`.
+
+    Returns
+    -------
+    Theta or None
+        ``M(x_m) - dG gamma`` with ``gamma`` the least-squares coefficients that
+        make the mixed residual ``F_m - dF gamma`` smallest (``dF``, ``dG`` the
+        differences of successive residuals ``F_i = M(x_i) - x_i`` and images).
+        None when the pairs are degenerate or the point leaves the parameter
+        space (negative amplitudes, singular covariances, or - with a
+        regularization ``w`` - a free covariance below the floor ``w**2 I`` that
+        every M-step keeps); the caller then keeps the plain EM iterate.
     """
-    K, D = t0.mean.shape
-    # per-feature spread of the cycle's start: it follows the data's units
-    scale = np.sqrt(np.diagonal(t0.covar, axis1=1, axis2=2).mean(axis=0))
-    p0, p1, p2 = _pack(t0, scale), _pack(t1, scale), _pack(t2, scale)
-    r = p1 - p0
-    v = p2 - 2 * p1 + p0
-    nv = np.linalg.norm(v)
-    if not nv > 0:
+    fs = gs - xs
+    dF = np.diff(fs, axis=0).T
+    dG = np.diff(gs, axis=0).T
+    if not (dF.size and np.all(np.isfinite(dF)) and np.linalg.norm(dF) > 0):
         return None
-    alpha = -np.linalg.norm(r) / nv
-    if alpha > -1.0:
-        return None            # no longer than a plain step: nothing to gain
-    p = p0 - 2 * alpha * r + alpha**2 * v
-    amp = p[:K]
+    # EM contracts towards a maximum (the Jacobian's eigenvalues lie in [0, 1)), and
+    # pushes away from a saddle; mixing seeks any zero of M(x) - x. The pairs' secant
+    # model of the Jacobian, dG = J dX on their span, shows where they lead: an
+    # eigenvalue above 1 is a saddle that EM is leaving, and no mixing is done
+    # (measured: two overlapping blobs from a min-max start converged on a saddle).
+    secant = np.linalg.lstsq(np.diff(xs, axis=0).T, dG, rcond=None)[0]
+    if np.linalg.eigvals(secant).real.max() > 1.0 + SADDLE_MARGIN:
+        return None
+    gamma = np.linalg.lstsq(dF, fs[-1], rcond=None)[0]
+    return _unpack(gs[-1] - dG @ gamma, template, scale, frozen, background, w)
+
+
+def _unpack(p: np.ndarray, template: Theta, scale: np.ndarray, frozen, background,
+            w: float) -> Theta | None:
+    """Parameters from a packed vector, or None outside the parameter space."""
+    K, D = template.mean.shape
+    if not np.all(np.isfinite(p)):
+        return None
+    amp = p[:K].copy()
     mean = p[K:K + K * D].reshape(K, D) * scale
     tri = np.tril_indices(D)
     L = np.zeros((K, D, D))
     L[:, tri[0], tri[1]] = p[K + K * D:-1].reshape(K, -1)
     L *= scale[:, None]
     covar = L @ np.swapaxes(L, 1, 2)
-    if not (np.all(np.isfinite(p)) and (amp >= 0).all()):
+    if not (amp >= 0).all():
         return None
-    bg_amp = t2.bg_amp
+    bg_amp = template.bg_amp
     if background is not None and background.adjust_amp:
         bg_amp = float(np.clip(p[-1], background.amp_min, background.amp_max))
     for k in frozen["amp"]:
-        amp[k] = t2.amp[k]
+        amp[k] = template.amp[k]
     for k in frozen["mean"]:
-        mean[k] = t2.mean[k]
+        mean[k] = template.mean[k]
     for k in frozen["covar"]:
-        covar[k] = t2.covar[k]
+        covar[k] = template.covar[k]
     free = np.setdiff1d(np.arange(K), frozen["amp"])
     remainder = 1.0 - amp[frozen["amp"]].sum() - (bg_amp or 0.0)
     if free.size:
@@ -97,5 +142,3 @@ def extrapolate(t0: Theta, t1: Theta, t2: Theta, frozen, background,
             np.linalg.eigvalsh(covar[free_covar]).min() < w**2 * (1 - 1e-9)):
         return None            # the regularization floor is a promise to the user
     return Theta(amp, mean, covar, bg_amp)
-
-

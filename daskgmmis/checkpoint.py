@@ -28,7 +28,7 @@ from .stepwise import RunningStats
 __all__ = ["Theta", "EMState", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "daskgmmis-checkpoint"
-CHECKPOINT_VERSION = 2   # 2: fixed-sample imputation (another EM map)
+CHECKPOINT_VERSION = 3   # 2: fixed-sample imputation (another EM map); 3: Anderson memory
 
 
 @dataclass
@@ -40,7 +40,8 @@ class EMState:
     theta : Theta
         The parameters to evaluate next.
     cycle : list of Theta
-        Plain-EM points of the current acceleration cycle (0 or 1 entries).
+        Plain-EM points of the current acceleration cycle (0 or 1 entries: the
+        next plain step is replaced by the mixed point when it holds one).
     fallback : Theta or None
         Plain-EM point to fall back to if the extrapolated ``theta`` is rejected.
     fallback_logL : float
@@ -74,6 +75,14 @@ class EMState:
         ``plain_from`` of ``fallback``.
     rates : list of float
         Recent contraction rates of plain EM steps (convergence test).
+    stabilized : bool
+        The pending ``theta`` is one EM step from the extrapolated point (the
+        stabilization step), judged for the last time.
+    memory_x, memory_g : list of ndarray, each (P,)
+        The acceleration's pairs ``(x, M(x))`` of the EM map, packed
+        (:func:`daskgmmis.acceleration.pack`), oldest first.
+    memory_scale : ndarray, shape (D,), or None
+        The packing's unit (None while the memory is empty).
     """
 
     theta: Theta
@@ -95,6 +104,10 @@ class EMState:
     plain_from: Theta | None = None
     fallback_from: Theta | None = None
     rates: list = field(default_factory=list)
+    stabilized: bool = False
+    memory_x: list = field(default_factory=list)
+    memory_g: list = field(default_factory=list)
+    memory_scale: np.ndarray | None = None
 
 
 def _theta_arrays(prefix: str, t: Theta) -> dict:
@@ -134,12 +147,15 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
     arrays["seconds"] = np.asarray(state.seconds, dtype=np.float64)
     arrays["sw.history"] = np.asarray(state.sw_history, dtype=np.float64)
     arrays["rates"] = np.asarray(state.rates, dtype=np.float64)
+    if state.memory_scale is not None:
+        arrays.update({"memory.x": np.array(state.memory_x), "memory.g": np.array(state.memory_g),
+                       "memory.scale": state.memory_scale})
     header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
               "fingerprint": fingerprint, "n_cycle": len(state.cycle),
               "n_iter": state.n_iter, "f_obs": state.f_obs.hex(),
               "fallback_logL": float(state.fallback_logL).hex(), "seed": state.seed,
               "sw_steps": state.sw_steps, "sw_group": state.sw_group,
-              "sw_restart": state.sw_restart}
+              "sw_restart": state.sw_restart, "stabilized": state.stabilized}
     run = state.sw_running
     if run is not None:
         arrays.update({"sw.A": run.stats.A, "sw.M1": run.stats.M1, "sw.M2": run.stats.M2,
@@ -204,7 +220,9 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
                 SuffStats(arrays["sw.A"], arrays["sw.M1"], arrays["sw.M2"],
                           float.fromhex(header["sw_bg"])),
                 arrays["sw.anchor"], float.fromhex(header["sw_n_orig"])),
-            rates=arrays["rates"].tolist(),
+            rates=arrays["rates"].tolist(), stabilized=bool(header["stabilized"]),
+            memory_x=list(arrays.get("memory.x", [])), memory_g=list(arrays.get("memory.g", [])),
+            memory_scale=arrays.get("memory.scale"),
             **{name: _theta_from(arrays, name) if f"{name}.amp" in arrays else None
                for name in ("proposal", "plain_from", "fallback_from")})
     except KeyError as e:

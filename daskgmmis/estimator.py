@@ -152,8 +152,8 @@ class GaussianMixture:
         Seed of every random choice (the fit option ``rng``).
     warm_start : bool
         Start ``fit`` from the previous fit's parameters (one start). On the same
-        data and options the fit goes on from the previous fit's EM state (SQUAREM
-        cycle, imputation sample, the convergence test's rates), so repeated
+        data and options the fit goes on from the previous fit's EM state (acceleration
+        memory, imputation sample, the convergence test's rates), so repeated
         ``fit`` calls with ``max_iter=1`` take the steps of one long fit and set
         ``converged_`` where it would stop.
     verbose : int
@@ -190,7 +190,7 @@ class GaussianMixture:
     prefit : bool
         Start truncation-aware fits from a fit without the selection.
     accelerate : bool
-        SQUAREM extrapolation of the EM map (see :func:`daskgmmis.fit`).
+        Anderson acceleration of the EM map (see :func:`daskgmmis.fit`).
     client : distributed.Client, optional
         Cluster to run on (default: the active client, else threads).
     persist : bool, optional

@@ -17,8 +17,8 @@ source), and enters the M-step as a noise-free row of its own component. No
 candidate moves or changes component when the parameters move - only its weight
 does - so the imputed statistics, f and N_orig are smooth, deterministic functions
 of the parameters, and the EM map is the exact EM of the sample-average likelihood
-``sum_i log p(x_i) - N log f_hat``: a plain step never lowers it, and SQUAREM can
-use the strict acceptance rule. The driver redraws the sample (a new proposal) when
+``sum_i log p(x_i) - N log f_hat``: a plain step never lowers it, and the acceleration
+can use the strict acceptance rule. The driver redraws the sample (a new proposal) when
 the weights degenerate (effective sample size) or the observed fraction moves far;
 near convergence it stays put. Per iteration a candidate costs one Gaussian density
 and its moments - no E-step, no callback.

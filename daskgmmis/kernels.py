@@ -1433,7 +1433,7 @@ def fill_outside(row_logl: np.ndarray, x: np.ndarray, noise, kind: str | None, a
     The neighborhoods decide which components *update* from a row; the row still
     belongs to the data. Dropping its (very negative) log-density from the sum
     while N counts it would make the mean logL jump up whenever a row leaves the
-    last neighborhood, which the stopping rule and SQUAREM's acceptance would
+    last neighborhood, which the stopping rule and the acceleration's acceptance would
     read as progress. So those rows are evaluated exactly, over all components.
 
     Parameters

@@ -36,10 +36,10 @@ _TILE = 128
 # and their symmetrized copy, the pattern accumulators Z2/WP, the embedding
 # temporaries V @ WP @ V^T, the component Choleskys and the shipped covariances
 _PARAM_COPIES_TASK = 10
-# copies of the parameters in the driver: the current theta, the SQUAREM
-# extrapolation (three thetas and two differences), the best start, the summed
-# moments and the caller's model
-_PARAM_COPIES_DRIVER = 10
+# copies of the parameters in the driver: the current theta, the fallback, the
+# acceleration's 9 pairs (18 packed copies) and their differences, the best start, the
+# summed moments and the caller's model
+_PARAM_COPIES_DRIVER = 40
 # tree reduction: this many block moments are summed at once
 _SPLIT_EVERY = 8
 # each start of n_init is a full EM run (and a seed object in the driver)

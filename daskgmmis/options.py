@@ -304,10 +304,11 @@ class FitOptions:
         Distance to the fixed point at which EM stops: the likelihood still to
         gain (mean logL per row, extrapolated from the last plain EM step and EM's
         slowest recent contraction rate) below ``tol``, and the relative change of
-        N_orig still to come below ``0.1 sqrt(tol)``. A fit crawling along a ridge
+        N_orig still to come below ``sqrt(tol)``. A fit crawling along a ridge
         does not stop. Default (None) ``0.01 / N``: within 0.01 nats of total
-        likelihood, about 0.1 standard error of the fixed point along any
-        direction. A ``tol`` far below the imputation's Monte-Carlo resolution
+        likelihood, about 0.14 standard errors of the fixed point along any
+        direction, and N_orig within 0.1 of its smallest standard error
+        ``1 / sqrt(N)``. A ``tol`` far below the imputation's Monte-Carlo resolution
         warns (:class:`~daskgmmis.errors.PrecisionWarning`).""",
         cli=Cli(("--tol",), "float",
                 help="Stop within this mean logL per row of the fixed point "
@@ -377,11 +378,14 @@ class FitOptions:
                 help="Keep the catalog in cluster memory (default: when it fits)."))
     accelerate: bool = _option(
         True, (BOOL,), """
-        SQUAREM extrapolation of the EM map (Varadhan & Roland 2008): the same
-        fixed points in far fewer iterations where EM crawls (truncation, heavy
-        noise). An extrapolated step is kept only if its likelihood is at least
-        that of the plain EM step it replaces (exact: the map is deterministic).
-        ``False`` gives textbook EM, step for step.""",
+        Anderson acceleration of the EM map (Walker & Ni 2011; Henderson &
+        Varadhan 2019): every other plain EM step is replaced by the point that
+        the last 9 pairs ``(x, M(x))`` put at the fixed point - the same fixed
+        points in far fewer iterations where EM crawls (the N_orig ridge of a
+        truncated fit, heavy noise). A mixed point is kept only if it gains at
+        least what the last step gained (exact: the map is deterministic), and
+        none is made where the pairs show EM leaving a saddle. ``False`` gives
+        textbook EM, step for step.""",
         cli=Cli(("--accelerate/--no-accelerate",), "toggle"), problem=True)
     n_init: int = _option(
         1, (Interval(int, 1),), """

@@ -95,7 +95,7 @@ def test_in_process_resume_and_history(tmp_path, catalog, monkeypatch, rng):
     np.testing.assert_array_equal(resumed.covar, full.covar)
     assert r_res.history == r_full.history and r_res.n_iter == r_full.n_iter
     # the resumed fit performed only the E-steps after the 5 checkpointed M-steps
-    # (13 E-steps for 12 M-steps, plus one per rejected SQUAREM step)
+    # (13 E-steps for 12 M-steps, plus one per rejected or stabilized mixed step)
     assert full_steps >= 13 and resumed_steps <= full_steps - 5
 
 

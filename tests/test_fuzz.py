@@ -2,7 +2,7 @@
 
 Every example builds a small catalog (shapes, missing patterns, noise kinds,
 duplicates, integer values, extreme feature scales, selections, a background)
-and fits it with the default engine (threaded scheduler, SQUAREM acceleration).
+and fits it with the default engine (threaded scheduler, Anderson acceleration).
 The outcome must be either
 
 * a clean fit: finite parameters, non-negative amplitudes that sum (with the
@@ -133,7 +133,7 @@ def check_clean_fit(g, res, bg, sel, warned_dead, w=0.0):
     assert res.logL == h[-1]
     assert res.N_orig >= res.N - 1e-9 * res.N
     if sel is None and not warned_dead and w == 0:
-        # EM (and SQUAREM with monotone acceptance) never lowers the likelihood.
+        # EM (and its acceleration with monotone acceptance) never lowers the likelihood.
         # Exempt: re-seeding a dead component (a jump, warned), w > 0 (the floor
         # w**2 makes each M-step maximize a penalized objective, not the
         # likelihood) and imputation (a Monte-Carlo estimate).

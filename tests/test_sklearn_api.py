@@ -118,7 +118,7 @@ def test_warm_start_continues_the_previous_fit(blobs):
 def test_warm_started_single_iterations_are_one_fit_and_report_convergence(blobs):
     """scikit-learn's habit: fit(max_iter=1) in a warm-started loop until converged_.
 
-    Each call goes on with the previous call's EM state (its SQUAREM cycle and the
+    Each call goes on with the previous call's EM state (its acceleration memory and the
     contraction rates of the convergence test), so the loop visits exactly the
     points of one long fit and stops where it stops; warm-starting on other data
     starts a new convergence test (and does not converge in one iteration)."""

@@ -1,5 +1,5 @@
 """Unit tests of the pure modules: mstep, stats, acceleration, background, validation,
-imputation; and SQUAREM against plain EM."""
+imputation; and Anderson acceleration against plain EM."""
 
 import warnings
 
@@ -8,7 +8,7 @@ import pytest
 from scipy.integrate import quad
 
 import daskgmmis as dg
-from daskgmmis.acceleration import extrapolate
+from daskgmmis.acceleration import anderson, pack
 from daskgmmis.checkpoint import Theta
 from daskgmmis.errors import DeadComponentWarning, InputError, InputTypeError
 from daskgmmis.imputation import (PROPOSAL_WIDTH, candidate_count, draw_candidates,
@@ -124,36 +124,64 @@ def test_stats_add_scale_and_tree_sum():
 
 # ----------------------------------------------------------------- acceleration
 
-def geometric(target, start, rate, n):
-    return [start + (target - start) * (1 - rate**i) for i in range(n)]
+def linear_em_pairs(A, b, x0, n):
+    """Pairs (x_i, M(x_i)) of the linear map M(x) = A x + b, as packed K=1, D=1 models."""
+    scale = np.ones(1)
+    xs, gs, x = [], [], np.asarray(x0, float)
+    for _ in range(n):
+        gx = A @ x + b
+        xs.append(pack(Theta(np.ones(1), x[:1, None], x[1:, None, None] ** 2, None), scale))
+        gs.append(pack(Theta(np.ones(1), gx[:1, None], gx[1:, None, None] ** 2, None), scale))
+        x = gx
+    return np.array(xs), np.array(gs), scale
 
 
-def test_squarem_step_is_exact_on_a_linear_path():
-    K, D = 2, 2
-    covar = np.array([np.eye(D)] * K)
-    amp = np.array([0.4, 0.6])
-    target = np.array([[1.0, 2.0], [-3.0, 0.5]])
-    means = geometric(target, np.zeros((K, D)), 0.9, 3)       # EM crawling at rate 0.9
-    t = [Theta(amp, m, covar, None) for m in means]
-    out = extrapolate(*t, parse_frozen(None, K), None)
-    np.testing.assert_allclose(out.mean, target, atol=1e-12)
-    # frozen values restored from the last iterate; a step not longer than EM's: None
-    out = extrapolate(*t, parse_frozen({"mean": [1]}, K), None)
-    assert np.array_equal(out.mean[1], means[2][1])
-    # an oscillating path (rate -0.5): the extrapolation is shorter than a plain step
-    fast = [Theta(amp, m, covar, None) for m in geometric(target, np.zeros((K, D)), -0.5, 3)]
-    assert extrapolate(*fast, parse_frozen(None, K), None) is None
+def test_anderson_mixing_is_exact_on_a_linear_map():
+    # EM crawling at rate 0.999 along one direction, 0.5 along the other: three pairs
+    # span the residuals of a 2-D linear map, so the mixed point is its fixed point
+    A = np.array([[0.999, 0.02], [0.0, 0.5]])
+    b = np.array([0.5, 0.4])
+    fixed = np.linalg.solve(np.eye(2) - A, b)
+    xs, gs, scale = linear_em_pairs(A, b, [0.0, 1.0], 3)
+    template = Theta(np.ones(1), np.zeros((1, 1)), np.ones((1, 1, 1)), None)
+    out = anderson(xs, gs, template, scale, parse_frozen(None, 1), None)
+    np.testing.assert_allclose(out.mean[0, 0], fixed[0], rtol=1e-9)
+    np.testing.assert_allclose(out.covar[0, 0, 0], fixed[1] ** 2, rtol=1e-9)
+    # plain EM from the same start is still 5 % of the way away after the 3 steps
+    assert abs(xs[-1][1] - fixed[0]) > 0.05 * abs(fixed[0])
+    # one pair has no secant: no mixed point
+    assert anderson(xs[:1], gs[:1], template, scale, parse_frozen(None, 1), None) is None
 
 
-def test_squarem_refuses_to_leave_the_parameter_space():
+def test_anderson_does_not_lead_back_onto_a_saddle():
+    # EM leaves a saddle along a direction it expands (eigenvalue 1.05): the secant
+    # model sees it and no mixed point is offered (mixing would jump onto the saddle);
+    # the same map with that eigenvalue at 0.95 is mixed
+    template = Theta(np.ones(1), np.zeros((1, 1)), np.ones((1, 1, 1)), None)
+    frozen = parse_frozen(None, 1)
+    for rate, offered in ((1.05, False), (0.95, True)):
+        A = np.array([[rate, 0.0], [0.0, 0.5]])
+        xs, gs, scale = linear_em_pairs(A, np.array([0.1, 0.4]), [0.3, 1.0], 3)
+        assert (anderson(xs, gs, template, scale, frozen, None) is not None) == offered
+
+
+def test_anderson_restores_frozen_values_and_refuses_to_leave_the_parameter_space():
+    A = np.array([[0.9, 0.0], [0.0, 0.9]])
+    xs, gs, scale = linear_em_pairs(A, np.array([1.0, 0.2]), [0.0, 1.0], 3)
+    template = Theta(np.ones(1), np.full((1, 1), 7.0), np.ones((1, 1, 1)), None)
+    out = anderson(xs, gs, template, scale, parse_frozen({"mean": [0]}, 1), None)
+    assert out.mean[0, 0] == 7.0 and out.covar[0, 0, 0] != 1.0
+    # amplitudes heading below zero
     covar = np.array([np.eye(1)] * 2)
     m = np.zeros((2, 1))
     amps = [np.array([0.5, 0.5]), np.array([0.3, 0.7]), np.array([0.15, 0.85])]
-    t = [Theta(a, m, covar, None) for a in amps]            # heads to a negative amplitude
-    assert extrapolate(*t, parse_frozen(None, 2), None) is None
+    packed = [pack(Theta(a, m, covar, None), np.ones(1)) for a in amps]
+    xs, gs = np.array(packed[:2]), np.array(packed[1:])
+    template = Theta(amps[2], m, covar, None)
+    assert anderson(xs, gs, template, np.ones(1), parse_frozen(None, 2), None) is None
 
 
-def test_squarem_and_plain_em_reach_the_same_fit_in_fewer_iterations():
+def test_accelerated_and_plain_em_reach_the_same_fit_in_fewer_iterations():
     # heavy noise (variance 2.25 against component variances ~1): EM crawls
     truth = make_truth(2, 2, seed=5)
     rng = np.random.default_rng(2)
