@@ -18,10 +18,8 @@ import numpy as np
 
 from .model import Theta
 
-__all__ = ["MEMORY", "SADDLE_MARGIN", "anderson", "distance", "feature_scale", "pack"]
+__all__ = ["SADDLE_MARGIN", "anderson", "distance", "feature_scale", "pack"]
 
-# Pairs of the EM map the extrapolation mixes (the newest and MEMORY before it).
-MEMORY = 8
 # An eigenvalue of the pairs' secant Jacobian above 1 + SADDLE_MARGIN: no mixing.
 SADDLE_MARGIN = 1e-3
 
@@ -39,7 +37,7 @@ def pack(t: Theta, scale: np.ndarray) -> np.ndarray:
     the units of the features (data times 1e8 would take other steps, and could
     reach another optimum, than the same data in unit scale). Layout: ``K``
     amplitudes, ``K D`` means, ``K D (D + 1) / 2`` factor entries, the background
-    amplitude (0 without one).
+    amplitude (0 without one): :func:`daskgmmis.memory.packed_size` floats.
     """
     K, D = t.mean.shape
     tri = np.tril_indices(D)

@@ -36,7 +36,7 @@ from .background import Background, log_background
 from .blocks import compute as _compute
 from .blocks import tree_reduce
 from .catalog import Catalog, as_dask_input, as_dask_projection, as_dask_weights, open_catalog
-from .memory import check_candidates, plan_fit
+from .memory import check_candidates, memory_pairs, packed_size, plan_fit
 from .timelimit import time_limited
 from .errors import (CallbackError, ConvergenceWarning, DeadComponentWarning, InputError,
                      InputTypeError, NumericalError, PrecisionWarning,
@@ -48,7 +48,7 @@ from .init import init_kmeans, init_minmax, init_random
 from .model import GMM, Theta
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .noise import SharedNoise, noise_block, noise_class
-from .acceleration import MEMORY, anderson, distance, feature_scale, pack
+from .acceleration import anderson, distance, feature_scale, pack
 from .checkpoint import EMState, load_checkpoint, save_checkpoint
 from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
@@ -1325,10 +1325,14 @@ def _remember(state: EMState, x: Theta, image: Theta) -> bool:
     The memory is packed in the unit of the parameters where it began (a fixed unit:
     the pairs are compared with one another).
     """
+    K, D = x.mean.shape
+    keep = memory_pairs(packed_size(K, D))
+    if not keep:
+        return False            # a model too large for the memory: plain EM
     if state.memory_scale is None:
         state.memory_scale = feature_scale(x)
-    state.memory_x = state.memory_x[-MEMORY:] + [pack(x, state.memory_scale)]
-    state.memory_g = state.memory_g[-MEMORY:] + [pack(image, state.memory_scale)]
+    state.memory_x = state.memory_x[1 - keep:] + [pack(x, state.memory_scale)]
+    state.memory_g = state.memory_g[1 - keep:] + [pack(image, state.memory_scale)]
     return len(state.memory_x) >= 2
 
 

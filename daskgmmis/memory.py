@@ -27,7 +27,8 @@ from .errors import InputError
 from .noise import noise_class
 
 __all__ = ["task_bytes", "candidate_bytes", "driver_bytes", "task_memory_limit",
-           "machine_memory_limit", "plan_fit", "check_candidates", "MAX_N_INIT"]
+           "machine_memory_limit", "plan_fit", "check_candidates", "MAX_N_INIT",
+           "ACCELERATION_PAIRS", "MEMORY_BYTES", "memory_pairs", "packed_size"]
 
 _WORD = 8
 # kernels.py works on tiles of this many rows (z: K x d x TILE per tile)
@@ -36,10 +37,11 @@ _TILE = 128
 # and their symmetrized copy, the pattern accumulators Z2/WP, the embedding
 # temporaries V @ WP @ V^T, the component Choleskys and the shipped covariances
 _PARAM_COPIES_TASK = 10
-# copies of the parameters in the driver: the current theta, the fallback, the
-# acceleration's 9 pairs (18 packed copies) and their differences, the best start, the
-# summed moments and the caller's model
-_PARAM_COPIES_DRIVER = 40
+# copies of the parameters in the driver: the current theta, the fallback, the best
+# start, the summed moments and the caller's model (the acceleration's pairs apart)
+_PARAM_COPIES_DRIVER = 10
+# the acceleration's stored pairs, and the arrays and differences mixing them makes
+_ACCELERATION_COPIES = 3
 # tree reduction: this many block moments are summed at once
 _SPLIT_EVERY = 8
 # each start of n_init is a full EM run (and a seed object in the driver)
@@ -47,6 +49,28 @@ MAX_N_INIT = 10_000
 # rows per chunk below which a smaller chunk is not worth choosing: the
 # per-task overhead would dominate, and the parameters are the problem
 _MIN_ROWS = 256
+
+
+# Pairs (x, M(x)) of the EM map that the acceleration keeps (daskgmmis.acceleration).
+ACCELERATION_PAIRS = 9
+# Bytes the stored pairs may take: fewer pairs for a large model, and no mixing (plain
+# EM) where even two do not fit - a K = 20,000, D = 50 model is 212 MB packed.
+MEMORY_BYTES = 256 * 2**20
+
+
+def memory_pairs(n_packed: int) -> int:
+    """Pairs ``(x, M(x))`` kept for a packed parameter vector of ``n_packed`` floats.
+
+    ``ACCELERATION_PAIRS`` within :data:`MEMORY_BYTES`, fewer for a larger model, and 0 (no
+    acceleration) where two pairs would exceed it.
+    """
+    pairs = min(ACCELERATION_PAIRS, MEMORY_BYTES // (16 * n_packed))
+    return int(pairs) if pairs >= 2 else 0
+
+
+def packed_size(K: int, D: int) -> int:
+    """Floats of :func:`daskgmmis.acceleration.pack`'s vector for ``K`` components in ``D`` dimensions."""
+    return K * (1 + D + D * (D + 1) // 2) + 1
 
 
 def _gib(n: float) -> str:
@@ -85,7 +109,9 @@ def candidate_bytes(m: int, D: int, noisy: bool) -> int:
 
 def driver_bytes(K: int, D: int, n_init: int = 1) -> int:
     """Peak bytes the driver needs for the parameters (and the starts' seeds)."""
-    return _PARAM_COPIES_DRIVER * param_bytes(K, D) + 512 * n_init
+    n_packed = packed_size(K, D)
+    pairs = _ACCELERATION_COPIES * 2 * _WORD * n_packed * memory_pairs(n_packed)
+    return _PARAM_COPIES_DRIVER * param_bytes(K, D) + pairs + 512 * n_init
 
 
 def machine_memory_limit() -> tuple[int, str]:

@@ -384,8 +384,10 @@ class FitOptions:
         points in far fewer iterations where EM crawls (the N_orig ridge of a
         truncated fit, heavy noise). A mixed point is kept only if it gains at
         least what the last step gained (exact: the map is deterministic), and
-        none is made where the pairs show EM leaving a saddle. ``False`` gives
-        textbook EM, step for step.""",
+        none is made where the pairs show EM leaving a saddle. Fewer pairs for a
+        model above ~2 million parameters, none (plain EM) above ~8 million
+        (:data:`daskgmmis.memory.MEMORY_BYTES`). ``False`` gives textbook
+        EM, step for step.""",
         cli=Cli(("--accelerate/--no-accelerate",), "toggle"), problem=True)
     n_init: int = _option(
         1, (Interval(int, 1),), """
