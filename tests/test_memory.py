@@ -19,6 +19,8 @@ import pytest
 
 import daskgmmis as dg
 from daskgmmis import memory
+from daskgmmis.acceleration import pack
+from daskgmmis.checkpoint import Theta
 
 # address space of the subprocess: python + numpy + numba + dask need ~1.2 GB of
 # it before any data; the hostile cases claimed 4 to 2000 GB
@@ -261,3 +263,19 @@ def test_plan_uses_the_workers_memory_limit(cluster_client):
     assert memory.driver_bytes(25_000, 30) < memory.machine_memory_limit()[0]
     with pytest.raises(dg.InputError, match=r"K=25000 .* per task \(the workers' memory limit"):
         dg.fit(dg.GMM(25_000, 30), np.zeros((5000, 30)), client=cluster_client, maxiter=1)
+
+
+def test_acceleration_pairs_fit_their_byte_budget():
+    # a small model keeps every pair; a large one fewer; one where two pairs exceed the
+    # budget none (plain EM), and the driver's estimate counts what is kept
+    small = memory.packed_size(20, 5)
+    theta = Theta(np.full(20, 0.05), np.zeros((20, 5)), np.array([np.eye(5)] * 20), None)
+    assert small == len(pack(theta, np.ones(5)))
+    assert memory.memory_pairs(small) == memory.ACCELERATION_PAIRS
+    large = memory.MEMORY_BYTES // (16 * 4)
+    assert memory.memory_pairs(large) == 4
+    assert memory.memory_pairs(memory.MEMORY_BYTES // 16) == 0
+    huge_K = 20_000                               # D = 50: 26.5 million packed floats
+    assert memory.memory_pairs(memory.packed_size(huge_K, 50)) == 0
+    with_pairs = memory.driver_bytes(20, 5) - 10 * memory.param_bytes(20, 5) - 512
+    assert with_pairs == 3 * 2 * 8 * small * memory.ACCELERATION_PAIRS
