@@ -102,7 +102,9 @@ class FitResult:
         final parameters over independent replicate sets of candidates) and
         ``"N_orig"`` (of the fitted N_orig as the fixed point of the imputed EM: one
         step from the final parameters per replicate set, amplified by EM's slowest
-        contraction ``1 / (1 - rho)``; docs/design.md §1.4). Both 0 without a
+        contraction ``1 / (1 - rho)``; docs/design.md §1.4): an upper estimate
+        where EM's slowest direction is not N_orig's (measured ~15x the spread over
+        seeds on pyGMMis's demo geometry, 0.6x on a hard 2-D cut). Both 0 without a
         selection.
     """
 
@@ -585,7 +587,9 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
         return {"logL": 0.0, "N_orig": 0.0}
     # capped lower than the stopping rule's: measured on a 2-D cut (mc_error_spread.py,
     # 10 seeds), 0.999 gives 0.039 against a spread of 0.066 of N_orig; it over-states
-    # where EM's slowest rate is not N_orig's (pyGMMis's demo: 0.2-0.3 against ~0.035)
+    # where EM's slowest rate is not N_orig's (pyGMMis's demo, 8 seeds: 0.28 against a
+    # spread of 0.018) - and plain-step ratios are no clean rate there: after a mixed
+    # step most exceed 1 (EM's Jacobian is not normal in these coordinates)
     rho = min(max(state.rates), 0.999) if len(state.rates) else 0.0
     evaluate, opts = run.evaluate, run.opts
     params = evaluate.params(state.theta, state.f_obs, state.proposal)
