@@ -39,9 +39,9 @@ class EMState:
     ----------
     theta : Theta
         The parameters to evaluate next.
-    cycle : list of Theta
-        Plain-EM points of the current acceleration cycle (0 or 1 entries: the
-        next plain step is replaced by the mixed point when it holds one).
+    mix_next : bool
+        The next plain EM step is replaced by the acceleration's mixed point
+        (every other one is).
     fallback : Theta or None
         Plain-EM point to fall back to if the extrapolated ``theta`` is rejected.
     fallback_logL : float
@@ -86,7 +86,7 @@ class EMState:
     """
 
     theta: Theta
-    cycle: list = field(default_factory=list)
+    mix_next: bool = False
     fallback: Theta | None = None
     fallback_logL: float = -np.inf
     f_obs: float = 0.5
@@ -135,8 +135,6 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
     """
     path = os.fspath(path)
     arrays = _theta_arrays("theta", state.theta)
-    for i, t in enumerate(state.cycle):
-        arrays.update(_theta_arrays(f"cycle{i}", t))
     if state.fallback is not None:
         arrays.update(_theta_arrays("fallback", state.fallback))
     for name in ("proposal", "plain_from", "fallback_from"):
@@ -151,7 +149,7 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
         arrays.update({"memory.x": np.array(state.memory_x), "memory.g": np.array(state.memory_g),
                        "memory.scale": state.memory_scale})
     header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-              "fingerprint": fingerprint, "n_cycle": len(state.cycle),
+              "fingerprint": fingerprint, "mix_next": state.mix_next,
               "n_iter": state.n_iter, "f_obs": state.f_obs.hex(),
               "fallback_logL": float(state.fallback_logL).hex(), "seed": state.seed,
               "sw_steps": state.sw_steps, "sw_group": state.sw_group,
@@ -207,7 +205,7 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
     try:
         return EMState(
             theta=_theta_from(arrays, "theta"),
-            cycle=[_theta_from(arrays, f"cycle{i}") for i in range(header["n_cycle"])],
+            mix_next=bool(header["mix_next"]),
             fallback=_theta_from(arrays, "fallback") if "fallback.amp" in arrays else None,
             fallback_logL=float.fromhex(header["fallback_logL"]),
             f_obs=float.fromhex(header["f_obs"]), n_iter=int(header["n_iter"]),
