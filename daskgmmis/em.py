@@ -145,6 +145,9 @@ class _IterParams:
     proposal: Theta | None = None          # the imputation sample's parameters
     proposal_background: Background | None = None
     sample_key: tuple = ()                 # caches the sample in the block tasks
+    # how an unobserved row is observed: None, a shared (d, D) R or projection_callback
+    candidate_projection: object = None
+    data_dim: int = 0                      # d, the data's features
 
 
 class _ConstantCovar:
@@ -258,7 +261,8 @@ def _block_candidates(params: _IterParams, n_rows: int, block: int):
     p0 = params.proposal
     return candidate_set(params.sample_key, n_set, p0.mean, p0.covar,
                          params.proposal_background, params.sel_callback,
-                         params.covar_callback, params.seed, block)
+                         params.covar_callback, params.seed, block,
+                         params.candidate_projection, params.data_dim)
 
 
 def _replicate_task(params: _IterParams, n_rows: int, block: int, weight=None, at=None):
@@ -478,9 +482,10 @@ class _Evaluator:
     """Runs one E-step (one compute) for a parameter set."""
 
     def __init__(self, plan, client, cutoff, sel_callback, covar_callback, seed,
-                 oversampling, background, boxes=None):
+                 oversampling, background, boxes=None, candidate_projection=None):
         self.plan, self.client, self.cutoff, self.boxes = plan, client, cutoff, boxes
         self.sel_callback, self.covar_callback = sel_callback, covar_callback
+        self.candidate_projection = candidate_projection
         self.seed, self.oversampling, self.background = seed, oversampling, background
         # names this fit's imputation samples in the block tasks' caches (never reused
         # by another fit in the same process); results do not depend on it
@@ -510,7 +515,7 @@ class _Evaluator:
                            self.covar_callback, self.seed, float(self.oversampling),
                            float(f_size), plan.N, proposal,
                            None if proposal is None else self.background_at(proposal.bg_amp),
-                           key)
+                           key, self.candidate_projection, plan.D)
 
     def overlap(self, theta: Theta) -> np.ndarray:
         """(K, K) responsibility overlaps of the observed rows (one compute)."""
@@ -666,8 +671,10 @@ _FIT_DOC = """Fit a Gaussian mixture to a noisy, incomplete catalog with EM.
         matrix or one per row; a row seen in fewer dimensions pads ``y_i`` and the
         matching rows of ``R_i`` with NaN (docs/design.md §1.1). Taken from the
         catalog when it carries one. Needs ``init_method="none"`` (the data do not
-        live in the model's space) and is not combined with ``sel_callback``,
-        ``cutoff`` or ``background``.
+        live in the model's space) and is not combined with ``cutoff``. A
+        ``background`` is then a box of the data's space (d features); with
+        ``sel_callback`` the imputed rows are observed through the shared
+        projection, or through ``projection_callback`` when it is per row.
     options : FitOptions, optional
         The options below as one validated object (:class:`daskgmmis.FitOptions`);
         keywords given as well replace its values.
@@ -777,19 +784,32 @@ def _continuation(previous: FitResult | None, fingerprint: dict, gmm: GMM,
                                memory_x=list(state.memory_x), memory_g=list(state.memory_g))
 
 
-def _check_projection_options(opts: FitOptions) -> None:
-    """Refuse the options a projected fit does not support (clear InputError)."""
+def _check_projection_options(opts: FitOptions, projection) -> object:
+    """Refuse the options a projected fit does not support (clear InputError); return
+    how an unobserved row is observed: None without a selection, else the
+    ``projection_callback`` or the shared (d, D) projection."""
     if opts.init_method != "none":
         raise InputError(f"init_method: with a projection the data are not in the model's "
                          f"space, so init_method={opts.init_method!r} cannot start from them; "
                          f"set the model's starting parameters and pass init_method='none'.")
-    for name, why in (("sel_callback", "truncation (imputation of unobserved rows)"),
-                      ("cutoff", "neighborhoods (bounding boxes in the data's space)"),
-                      ("background", "a background (uniform over a box of the data's "
-                                     "space)")):
-        if getattr(opts, name) is not None:
-            raise InputError(f"{name}: {why} is not supported together with a projection; "
-                             f"pass {name}=None, or fit without projection.")
+    if opts.cutoff is not None:
+        raise InputError("cutoff: neighborhoods (bounding boxes in the model's space) are not "
+                         "supported together with a projection: the rows' positions in the "
+                         "model's space are unknown; pass cutoff=None, or fit without "
+                         "projection.")
+    if opts.sel_callback is None:
+        if opts.projection_callback is not None:
+            raise InputError("projection_callback: projects the imputed rows of a truncated "
+                             "fit; it needs sel_callback.")
+        return None
+    if opts.projection_callback is not None:
+        return opts.projection_callback
+    if projection.ndim == 3:
+        raise InputError("projection_callback: a truncated fit (sel_callback) of rows with "
+                         "their own projections must know how an unobserved row would have "
+                         "been projected; pass projection_callback (R (n, d, D) at true "
+                         "positions (n, D)), or a shared projection (d, D).")
+    return projection
 
 
 def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None, *,
@@ -812,9 +832,14 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None, *,
     if projection is None and x.shape[1] != D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={D}; build the "
                          f"model with GMM(K, D={x.shape[1]}).")
+    candidate_projection = None
     if projection is not None:
-        _check_projection_options(opts)
-    check_background(opts.background, D, "data")
+        candidate_projection = _check_projection_options(opts, projection)
+    elif opts.projection_callback is not None:
+        raise InputError("projection_callback: projects the imputed rows of a fit with a "
+                         "projection; pass projection=, or projection_callback=None.")
+    # a background is uniform over a box of the data's space (d features)
+    check_background(opts.background, int(x.shape[1]), "data")
     frozen_idx = parse_frozen(opts.frozen, K)
     if init_method == "none":
         check_model_params(gmm.amp, gmm.mean, gmm.covar)
@@ -834,6 +859,8 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None, *,
             check_picklable(sel_callback, "sel_callback")
             if covar_callback is not None:
                 check_picklable(covar_callback, "covar_callback")
+            if opts.projection_callback is not None:
+                check_picklable(opts.projection_callback, "projection_callback")
 
     # 0. memory plan: refuse (or shrink the blocks) before the first pass
     x, noise = plan_fit(x, noise, kind, K, D, client=client, n_init=n_init,
@@ -885,7 +912,9 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None, *,
     evaluate = _Evaluator(plan, client, cutoff,
                           time_limited(sel_callback, timeout, "sel_callback"),
                           time_limited(covar_callback, timeout, "covar_callback"),
-                          impute_seed, opts.oversampling, opts.background, boxes)
+                          impute_seed, opts.oversampling, opts.background, boxes,
+                          time_limited(candidate_projection, timeout, "projection_callback")
+                          if callable(candidate_projection) else candidate_projection)
     explicit_tol = opts.tol is not None
     tol = opts.tol if explicit_tol else _DEFAULT_TOL_NATS / summary.n
     run = _Run(opts, evaluate, frozen_idx, fingerprint, checkpoint, opts.maxiter, tol)

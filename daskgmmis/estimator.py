@@ -179,6 +179,9 @@ class GaussianMixture:
         selection (truncation by imputation).
     covar_callback : callable, optional
         Noise covariance of unobserved rows at arbitrary positions.
+    projection_callback : callable, optional
+        Projection matrices of unobserved rows at true positions (truncated fits
+        with per-row projections).
     background : Background, optional
         Uniform background fitted jointly. Not modified: the fitted copy is
         ``background_``.
@@ -251,8 +254,8 @@ class GaussianMixture:
                  means_init=None, precisions_init=None, random_state=None, warm_start=False,
                  verbose=0, verbose_interval=10, init_method="kmeans", w=0.0,
                  maxiter=1000, covariances_init=None, cutoff=None, sel_callback=None,
-                 covar_callback=None, background=None, frozen=None, oversampling=4.0,
-                 prefit=False, accelerate=True, client=None, persist=None,
+                 covar_callback=None, projection_callback=None, background=None, frozen=None,
+                 oversampling=4.0, prefit=False, accelerate=True, client=None, persist=None,
                  split_n_merge=0, callback_timeout=None, checkpoint=None, stepwise=0):
         # scikit-learn's names first, then daskgmmis's; stored as given (validated at fit)
         self.n_components = n_components
@@ -276,6 +279,7 @@ class GaussianMixture:
         self.cutoff = cutoff
         self.sel_callback = sel_callback
         self.covar_callback = covar_callback
+        self.projection_callback = projection_callback
         self.background = background
         self.frozen = frozen
         self.oversampling = oversampling
@@ -496,7 +500,8 @@ class GaussianMixture:
                                  f"parameters; use n_init=1 or give none of them.")
             # the missing parameters from the initialization (no EM iteration)
             fit_best(gmm, X, covar, options=opts.replace(
-                maxiter=0, sel_callback=None, covar_callback=None, prefit=False,
+                maxiter=0, sel_callback=None, covar_callback=None, projection_callback=None,
+                prefit=False,
                 checkpoint=None, progress=False, split_n_merge=0,
                 background=_copy_background(opts.background)))
         for key, value in given.items():

@@ -41,7 +41,8 @@ from scipy.linalg import solve_triangular
 from scipy.special import ndtr, ndtri
 from scipy.stats import qmc
 
-from .selection import evaluate_covar_callback, evaluate_selection
+from .selection import (evaluate_covar_callback, evaluate_projection_callback,
+                        evaluate_selection)
 from .stats import SuffStats
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -295,14 +296,27 @@ def _log_gauss(t: np.ndarray, mean: np.ndarray, L: np.ndarray) -> np.ndarray:
             - 0.5 * t.shape[1] * LOG_2PI)
 
 
+def _observed(t: np.ndarray, n_comp: int, bg: np.ndarray | None, projection,
+              d: int) -> np.ndarray:
+    """Noise-free observed positions (m, d): ``R t`` of the components' points (the
+    first ``n_comp`` rows of ``t``), then the background's points ``bg`` as they are."""
+    tc = t[:n_comp]
+    R = (evaluate_projection_callback(projection, tc, d) if callable(projection)
+         else projection)
+    yc = tc @ R.T if R.ndim == 2 else np.einsum("mij,mj->mi", R, tc)
+    return yc if bg is None else np.concatenate([yc, bg])
+
+
 def draw_candidates(n: int, mean0, covar0, background0, sel_callback, covar_callback,
-                    seed: np.random.SeedSequence, block: int) -> CandidateSet:
+                    seed: np.random.SeedSequence, block: int, projection=None,
+                    d: int | None = None) -> CandidateSet:
     """The block's fixed sample at the proposal ``(mean0, covar0, background0)``.
 
     Every source (component, background) gets ``GROUPS * n`` points from its own
     fixed base variates: ``t = mu0_s + L0_s z`` (the background: uniform in its
-    box). Noise from ``covar_callback(t)`` applied to fixed noise variates gives the
-    noisy position, where Ω is evaluated; candidates with Ω = 1 are dropped.
+    box). Noise from ``covar_callback`` at the noise-free observed position (``t``,
+    or ``R t`` with a projection) applied to fixed noise variates gives the noisy
+    position, where Ω is evaluated; candidates with Ω = 1 are dropped.
 
     Parameters
     ----------
@@ -312,13 +326,20 @@ def draw_candidates(n: int, mean0, covar0, background0, sel_callback, covar_call
         The proposal's components.
     background0 : Background or None
     sel_callback : callable
-        Ω(coords (m, D)) -> (m,) in [0, 1], at the noisy positions.
+        Ω(coords (m, d)) -> (m,) in [0, 1], at the noisy positions.
     covar_callback : callable or None
-        Noise covariance at the true positions; ``None``: no noise.
+        Noise covariance at the noise-free observed positions; ``None``: no noise.
     seed : SeedSequence
         The fit's imputation seed.
     block : int
         Index of the block task (keys its variates).
+    projection : None, ndarray (d, D) or callable, optional
+        How an unobserved row is observed (design §1.1): ``None`` in the model's
+        space, one shared matrix ``R``, or a ``projection_callback`` giving ``R``
+        at the true positions. A background's points are drawn in its box of the
+        *data's* space (d dimensions) and have no true position (``t`` = 0).
+    d : int, optional
+        Dimension of the data's space (with a projection; default ``D``).
 
     Returns
     -------
@@ -332,10 +353,16 @@ def draw_candidates(n: int, mean0, covar0, background0, sel_callback, covar_call
     t = np.empty((S, m, D))
     for s in range(K):
         t[s] = mean0[s] + z[s] @ L[s].T
+    bg = None
     if background0 is not None:
-        t[K] = background0.lower + (background0.upper - background0.lower) * ndtr(z[K])
+        # a background is uniform in its box of the data's space (d <= D dimensions)
+        d_bg = background0.D
+        bg = background0.lower + (background0.upper - background0.lower) * ndtr(z[K][:, :d_bg])
+        t[K] = bg if projection is None else 0.0
     t = t.reshape(-1, D)
-    y = t if covar_callback is None else _add_noise(t, e.reshape(-1, D), covar_callback)
+    y = t if projection is None else _observed(t, K * m, bg, projection, d or D)
+    if covar_callback is not None:
+        y = _add_noise(y, e.reshape(-1, D)[:, :y.shape[1]], covar_callback)
     omega = evaluate_selection(sel_callback, y, where="sel_callback (imputed candidates)")
     keep = np.flatnonzero(omega < 1.0)
     source = (keep // m).astype(np.int32)
@@ -369,7 +396,8 @@ _sets_bytes = 0
 
 
 def candidate_set(sample_key: tuple, n: int, mean0, covar0, background0, sel_callback,
-                  covar_callback, seed: np.random.SeedSequence, block: int) -> CandidateSet:
+                  covar_callback, seed: np.random.SeedSequence, block: int, projection=None,
+                  d: int | None = None) -> CandidateSet:
     """:func:`draw_candidates`, cached per process under ``sample_key``.
 
     ``sample_key`` names the fit and its proposal (the driver makes it unique per
@@ -385,7 +413,7 @@ def candidate_set(sample_key: tuple, n: int, mean0, covar0, background0, sel_cal
             _sets.move_to_end(key)
             return hit
     cset = draw_candidates(n, mean0, covar0, background0, sel_callback, covar_callback, seed,
-                           block)
+                           block, projection, d)
     with _cache_lock:
         if key not in _sets and cset.nbytes <= CACHE_BYTES:
             _sets[key] = cset

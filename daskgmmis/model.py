@@ -150,11 +150,10 @@ class GMM:
         """:meth:`__call__`, with ``name`` the caller's argument name for messages."""
         amp, mean, cov = self._params(background)
         D = mean.shape[1]
-        check_background(background, D, "the model")
-        if projection is not None and background is not None:
-            raise InputError("background: a background (uniform over a box of the data's "
-                             "space) is not supported together with a projection; pass "
-                             "background=None.")
+        if projection is None:
+            check_background(background, D, "the model")
+        # under a projection a background is uniform over a box of the data's space:
+        # log_background checks it against the rows' width where they are read
         if _is_dask(coords):
             return self._dask_density(coords, covar, as_log, background, amp, mean, cov, name,
                                       projection)

@@ -293,6 +293,19 @@ class FitOptions:
                 help="Noise of unobserved rows: JSON (D, D) matrix, JSON list of D "
                      "variances, or module:function / file.py:function."),
         problem=True, expected="a callable taking coords (n, D), or None")
+    projection_callback: object = _option(
+        None, (NONE, CALLABLE), """
+        Projection of an unobserved row (truncated fits with ``projection``): at
+        true positions ``t`` (n, D) returns the rows' matrices (n, d, D), or one
+        (d, D) matrix; the imputed rows are observed at ``R t`` plus noise, where
+        the selection is evaluated. Needed with ``sel_callback`` when the
+        projection is per row; default: the shared projection. Must be picklable
+        for a distributed client.""",
+        cli=Cli(("--projection-callback",), "spec", metavar="SPEC",
+                help="Projection of unobserved rows (truncated fits of a catalog with "
+                     "per-row projections): module:function / file.py:function returning "
+                     "(n, d, D) matrices at true positions (n, D)."),
+        problem=True, expected="a callable taking coords (n, D), or None")
     background: Background | None = _option(
         None, (NONE, BACKGROUND), """
         Uniform background fitted jointly; its ``amp`` is updated in place.""",
@@ -399,7 +412,8 @@ class FitOptions:
                      "highest likelihood."))
     callback_timeout: float | None = _option(
         None, (NONE, Interval(float, 0, low_open=True)), """
-        Seconds one call of ``sel_callback`` or ``covar_callback`` may take;
+        Seconds one call of ``sel_callback``, ``covar_callback`` or
+        ``projection_callback`` may take;
         past that the fit stops with a ``CallbackError`` naming the callback
         (default: no limit).""",
         cli=Cli(("--callback-timeout",), "float", metavar="SECONDS"),

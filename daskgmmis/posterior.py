@@ -126,7 +126,8 @@ def _resolve(gmm, data, covar, background, projection=None):
     catalog or None)."""
     if not isinstance(gmm, GMM):
         raise InputTypeError(f"gmm: expected a daskgmmis.GMM; found {type(gmm).__name__}.")
-    check_background(background, gmm.D, "gmm")
+    if projection is None:
+        check_background(background, gmm.D, "gmm")
     amp, mean, cov = gmm._params(background)     # summing to 1 with the background
     if not amp.sum() > 0:
         raise InputError("gmm.amp: every amplitude is zero; the Gaussian population is "
@@ -139,10 +140,9 @@ def _resolve(gmm, data, covar, background, projection=None):
     proj = as_dask_projection(data, projection, x, gmm.D)
     if proj is None and x.shape[1] != gmm.D:
         raise InputError(f"data: has D={x.shape[1]} features but gmm has D={gmm.D}.")
-    if proj is not None and background is not None:
-        raise InputError("background: a background (uniform over a box of the data's space) "
-                         "is not supported together with a projection; pass "
-                         "background=None.")
+    if proj is not None:
+        # a background is uniform over a box of the data's space (d features)
+        check_background(background, int(x.shape[1]), "the data")
     shared = proj if proj is not None and proj.ndim == 2 else None
     params = _Params(amp, mean, cov, noise.kind, noise.shared_matrix, background, shared)
     return params, x, noise.row_array, (None if shared is not None else proj), lazy, cat

@@ -124,8 +124,8 @@ def loglike(gmm: GMM, data, covar=None, background: Background | None = None, *,
         sum of their weights for weighted rows.
     """
     _check_model(gmm)
-    check_background(background, gmm.D, "the model")
     x, noise, w, proj = _resolve_data(gmm, data, covar, weights, projection)
+    check_background(background, int(x.shape[1]), "the data")
     total, n = _compute(*_loglike_graph(gmm, x, noise, background, w, proj))
     return float(total), (int(n) if w is None else float(n))
 
@@ -321,8 +321,8 @@ def cv_fit(gmm: GMM, data, covar=None, n_folds: int = 5, rng=None, *, n_init: in
         fit_kwargs["n_init"] = n_init
     opts = FitOptions.create(options, **fit_kwargs)
     background = opts.background
-    check_background(background, gmm.D, "the model")
     x, noise, weights, projection = _resolve_data(gmm, data, covar, weights, projection)
+    check_background(background, int(x.shape[1]), "the data")
     N = int(x.shape[0])
     if n_folds > N:
         raise InputError(f"n_folds: {n_folds} folds for {N} rows; expected n_folds <= N.")

@@ -20,8 +20,8 @@ Combinators are plain arithmetic on their children's values
 (``Complement = 1 - Omega``, ``And = product``, ``Or = 1 - prod(1 - Omega)``), so
 ``~Box(...)`` gives 0 to a row whose observed dimensions are all inside the box.
 
-The helpers :func:`evaluate_selection`, :func:`evaluate_covar_callback` and
-:func:`check_picklable` validate user callbacks for the fit and for
+The helpers :func:`evaluate_selection`, :func:`evaluate_covar_callback`,
+:func:`evaluate_projection_callback` and :func:`check_picklable` validate user callbacks for the fit and for
 :func:`daskgmmis.simulate.draw`, raising :class:`~daskgmmis.errors.CallbackError`
 with the callback's name, what was expected and what was found.
 """
@@ -49,6 +49,7 @@ __all__ = [
     "selection_from_dict",
     "evaluate_selection",
     "evaluate_covar_callback",
+    "evaluate_projection_callback",
     "check_picklable",
 ]
 
@@ -645,6 +646,49 @@ def evaluate_covar_callback(covar_callback: Callable, coords, *,
     except InputError as e:
         raise CallbackError(str(e)) from None
     return kind, arr
+
+
+def evaluate_projection_callback(projection_callback: Callable, coords, d: int, *,
+                                 where: str = "projection_callback") -> np.ndarray:
+    """Call a projection callback and check what it returns.
+
+    Parameters
+    ----------
+    projection_callback : callable
+        ``R(t (n, D))`` returning the projection matrices of rows with true
+        positions ``t``: per row ``(n, d, D)``, or one shared ``(d, D)`` matrix.
+    coords : array_like, shape (n, D)
+        True positions, model units.
+    d : int
+        Dimension of the data's space (the catalog's features).
+    where : str
+        Name of the callback in error messages.
+
+    Returns
+    -------
+    ndarray, float64, shape (n, d, D) or (d, D)
+
+    Raises
+    ------
+    CallbackError
+        The callback raised (chained), or returned a wrong shape, non-numeric or
+        non-finite values (a row observed in fewer dimensions than ``d`` has no
+        meaning for a row that was never observed).
+    """
+    t = np.asarray(coords, dtype=np.float64)
+    n, D = t.shape
+    expected = f"projection matrices of shape ({n}, {d}, {D}) or ({d}, {D}), numeric"
+    arr = _as_numeric(_call(projection_callback, t, where), where, "iuf", expected)
+    if arr.shape not in ((n, d, D), (d, D)):
+        raise CallbackError(f"{where}: expected {expected}; found shape {arr.shape}.")
+    arr = arr.astype(np.float64, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        where_bad = np.argwhere(bad)[0]
+        raise CallbackError(f"{where}: returned a non-finite entry {arr[tuple(where_bad)]} at "
+                            f"index {tuple(int(i) for i in where_bad)}; expected finite "
+                            f"matrices (every feature of an imputed row is observed).")
+    return arr
 
 
 def check_picklable(obj, name: str) -> None:

@@ -213,6 +213,43 @@ def test_fit_truncated_with_builtin_and_user_selection(tmp_path, workdir, monkey
     assert dg.GMM.load(tmp_path / "b.npz").K == 2
 
 
+def test_fit_a_projected_catalog_truncated_with_a_projection_callback(tmp_path, monkeypatch):
+    # a catalog of 2-D projections of a 3-D model: the model's D comes from the stored
+    # projection, the imputed rows' projection from --projection-callback; without it
+    # the per-row projection is refused with the option's name
+    rng = np.random.default_rng(3)
+    truth = dg.GMM(2, 3)
+    truth.amp = np.array([0.5, 0.5])
+    truth.mean = np.array([[0.0, 0.0, 0.0], [3.0, 1.0, -2.0]])
+    truth.covar = np.broadcast_to(np.eye(3), (2, 3, 3)).copy()
+    v = truth.draw(3000, rng=rng)
+    table = np.random.default_rng(5).normal(size=(16, 2, 3))
+    R = table[np.arange(3000) % 16]
+    y = np.einsum("nij,nj->ni", R, v)
+    y, R = y[y[:, 0] < 1.0], R[y[:, 0] < 1.0]
+    dg.write_catalog(tmp_path / "p.zarr", y, projection=R)
+    truth.save(tmp_path / "start.npz")
+    (tmp_path / "proj.py").write_text(
+        "import numpy as np\n"
+        "TABLE = np.random.default_rng(5).normal(size=(16, 2, 3))\n"
+        "def at(t):\n"
+        "    h = np.sin(t @ np.array([12.9898, 78.233, 37.719])) * 43758.5453\n"
+        "    return TABLE[((h - np.floor(h)) * 16).astype(int)]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    sel = '{"type": "box", "lower": [null, null], "upper": [1, null]}'
+    common = ("fit", tmp_path / "p.zarr", "--init-model", tmp_path / "start.npz",
+              "--scheduler", "threads", "--selection", sel, "--maxiter", 30)
+    res = run(*common, "--out", tmp_path / "m.npz", ok=False)
+    assert "projection_callback" in res.output
+    res = run(*common, "--out", tmp_path / "m.npz", "--projection-callback", "proj.py:at")
+    sys.modules.pop("proj", None)
+    assert "N_orig=" in res.stdout
+    n_orig = float(res.stdout.split("N_orig=")[1].split()[0].rstrip(","))
+    assert abs(n_orig / 3000 - 1) < 0.1, n_orig
+    assert dg.GMM.load(tmp_path / "m.npz").D == 3
+
+
 def test_fit_background_frozen_restarts_init_model(tmp_path, workdir):
     res = run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "bg.npz",
               "--scheduler", "threads", "--bg-lower=-20,-20", "--bg-upper", "20,20",

@@ -19,7 +19,8 @@ from daskgmmis.options import FitOptions, option_fields
 BAD = {
     "init_method": ("k-means", dg.InputError), "w": (-1.0, dg.InputError),
     "cutoff": (0.0, dg.InputError), "sel_callback": (3, dg.InputTypeError),
-    "covar_callback": ("noise", dg.InputTypeError), "background": ({}, dg.InputTypeError),
+    "covar_callback": ("noise", dg.InputTypeError),
+    "projection_callback": ("R", dg.InputTypeError), "background": ({}, dg.InputTypeError),
     "tol": (float("nan"), dg.InputError), "maxiter": (-1, dg.InputError),
     "frozen": ("0", dg.InputTypeError), "rng": (1.5, dg.InputTypeError),
     "client": ("tcp://x:1", dg.InputTypeError), "checkpoint": (3, dg.InputTypeError),
@@ -116,7 +117,8 @@ def test_fingerprint_covers_every_problem_option():
     fp = em._fingerprint(plan, summary, 3, base, frozen)
     json.dumps(fp)
     changed = {"init_method": "random", "w": 0.5, "cutoff": 4.0, "sel_callback": print,
-               "covar_callback": print, "background": dg.Background(([0, 0], [1, 1])),
+               "covar_callback": print, "projection_callback": print,
+               "background": dg.Background(([0, 0], [1, 1])),
                "rng": 2, "oversampling": 2.0, "accelerate": False, "prefit": True,
                "stepwise": 2}
     problem = {f.name for f in option_fields() if f.metadata["problem"]}

@@ -260,7 +260,14 @@ def _selection_arg(spec: str | None, what: str = "--selection"):
     spec = spec.strip()
     if spec.startswith(("{", "@")):
         return selection_from_dict(_json_arg(spec, what))
-    obj = _load_object(spec, what)
+    return _callable_arg(spec, what)
+
+
+def _callable_arg(spec: str | None, what: str):
+    """A user callable named module:function or file.py:function (None stays None)."""
+    if spec is None:
+        return None
+    obj = _load_object(spec.strip(), what)
     if not callable(obj):
         raise click.BadParameter(f"{spec!r} is not callable.", param_hint=what)
     return obj
@@ -283,10 +290,7 @@ def _noise_arg(spec: str | None, D: int | None, what: str = "--covar-callback"):
                                      f"variance; found shape {np.shape(value)}.",
                                      param_hint=what)
         return functools.partial(_constant_noise, m)
-    obj = _load_object(spec, what)
-    if not callable(obj):
-        raise click.BadParameter(f"{spec!r} is not callable.", param_hint=what)
-    return obj
+    return _callable_arg(spec, what)
 
 
 def _is_number(text: str) -> bool:

@@ -14,7 +14,7 @@ from ..catalog import open_catalog
 from ..em import fit_best
 from ..options import SAME, FitOptions, Interval, OneOf, cli_help, option_fields
 from ..model import GMM
-from ._common import (_CONTEXT, _check_cluster_options, _check_output, _client,
+from ._common import (_CONTEXT, _callable_arg, _check_cluster_options, _check_output, _client,
                       _cluster_options, _floats, _global_options, _json_arg, _load_model,
                       _noise_arg, _selection_arg, _show_progress, _write_json, log, main)
 
@@ -89,7 +89,8 @@ def _fit_options(f):
 @_global_options
 def fit(catalog, K, out, overwrite, init_model, bg_lower, bg_upper, bg_amp, bg_amp_min,
         bg_amp_max, bg_fixed, report, scheduler, scheduler_file, workers, memory_limit,
-        init_method, seed, selection, frozen, covar_callback, progress, **options):
+        init_method, seed, selection, frozen, covar_callback, projection_callback, progress,
+        **options):
     """Fit a Gaussian mixture to a catalog (extreme deconvolution, missing features,
     truncation, background) and save the model.
 
@@ -116,7 +117,9 @@ def fit(catalog, K, out, overwrite, init_model, bg_lower, bg_upper, bg_amp, bg_a
     if report is not None:
         _check_output(report, overwrite, "--report", inputs=(catalog, init_model))
     cat = open_catalog(catalog)
-    N, D = cat.shape
+    N, d = cat.shape
+    # the model's space: the data's, or the one a stored projection maps from
+    D = d if cat.projection is None else int(cat.projection.shape[-1])
     if init_model is not None:
         gmm = _load_model(init_model)
         if K is not None and K != gmm.K:
@@ -142,8 +145,9 @@ def fit(catalog, K, out, overwrite, init_model, bg_lower, bg_upper, bg_amp, bg_a
     if bg_lower is not None or bg_upper is not None:
         if bg_lower is None or bg_upper is None:
             raise click.UsageError("a background needs both --bg-lower and --bg-upper.")
-        background = Background((_floats(bg_lower, "--bg-lower", D),
-                                 _floats(bg_upper, "--bg-upper", D)), bg_amp,
+        # a background is uniform over a box of the data's space
+        background = Background((_floats(bg_lower, "--bg-lower", d),
+                                 _floats(bg_upper, "--bg-upper", d)), bg_amp,
                                 amp_min=bg_amp_min, amp_max=bg_amp_max,
                                 adjust_amp=not bg_fixed)
     elif init_model is not None and gmm.background is not None:
@@ -153,15 +157,17 @@ def fit(catalog, K, out, overwrite, init_model, bg_lower, bg_upper, bg_amp, bg_a
                                "footprint (--bg-lower and --bg-upper).")
     frozen_value = _json_arg(frozen, "--frozen") if frozen is not None else None
     sel = _selection_arg(selection)
-    noise_cb = _noise_arg(covar_callback, D)
+    noise_cb = _noise_arg(covar_callback, d)
     if noise_cb is not None and sel is None:
         raise click.UsageError("--covar-callback models the noise of unobserved rows; it "
                                "needs --selection.")
+    projection_cb = _callable_arg(projection_callback, "--projection-callback")
 
     if options["prefit"] and sel is None:
         raise click.UsageError("--prefit applies to truncated fits; it needs --selection.")
     opts = FitOptions.create(init_method=init_method, rng=seed, sel_callback=sel,
-                             covar_callback=noise_cb, frozen=frozen_value,
+                             covar_callback=noise_cb, projection_callback=projection_cb,
+                             frozen=frozen_value,
                              background=background, **options)
     _show_progress(sys.stderr.isatty() if progress is None else progress, sel is not None)
     log.info("fitting %s (N=%d, D=%d, noise: %s) with K=%d%s", catalog, N, D, cat.covar_kind,
@@ -175,6 +181,7 @@ def fit(catalog, K, out, overwrite, init_model, bg_lower, bg_upper, bg_amp, bg_a
         info.update({"catalog": os.path.abspath(catalog), "model": os.path.abspath(out),
                      "K": gmm.K, "D": D, "seed": seed, "restarts": opts.n_init,
                      "selection": selection, "covar_callback": covar_callback,
+                     "projection_callback": projection_callback,
                      "frozen": frozen_value})
         _write_json(report, info)
     try:
