@@ -51,6 +51,7 @@ import numba
 import numpy as np
 from scipy.special import logsumexp
 
+from ._plain_kernels import SHARED_KERNELS
 from .errors import NumericalError
 from .noise import NOISE_KINDS, Noise, as_noise, kind_of
 
@@ -70,6 +71,12 @@ LOG_2PI = math.log(2.0 * math.pi)
 # Rows per tile in the shared-covariance kernel: (K, D, TILE) float64 scratch must
 # stay in L2 for K up to a few hundred.
 _TILE = 128
+
+# Rows sharing T_k with d <= 8 observed features go through the kernels unrolled over
+# d (daskgmmis/_plain_kernels.py, generated): their whitened residuals stay in
+# registers. Rows per tile: the (K, tile) log-densities of a tile stay in L2.
+_UNROLLED = True
+_UNROLLED_TILE = 512
 
 
 def noise_kind_of(covar, n_rows: int | None, D: int, *, warn_ambiguous: bool = False) -> str:
@@ -980,10 +987,12 @@ def _pattern_estep(x_o, noise_o: Noise, P, mean, covar, log_amp, log_bg, weight,
         logc = log_amp - 0.5 * d * LOG_2PI - np.log(Ldiag).sum(axis=1)
         Z1 = np.zeros((K, d))
         Z2 = np.zeros((K, d, d))
-        n_out = _shared_kernel(
-            np.ascontiguousarray(x_o.T), mu_o, np.ascontiguousarray(L),
-            np.ascontiguousarray(1.0 / Ldiag), logc, lb, w, chi2_cut, accumulate,
-            row_logl, A, Z1, Z2, bg_acc)
+        args = (np.ascontiguousarray(x_o.T), mu_o, np.ascontiguousarray(L),
+                np.ascontiguousarray(1.0 / Ldiag), logc, lb, w, chi2_cut, accumulate,
+                row_logl, A, Z1, Z2, bg_acc)
+        unrolled = SHARED_KERNELS.get(d) if _UNROLLED else None
+        n_out = (_shared_kernel(*args) if unrolled is None
+                 else unrolled(*args, _UNROLLED_TILE))
         if not accumulate:
             return n_out, None, None, None, 0.0
         Z2 = _symmetrize_lower(Z2)

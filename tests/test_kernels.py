@@ -307,3 +307,52 @@ def test_float32_block_too_ill_conditioned_for_float32_is_done_in_float64():
                                       "diag", amp, mean, covar)
     np.testing.assert_array_equal(r32, r64)
     np.testing.assert_array_equal(m32.M2, m64.M2)
+
+
+# ------------------------------------------------ kernels unrolled over d (generated)
+
+
+def test_generated_kernel_module_is_what_the_generator_writes():
+    import importlib.util
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen", root / "scripts" / "gen_plain_kernels.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (root / "daskgmmis" / "_plain_kernels.py").read_text() == gen.module_source()
+
+
+@pytest.mark.parametrize("d", range(1, 9))
+@pytest.mark.parametrize("extras", [False, True])
+def test_unrolled_shared_kernel_equals_the_generic_one(d, extras):
+    # every generated dimension, across tile boundaries (tile 7 on 50 rows), with and
+    # without background, weights and a neighborhood cut
+    from daskgmmis._plain_kernels import SHARED_KERNELS
+
+    rng = np.random.default_rng(d)
+    K, n = 3, 50
+    xt = rng.normal(size=(d, n)) * 2
+    mu = rng.normal(size=(K, d))
+    B = rng.normal(size=(K, d, d))
+    L = np.linalg.cholesky(B @ B.transpose(0, 2, 1) + np.eye(d))
+    Ldiag_inv = 1.0 / np.diagonal(L, axis1=1, axis2=2)
+    logc = rng.normal(size=K)
+    log_bg = rng.normal(size=n) - 3 if extras else np.empty(0)
+    weight = rng.uniform(0, 2, size=n) if extras else np.empty(0)
+    chi2_cut = kernels.chi2_cut_for(2.0, d) if extras else np.inf
+    outs = []
+    for kernel, tail in ((kernels._shared_kernel, ()), (SHARED_KERNELS[d], (7,))):
+        row, A, Z1, Z2, bg = (np.empty(n), np.zeros(K), np.zeros((K, d)),
+                              np.zeros((K, d, d)), np.zeros(1))
+        n_out = kernel(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, True, row, A,
+                       Z1, Z2, bg, *tail)
+        outs.append((n_out, row, A, Z1, np.tril(Z2), bg))
+    assert outs[0][0] == outs[1][0]
+    if extras:
+        assert bg[0] > 0
+        # the cut is exercised: some (row, component) pairs lie beyond it
+        z = np.linalg.solve(L[:, None], (xt.T[None] - mu[:, None])[..., None])[..., 0]
+        assert ((z ** 2).sum(axis=-1) > chi2_cut).any()
+    for ref, got in zip(outs[0][1:], outs[1][1:]):
+        np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
