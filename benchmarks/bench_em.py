@@ -19,9 +19,10 @@ one run, not figures from different runs):
   Peers: astroML's ``XDGMM`` has no projection; pyGMMis's ``R`` is square
   (N, D, D) only (d = D), not this problem; Bovy's ``extreme_deconvolution`` (C)
   is reported when importable but not timed here (its Python binding);
-* the arithmetic floor: the flops of one (row, component) pair of the XD E-step and
-  moment accumulation at D=5 (counted below, :func:`xd_flops`) divided by the flop
-  rate of a large float64 numpy matrix product on all cores (BLAS near peak).
+* the arithmetic floor: the flops of one (row, component) pair of the E-step and
+  moment accumulation at D=5 (counted below, :func:`plain_flops`, :func:`xd_flops`)
+  divided by the flop rate of a large float64 numpy matrix product on all cores (BLAS
+  near peak).
 
 The peers are optional: ``pip install -e .[bench]``; a missing one is reported, not timed.
 
@@ -82,6 +83,18 @@ def xd_flops(d: int, diag: bool) -> int:
     scale = 2 * d + d * (d - 1)
     wp = sum((a + 1) * (4 + 2 * (d - 1 - a)) for a in range(d)) + d * (d + 1) // 2
     return build + ldl + solve + 6 + back + linv + scale + wp + d + 3
+
+
+def plain_flops(d: int) -> int:
+    """Flops of one (row, component) pair of the plain E-step (``kernels._plain_kernels``).
+
+    Whitening ``z = L^-1 (x - mu)`` by forward substitution (d subtractions, d(d-1)
+    for the substitution, d scalings), ``m = sum z^2`` (2d), the log-density and the
+    responsibility (4, exp counted as 1), and the accumulation of ``q``, ``q z`` and
+    the lower triangle of ``q z z^T`` (1 + 2d + d(d+1)); the whitening is not counted
+    twice (the kernel redoes it rather than storing the (K, d) residuals of a tile).
+    """
+    return d + d * (d - 1) + d + 2 * d + 4 + 1 + 2 * d + d * (d + 1)
 
 
 def projected_flops(d: int, D: int) -> int:
@@ -295,7 +308,8 @@ def main(argv=None):
         theirs = time_sklearn(g, X, args.repeat)
         print(f"plain N={args.rows} D={D} K={K}: daskgmmis {ns(ours, args.rows):.1f}, "
               f"scikit-learn {ns(theirs, args.rows):.1f} ns per (row, component) "
-              f"({ours:.3f} vs {theirs:.3f} s/iter, {theirs / ours:.1f}x)")
+              f"({ours:.3f} vs {theirs:.3f} s/iter, {theirs / ours:.1f}x); floor "
+              f"{plain_flops(D) / rate * 1e9:.1f} ({plain_flops(D)} flops)")
     if "xd" not in skip:
         xd_section(args, rate)
     if "projected" not in skip:
