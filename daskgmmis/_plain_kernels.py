@@ -42,6 +42,9 @@ def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 q = z0 * z0
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
                 lp[k, i] = v
+        for k in range(K):
+            for i in range(nb):
+                v = lp[k, i]
                 off[i] = v if v > off[i] else off[i]
         for i in range(nb):
             if off[i] == -np.inf:
@@ -153,6 +156,9 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 q = z0 * z0 + z1 * z1
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
                 lp[k, i] = v
+        for k in range(K):
+            for i in range(nb):
+                v = lp[k, i]
                 off[i] = v if v > off[i] else off[i]
         for i in range(nb):
             if off[i] == -np.inf:
@@ -285,6 +291,9 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 q = z0 * z0 + z1 * z1 + z2 * z2
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
                 lp[k, i] = v
+        for k in range(K):
+            for i in range(nb):
+                v = lp[k, i]
                 off[i] = v if v > off[i] else off[i]
         for i in range(nb):
             if off[i] == -np.inf:
@@ -443,6 +452,9 @@ def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 q = z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
                 lp[k, i] = v
+        for k in range(K):
+            for i in range(nb):
+                v = lp[k, i]
                 off[i] = v if v > off[i] else off[i]
         for i in range(nb):
             if off[i] == -np.inf:
@@ -632,6 +644,9 @@ def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 q = z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3 + z4 * z4
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
                 lp[k, i] = v
+        for k in range(K):
+            for i in range(nb):
+                v = lp[k, i]
                 off[i] = v if v > off[i] else off[i]
         for i in range(nb):
             if off[i] == -np.inf:
@@ -857,6 +872,9 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 q = z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3 + z4 * z4 + z5 * z5
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
                 lp[k, i] = v
+        for k in range(K):
+            for i in range(nb):
+                v = lp[k, i]
                 off[i] = v if v > off[i] else off[i]
         for i in range(nb):
             if off[i] == -np.inf:
@@ -1123,6 +1141,9 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 q = z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3 + z4 * z4 + z5 * z5 + z6 * z6
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
                 lp[k, i] = v
+        for k in range(K):
+            for i in range(nb):
+                v = lp[k, i]
                 off[i] = v if v > off[i] else off[i]
         for i in range(nb):
             if off[i] == -np.inf:
@@ -1435,6 +1456,9 @@ def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 q = z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3 + z4 * z4 + z5 * z5 + z6 * z6 + z7 * z7
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
                 lp[k, i] = v
+        for k in range(K):
+            for i in range(nb):
+                v = lp[k, i]
                 off[i] = v if v > off[i] else off[i]
         for i in range(nb):
             if off[i] == -np.inf:
