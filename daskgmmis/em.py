@@ -799,8 +799,9 @@ def _check_projection_options(opts: FitOptions, projection) -> object:
                          "projection.")
     if opts.sel_callback is None:
         if opts.projection_callback is not None:
-            raise InputError("projection_callback: projects the imputed rows of a truncated "
-                             "fit; it needs sel_callback.")
+            raise InputError("projection_callback: given without sel_callback; it projects "
+                             "the imputed rows of a truncated fit, so it needs sel_callback: "
+                             "pass sel_callback, or projection_callback=None.")
         return None
     if opts.projection_callback is not None:
         return opts.projection_callback
@@ -836,8 +837,9 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None, *,
     if projection is not None:
         candidate_projection = _check_projection_options(opts, projection)
     elif opts.projection_callback is not None:
-        raise InputError("projection_callback: projects the imputed rows of a fit with a "
-                         "projection; pass projection=, or projection_callback=None.")
+        raise InputError("projection_callback: given for rows without a projection; it "
+                         "projects the imputed rows of a fit with one: pass projection=, or "
+                         "projection_callback=None.")
     # a background is uniform over a box of the data's space (d features)
     check_background(opts.background, int(x.shape[1]), "data")
     frozen_idx = parse_frozen(opts.frozen, K)

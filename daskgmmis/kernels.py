@@ -75,7 +75,6 @@ _TILE = 128
 # Rows sharing T_k with d <= 8 observed features go through the kernels unrolled over
 # d (daskgmmis/_plain_kernels.py, generated): their whitened residuals stay in
 # registers. Rows per tile: the (K, tile) log-densities of a tile stay in L2.
-_UNROLLED = True
 _UNROLLED_TILE = 512
 
 
@@ -990,7 +989,7 @@ def _pattern_estep(x_o, noise_o: Noise, P, mean, covar, log_amp, log_bg, weight,
         args = (np.ascontiguousarray(x_o.T), mu_o, np.ascontiguousarray(L),
                 np.ascontiguousarray(1.0 / Ldiag), logc, lb, w, chi2_cut, accumulate,
                 row_logl, A, Z1, Z2, bg_acc)
-        unrolled = SHARED_KERNELS.get(d) if _UNROLLED else None
+        unrolled = SHARED_KERNELS.get(d)
         n_out = (_shared_kernel(*args) if unrolled is None
                  else unrolled(*args, _UNROLLED_TILE))
         if not accumulate:

@@ -71,6 +71,16 @@ def _whiten(a, d: int) -> None:
         a(f"                z{j} = (y{j}{terms}) * r{j}")
 
 
+def _moment_sums(d: int) -> list[tuple[str, str]]:
+    """(running sum, the output entry it adds to) of the first and the lower triangle of
+    the second whitened moments, in the order the kernel accumulates them."""
+    out = []
+    for j in range(d):
+        out.append((f"s{j}", f"Z1[k, {j}]"))
+        out.extend((f"s{j}_{l}", f"Z2[k, {j}, {l}]") for l in range(j + 1))
+    return out
+
+
 def kernel_source(d: int) -> str:
     """Source of ``shared_kernel_{d}``."""
     lines: list[str] = []
@@ -147,10 +157,8 @@ def kernel_source(d: int) -> str:
     a("        for k in range(K):")
     _load_component(a, d)
     a("            sa = 0.0")
-    for j in range(d):
-        a(f"            s{j} = 0.0")
-        for l in range(j + 1):
-            a(f"            s{j}_{l} = 0.0")
+    for name, _ in _moment_sums(d):
+        a(f"            {name} = 0.0")
     a("            for i in range(nb):")
     a("                w = lp[k, i] * s[i]")
     _whiten(a, d)
@@ -161,10 +169,8 @@ def kernel_source(d: int) -> str:
         for l in range(j + 1):
             a(f"                s{j}_{l} += wz * z{l}")
     a("            A[k] += sa")
-    for j in range(d):
-        a(f"            Z1[k, {j}] += s{j}")
-        for l in range(j + 1):
-            a(f"            Z2[k, {j}, {l}] += s{j}_{l}")
+    for name, target in _moment_sums(d):
+        a(f"            {target} += {name}")
     a("    return n_out")
     return "\n".join(lines) + "\n"
 
