@@ -7,8 +7,10 @@ and the *default* fit passes only data, noise, ``sel_callback``,
 population size, KL(truth || fit) of both (Monte Carlo, 40,000 draws), the
 default fit's iterations and ``converged``, and - where the library reports one -
 its Monte-Carlo standard error of N_orig. For the hard half-space cuts (``cut2d``,
-``cut4d``) the exact maximum-likelihood answer is computed as well, without any
-imputation (``tests/reference.py``: the observed fraction is closed-form), and the
+``cut4d``, and ``full``, where the cut acts on the noisy values) the exact
+maximum-likelihood answer is computed as well, without any imputation
+(``tests/reference.py``: the observed fraction is closed-form, or a 1-D integral
+with noise), and the
 default fit's exact truncated log-likelihood is compared with its maximum: the
 gap in nats of total log-likelihood, where 0.5 is one standard error along the
 worst-determined direction.
@@ -62,6 +64,11 @@ class FullNoise:
         s = 0.1 + 0.02 * np.abs(coords[:, :1])
         base = np.eye(self.D) + 0.3 * (np.ones((self.D, self.D)) - np.eye(self.D))
         return s[:, :, None] * base[None]
+
+    @staticmethod
+    def first_variance(x0):
+        """The noise variance of the first feature at true values ``x0`` (n,)."""
+        return 0.1 + 0.02 * np.abs(x0)
 
 
 def three(D):
@@ -126,15 +133,18 @@ def run(name, seed, ref_maxiter):
           f"it={rd.n_iter} conv={rd.converged} ({t_def:.1f}s)"
           + ("" if mc_n is None else f" mc_error(N_orig)/N_orig={mc_n / rd.N_orig:.4f}"),
           flush=True)
-    if name in ("cut2d", "cut4d"):
+    if name in ("cut2d", "cut4d", "full"):
         upper = float(sel.upper[0])
-        exact, n_exact = halfspace_mle(X, 0, upper, [truth, g, ref])
-        top = halfspace_loglike(exact, X, 0, upper)
+        # with per-row noise the cut acts on the noisy values: the rows' covariances
+        # and the noise of the first feature at a true value enter the exact likelihood
+        noisy = (covar, FullNoise.first_variance) if name == "full" else (None, None)
+        exact, n_exact = halfspace_mle(X, 0, upper, [truth, g, ref], *noisy)
+        top = halfspace_loglike(exact, X, 0, upper, *noisy)
         print(f"       exact ML: N_orig/n={n_exact / n:.4f} KL={kl(truth, exact):.4f} | "
               f"default N_orig/exact={rd.N_orig / n_exact:.4f}, logL gap "
-              f"{top - halfspace_loglike(g, X, 0, upper):.4f} nats | reference N_orig/exact="
-              f"{rr.N_orig / n_exact:.4f}, gap {top - halfspace_loglike(ref, X, 0, upper):.4f}"
-              f" nats", flush=True)
+              f"{top - halfspace_loglike(g, X, 0, upper, *noisy):.4f} nats | reference "
+              f"N_orig/exact={rr.N_orig / n_exact:.4f}, gap "
+              f"{top - halfspace_loglike(ref, X, 0, upper, *noisy):.4f} nats", flush=True)
     return rr, rd
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from .model import Theta
 
-__all__ = ["SADDLE_MARGIN", "anderson", "distance", "feature_scale", "pack"]
+__all__ = ["SADDLE_MARGIN", "anderson", "distance", "feature_scale", "fixed_point_shift", "pack",
+           "unpack"]
 
 # An eigenvalue of the pairs' secant Jacobian above 1 + SADDLE_MARGIN: no mixing.
 SADDLE_MARGIN = 1e-3
@@ -98,12 +99,44 @@ def anderson(xs: np.ndarray, gs: np.ndarray, template: Theta, scale: np.ndarray,
     if np.linalg.eigvals(secant).real.max() > 1.0 + SADDLE_MARGIN:
         return None
     gamma = np.linalg.lstsq(dF, fs[-1], rcond=None)[0]
-    return _unpack(gs[-1] - dG @ gamma, template, scale, frozen, background, w)
+    return unpack(gs[-1] - dG @ gamma, template, scale, frozen, background, w)
 
 
-def _unpack(p: np.ndarray, template: Theta, scale: np.ndarray, frozen, background,
-            w: float) -> Theta | None:
-    """Parameters from a packed vector, or None outside the parameter space."""
+def fixed_point_shift(dX: np.ndarray, dG: np.ndarray, d: np.ndarray,
+                      rcond: float = 1e-6) -> np.ndarray:
+    """How far the fixed point moves when the EM map moves by ``d``: ``(I - J)^-1 d``.
+
+    EM's Jacobian ``J`` is known through secant pairs ``dG = J dX`` (differences of
+    points and of their EM images): on their span the shift solves ``(I - J) x = d``
+    in least squares, as :func:`anderson` does for a residual; the part of ``d``
+    that ``dF = dG - dX`` does not span is taken as it is (amplification 1).
+
+    Parameters
+    ----------
+    dX, dG : ndarray, shape (P, r)
+        Differences of packed points and of their EM images.
+    d : ndarray, shape (P,) or (P, n)
+        Perturbations of the map's image, packed alike.
+    rcond : float
+        Relative cutoff of ``dF``'s singular values (rounding, not EM, below it).
+
+    Returns
+    -------
+    ndarray, shape of ``d``
+        The fixed point's shift, packed.
+    """
+    gamma = np.linalg.lstsq(dG - dX, d, rcond=rcond)[0]
+    return d - dG @ gamma
+
+
+def unpack(p: np.ndarray, template: Theta, scale: np.ndarray, frozen, background,
+           w: float) -> Theta | None:
+    """Parameters from a vector packed by :func:`pack`, or None outside the parameter space.
+
+    Frozen values and a fixed background amplitude are taken from ``template``; the
+    free amplitudes are renormalized. ``frozen``, ``background``, ``w`` as in
+    :func:`daskgmmis.mstep.mstep`.
+    """
     K, D = template.mean.shape
     if not np.all(np.isfinite(p)):
         return None

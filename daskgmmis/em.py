@@ -48,7 +48,8 @@ from .init import init_kmeans, init_minmax, init_random
 from .model import GMM, Theta
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .noise import SharedNoise, noise_block, noise_class
-from .acceleration import anderson, distance, feature_scale, pack
+from .acceleration import (anderson, distance, feature_scale, fixed_point_shift, pack,
+                           unpack)
 from .checkpoint import EMState, load_checkpoint, save_checkpoint
 from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
@@ -92,7 +93,8 @@ class FitResult:
         Wall-clock time of every batch E-step (and M-step).
     passes : float
         Passes over the data by EM: stepwise passes (``stepwise``) plus batch
-        E-steps (the first pass, validation and summary, not counted).
+        E-steps (the first pass, validation, summary and the Monte-Carlo error's
+        probes not counted).
     stepwise_history : list of float
         Mean log-likelihood per row of every stepwise group (empty without
         ``stepwise``).
@@ -100,11 +102,11 @@ class FitResult:
         Monte-Carlo standard errors due to the imputation: ``"logL"`` (of the mean
         logL per row, from the batch-means error of the observed fraction f at the
         final parameters over independent replicate sets of candidates) and
-        ``"N_orig"`` (of the fitted N_orig as the fixed point of the imputed EM: one
-        step from the final parameters per replicate set, amplified by EM's slowest
-        contraction ``1 / (1 - rho)``; docs/design.md §1.4): an upper estimate
-        where EM's slowest direction is not N_orig's (measured ~15x the spread over
-        seeds on pyGMMis's demo geometry, 0.6x on a hard 2-D cut). Both 0 without a
+        ``"N_orig"`` (of the fitted N_orig as the fixed point of the imputed EM: how
+        far each replicate set's map would move the fixed point, ``(I - J)^-1`` of
+        its one-step change with EM's Jacobian from secants; docs/design.md §1.4;
+        measured within 2x of the spread over imputation seeds on pyGMMis's demo
+        geometry and a hard 2-D cut). Both 0 without a
         selection.
     """
 
@@ -580,21 +582,21 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
     parameters (the :data:`GROUPS` independent replicate sets of candidates), as
     that of ``logL = ... - log f``. ``N_orig``: the error of the *fixed point*. The
     sample's error enters every EM step - through f and through the imputed
-    moments - and EM accumulates it along its slowest direction, where N_orig
+    moments - and EM accumulates it along its slowest directions, where N_orig
     lies on a flat ridge: one plain step is taken from the final parameters with
-    each replicate set's imputation alone, N_orig is evaluated (with the whole
-    sample) at each of those GROUPS points, and their batch-means error is
-    amplified by ``1 / (1 - rho)``, rho the slowest recent contraction rate of a
-    plain step; added in quadrature, the error of ``N / f`` evaluated at the
-    final point. Two passes over the candidates (no rows read), once per fit.
+    each replicate set's imputation alone, the fixed point's shift that step
+    implies is found on EM's secant Jacobian (:func:`_replicate_fixed_points`),
+    and N_orig (whole sample) at the shifted points gives the error; added in
+    quadrature, the error of ``N / f`` evaluated at the final point. Without a
+    usable shift, the replicate steps' spread amplified by ``1 / (1 - rho)``, rho
+    the slowest recent contraction rate of a plain step. Two passes over the
+    candidates and GROUPS E-steps, once per fit.
     """
     if ev is None or ev.f_se == 0 or ev.observed is None:
         return {"logL": 0.0, "N_orig": 0.0}
-    # capped lower than the stopping rule's: measured on a 2-D cut (mc_error_spread.py,
-    # 10 seeds), 0.999 gives 0.039 against a spread of 0.066 of N_orig; it over-states
-    # where EM's slowest rate is not N_orig's (pyGMMis's demo, 8 seeds: 0.28 against a
-    # spread of 0.018) - and plain-step ratios are no clean rate there: after a mixed
-    # step most exceed 1 (EM's Jacobian is not normal in these coordinates)
+    # the fallback's rate, capped lower than the stopping rule's; it over-states where
+    # EM's slowest rate is not N_orig's (pyGMMis's demo, 10 seeds: 0.28 against a spread
+    # of 0.018) - and plain-step ratios are no clean rate there
     rho = min(max(state.rates), 0.999) if len(state.rates) else 0.0
     evaluate, opts = run.evaluate, run.opts
     params = evaluate.params(state.theta, state.f_obs, state.proposal)
@@ -614,17 +616,76 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
                                 background=opts.background, N_total=N / f)
             if not dead.size:           # a re-seeded component is a jump, not an error
                 thetas.append(theta)
+    at, linear = _replicate_fixed_points(state, run, ev, thetas)
     n_orig = []
-    if len(thetas) >= 3:
-        at = [(t.amp, t.mean, t.covar, evaluate.background_at(t.bg_amp)) for t in thetas]
+    if len(at) >= 3:
         tallies = _compute(evaluate.plan.replicate_graph(params, at), evaluate.client)
         n_orig = [N / f for f in (1.0 - t.weight / t.rows for t in tallies) if f > 0]
     if len(n_orig) < 3:
         # too few replicate sets say anything: f's own error at the final point
         return {"logL": se_logl, "N_orig": se_eval / (1.0 - rho)}
+    if linear:                  # points at the whole sample's scale of error
+        return {"logL": se_logl, "N_orig": math.hypot(float(np.std(n_orig, ddof=1)), se_eval)}
     # set g's step carries GROUPS times the variance of the whole sample's step
     se_step = float(np.std(n_orig, ddof=1)) / math.sqrt(len(n_orig))
     return {"logL": se_logl, "N_orig": math.hypot(se_step / (1.0 - rho), se_eval)}
+
+
+def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
+                            steps: list) -> tuple[list, bool]:
+    """Where each replicate set's EM map would converge, as ``at`` of the replicate graph.
+
+    ``steps`` are one plain step from the final point ``x`` per replicate set,
+    ``M_g(x)``; ``d_g = M_g(x) - M(x)`` is how that set moves the map, and the fixed
+    point moves by ``(I - J)^-1 d_g``
+    (:func:`~daskgmmis.acceleration.fixed_point_shift`). ``J`` is probed where it
+    matters: one E-step of the whole sample at each ``x + d_g`` gives
+    ``J d_g = M(x + d_g) - M(x)``, and the acceleration's last pairs add their
+    secants. The shifts are scaled to the whole sample's error (set g's sample is
+    1/G of it). Returns ``(points, True)``; or, when a point leaves the parameter
+    space, the steps themselves and False (their spread is then amplified by EM's
+    slowest rate). G E-steps, once per fit.
+    """
+    opts = run.opts
+    steps_at = [(t.amp, t.mean, t.covar, run.evaluate.background_at(t.bg_amp)) for t in steps]
+    if len(steps) < 3:
+        return steps_at, False
+    x = state.theta
+    image, _ = mstep(ev.total, x, w=opts.w, frozen=run.frozen, background=opts.background,
+                     N_total=ev.N_orig)
+    scale = state.memory_scale if state.memory_scale is not None else feature_scale(x)
+    base, at_x = pack(image, scale), pack(x, scale)
+    d = np.stack([pack(t, scale) - base for t in steps], axis=1)
+    dX, dG = [], []
+    for g in range(d.shape[1]):
+        probe = unpack(at_x + d[:, g], x, scale, run.frozen, opts.background, opts.w)
+        if probe is None:
+            continue
+        ev_g = run.evaluate(probe, state.f_obs, state.proposal)
+        if not ev_g.f_obs > 0:
+            continue
+        moved, dead = mstep(ev_g.total, probe, w=opts.w, frozen=run.frozen,
+                            background=opts.background, N_total=ev_g.N_orig)
+        if not dead.size:
+            dX.append(pack(probe, scale) - at_x)
+            dG.append(pack(moved, scale) - base)
+    if len(state.memory_x) >= 2:
+        # the secants of the fit's last plain steps: the slow directions, which one
+        # probe step from x excites too little to show
+        dX += list(np.diff(np.array(state.memory_x), axis=0))
+        dG += list(np.diff(np.array(state.memory_g), axis=0))
+    if not dX:
+        return steps_at, False
+    shift = fixed_point_shift(np.array(dX).T, np.array(dG).T, d)
+    # set g's sample is 1/G of the whole: its shift is sqrt(G) times the whole sample's
+    # error, and the linear model is asked no further than that error reaches
+    shift /= math.sqrt(len(steps))
+    points = [unpack(base + shift[:, g], image, scale, run.frozen, opts.background, opts.w)
+              for g in range(len(steps))]
+    if any(p is None for p in points):
+        return steps_at, False
+    return [(t.amp, t.mean, t.covar, run.evaluate.background_at(t.bg_amp))
+            for t in points], True
 
 
 def _warn_precision(tol: float, se_n_orig: float, ev: "_Evaluation", N: int) -> None:

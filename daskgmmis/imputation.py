@@ -56,10 +56,16 @@ __all__ = ["GROUPS", "MIN_CANDIDATES", "CandidateSet", "ImputeTally", "base_vari
 # variance estimate 7 degrees of freedom even when the catalog is one block.
 GROUPS = 8
 
-# Candidates of a whole fit, at least: spread over the blocks by their rows. A
-# small catalog costs little per candidate, and below ~1e5 candidates the
-# Monte-Carlo error of N_orig would be a visible part of its statistical error.
-MIN_CANDIDATES = 2**17
+# Candidates of a whole fit, at least: spread over the blocks by their rows. The
+# Monte-Carlo error of the fixed point relative to N_orig's statistical error does
+# not shrink with N, and where N_orig lies on a flat ridge the fit wanders with it:
+# measured on a 2-D hard cut at 12,000 rows (benchmarks/mc_error_spread.py, 10 default
+# fits), 2^17 candidates: 4 fits ended at maxiter, one wandered to 1.65x the exact
+# answer (0.47 nats below it), spread 0.22; 2^19: 1 at maxiter (1.23x); 2^20: all 10
+# converged within 0.974-1.013 of the truth (exact answer 0.986), spread 0.013. A
+# candidate costs one density and its moments per iteration, so below ~1e6 the floor
+# costs a small catalog little; above N ~ 2e5 (at f ~ 0.7) oversampling governs.
+MIN_CANDIDATES = 2**20
 
 # The proposal of a component is the component widened by this factor: importance
 # weights N(t | mu, V) / N(t | mu0, w^2 V0) then stay bounded while the component

@@ -8,7 +8,7 @@ import pytest
 from scipy.integrate import quad
 
 import daskgmmis as dg
-from daskgmmis.acceleration import anderson, pack
+from daskgmmis.acceleration import anderson, fixed_point_shift, pack
 from daskgmmis.checkpoint import Theta
 from daskgmmis.errors import DeadComponentWarning, InputError, InputTypeError
 from daskgmmis.imputation import (PROPOSAL_WIDTH, candidate_count, draw_candidates,
@@ -151,6 +151,22 @@ def test_anderson_mixing_is_exact_on_a_linear_map():
     assert abs(xs[-1][1] - fixed[0]) > 0.05 * abs(fixed[0])
     # one pair has no secant: no mixed point
     assert anderson(xs[:1], gs[:1], template, scale, parse_frozen(None, 1), None) is None
+
+
+def test_fixed_point_shift_is_exact_on_a_linear_map():
+    # M(x) = A x + b moved by d has its fixed point moved by (I - A)^-1 d: along the
+    # direction EM crawls at 0.999 that is 1000 d, along the fast one 2 d
+    A = np.array([[0.999, 0.02], [0.0, 0.5]])
+    d = np.array([[1e-3, 0.0], [2e-3, 1e-3]])
+    exact = np.linalg.solve(np.eye(2) - A, d)
+    for dX in (np.eye(2), np.array([[1.0, 0.3], [0.2, -0.7]])):     # any two secants
+        np.testing.assert_allclose(fixed_point_shift(dX, A @ dX, d), exact, rtol=1e-10)
+    # secants of the slow direction alone: its amplification is found, the rest is
+    # taken as it is (J = 0 off the secants' span)
+    dX = np.array([[1.0], [0.0]])
+    A1 = np.diag([0.999, 0.0])
+    np.testing.assert_allclose(fixed_point_shift(dX, A1 @ dX, d),
+                               np.linalg.solve(np.eye(2) - A1, d), rtol=1e-10)
 
 
 def test_anderson_does_not_lead_back_onto_a_saddle():
