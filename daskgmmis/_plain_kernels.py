@@ -2,8 +2,9 @@
 
 E-step of rows that share T_k = L_k L_k^T (no noise, shared noise, one missingness
 pattern or shared projection), one function per observed dimension d, with the
-arithmetic of :func:`daskgmmis.kernels._shared_kernel` unrolled over d. Same
-arguments and outputs; exp is computed inline (see the generator).
+arithmetic of :func:`daskgmmis.kernels._shared_kernel` unrolled over d. Its
+arguments and outputs, but the rows ``x`` (n, d) in place of ``xt`` (d, n), and
+``tile``; exp is computed inline (see the generator).
 """
 
 import math
@@ -67,10 +68,11 @@ def _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_1(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 1; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 1 on the rows ``x`` (n, 1);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -80,10 +82,14 @@ def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     ebg = np.empty(tile)
     Y1 = np.zeros((K, 1))
     Y2 = np.zeros((K, 1, 1))
+    xt = np.empty((1, tile))
+    x0 = xt[0]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
-        x0 = xt[0, start:start + nb]
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -175,10 +181,11 @@ def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_2(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 2; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 2 on the rows ``x`` (n, 2);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -188,11 +195,16 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     ebg = np.empty(tile)
     Y1 = np.zeros((K, 2))
     Y2 = np.zeros((K, 2, 2))
+    xt = np.empty((2, tile))
+    x0 = xt[0]
+    x1 = xt[1]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
-        x0 = xt[0, start:start + nb]
-        x1 = xt[1, start:start + nb]
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -301,10 +313,11 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_3(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 3; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 3 on the rows ``x`` (n, 3);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -314,12 +327,18 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     ebg = np.empty(tile)
     Y1 = np.zeros((K, 3))
     Y2 = np.zeros((K, 3, 3))
+    xt = np.empty((3, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
-        x0 = xt[0, start:start + nb]
-        x1 = xt[1, start:start + nb]
-        x2 = xt[2, start:start + nb]
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -449,10 +468,11 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_4(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 4; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 4 on the rows ``x`` (n, 4);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -462,13 +482,20 @@ def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     ebg = np.empty(tile)
     Y1 = np.zeros((K, 4))
     Y2 = np.zeros((K, 4, 4))
+    xt = np.empty((4, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
-        x0 = xt[0, start:start + nb]
-        x1 = xt[1, start:start + nb]
-        x2 = xt[2, start:start + nb]
-        x3 = xt[3, start:start + nb]
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -628,10 +655,11 @@ def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_5(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 5; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 5 on the rows ``x`` (n, 5);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -641,14 +669,22 @@ def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     ebg = np.empty(tile)
     Y1 = np.zeros((K, 5))
     Y2 = np.zeros((K, 5, 5))
+    xt = np.empty((5, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
+    x4 = xt[4]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
-        x0 = xt[0, start:start + nb]
-        x1 = xt[1, start:start + nb]
-        x2 = xt[2, start:start + nb]
-        x3 = xt[3, start:start + nb]
-        x4 = xt[4, start:start + nb]
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
+            x4[i] = xs[i, 4]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -843,10 +879,11 @@ def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_6(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 6; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 6 on the rows ``x`` (n, 6);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -856,15 +893,24 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     ebg = np.empty(tile)
     Y1 = np.zeros((K, 6))
     Y2 = np.zeros((K, 6, 6))
+    xt = np.empty((6, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
+    x4 = xt[4]
+    x5 = xt[5]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
-        x0 = xt[0, start:start + nb]
-        x1 = xt[1, start:start + nb]
-        x2 = xt[2, start:start + nb]
-        x3 = xt[3, start:start + nb]
-        x4 = xt[4, start:start + nb]
-        x5 = xt[5, start:start + nb]
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
+            x4[i] = xs[i, 4]
+            x5[i] = xs[i, 5]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -1094,10 +1140,11 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_7(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 7; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 7 on the rows ``x`` (n, 7);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -1107,16 +1154,26 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     ebg = np.empty(tile)
     Y1 = np.zeros((K, 7))
     Y2 = np.zeros((K, 7, 7))
+    xt = np.empty((7, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
+    x4 = xt[4]
+    x5 = xt[5]
+    x6 = xt[6]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
-        x0 = xt[0, start:start + nb]
-        x1 = xt[1, start:start + nb]
-        x2 = xt[2, start:start + nb]
-        x3 = xt[3, start:start + nb]
-        x4 = xt[4, start:start + nb]
-        x5 = xt[5, start:start + nb]
-        x6 = xt[6, start:start + nb]
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
+            x4[i] = xs[i, 4]
+            x5[i] = xs[i, 5]
+            x6[i] = xs[i, 6]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -1391,10 +1448,11 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_8(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 8; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 8 on the rows ``x`` (n, 8);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -1404,17 +1462,28 @@ def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     ebg = np.empty(tile)
     Y1 = np.zeros((K, 8))
     Y2 = np.zeros((K, 8, 8))
+    xt = np.empty((8, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
+    x4 = xt[4]
+    x5 = xt[5]
+    x6 = xt[6]
+    x7 = xt[7]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
-        x0 = xt[0, start:start + nb]
-        x1 = xt[1, start:start + nb]
-        x2 = xt[2, start:start + nb]
-        x3 = xt[3, start:start + nb]
-        x4 = xt[4, start:start + nb]
-        x5 = xt[5, start:start + nb]
-        x6 = xt[6, start:start + nb]
-        x7 = xt[7, start:start + nb]
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
+            x4[i] = xs[i, 4]
+            x5[i] = xs[i, 5]
+            x6[i] = xs[i, 6]
+            x7[i] = xs[i, 7]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
