@@ -29,8 +29,12 @@ What the measurements (d = 5, K = 20, one thread, AMD EPYC with AVX2) chose:
   (d + 1) d / 2 whitening multiply-adds and the L entries out of the moment pass;
   its 1 + d + d(d+1)/2 running sums (21 at d = 5) in several sweeps over the tile
   (:func:`_sweeps`), each few enough to stay in the 16 vector registers: in one
-  sweep they spilled and reloaded every iteration (moment pass 8.5 -> 2.7 ns per
-  pair at d = 5, density pass 10.7 -> 9.6).
+  sweep they spilled and reloaded every iteration.
+
+Together (interleaved A/B in one process, the machine shared): moment pass 8.5 ->
+3.5 ns per pair, density pass 11.0 -> 9.1 (exp ~4.7 of it, whitening ~4, running
+maximum ~0.3), E-step 19.5 -> 12.8; d = 1, 3, 8: 8.6 -> 6.6, 12.2 -> 8.9,
+37.4 -> 23.0.
 
 Run: python scripts/gen_plain_kernels.py
 """
@@ -227,7 +231,8 @@ def kernel_source(d: int) -> str:
     a("                v = lc - 0.5 * q if q <= chi2_cut else -np.inf")
     a("                lp[k, i] = v")
     # the running maximum in a loop of its own: inside the whitening loop its load and
-    # store of off[i] cost ~3 ns per pair at d = 5 (measured), here ~0.6
+    # store of off[i] cost ~3 ns per pair at d = 5 (measured), here ~0.3; "+ 0.0"
+    # keeps the store unconditional (no masked store, see the module docstring)
     a("        for k in range(K):")
     a("            for i in range(nb):")
     a("                v = lp[k, i]")
