@@ -19,6 +19,10 @@ one run, not figures from different runs):
   Peers: astroML's ``XDGMM`` has no projection; pyGMMis's ``R`` is square
   (N, D, D) only (d = D), not this problem; Bovy's ``extreme_deconvolution`` (C)
   is reported when importable but not timed here (its Python binding);
+* the plain kernel alone on one thread (``kernels.log_density_block`` and
+  ``kernels.estep_block`` on one 125000-row block, interleaved best of R): the
+  density pass and the moment pass, less exposed than the fit to the load of other
+  processes on a shared machine;
 * the arithmetic floor: the flops of one (row, component) pair of the E-step and
   moment accumulation at D=5 (counted below, :func:`plain_flops`, :func:`xd_flops`)
   divided by the flop rate of a large float64 numpy matrix product on all cores (BLAS
@@ -90,9 +94,10 @@ def plain_flops(d: int) -> int:
 
     Whitening ``z = L^-1 (x - mu)`` by forward substitution (d subtractions, d(d-1)
     for the substitution, d scalings), ``m = sum z^2`` (2d), the log-density and the
-    responsibility (4, exp counted as 1), and the accumulation of ``q``, ``q z`` and
-    the lower triangle of ``q z z^T`` (1 + 2d + d(d+1)); the whitening is not counted
-    twice (the kernel redoes it rather than storing the (K, d) residuals of a tile).
+    responsibility (4, exp counted as 1), and the accumulation of ``q``, ``q y`` and
+    the lower triangle of ``q y y^T`` (1 + 2d + d(d+1)) for the unwhitened
+    ``y = x - mu``, whitened once per block; the subtractions the kernel repeats in
+    each sweep over a tile are not counted.
     """
     return d + d * (d - 1) + d + 2 * d + 4 + 1 + 2 * d + d * (d + 1)
 
@@ -183,6 +188,19 @@ def time_astroml(g, X, S, repeat):
         xd.mu, xd.alpha, xd.V = g.mean.copy(), g.amp.copy(), g.covar.copy()
         times.append(_timed(lambda: xd._EMstep(X, S)))
     return statistics.median(times)
+
+
+def plain_passes(g, X, repeat, rows=125_000):
+    """Seconds of the plain density pass and of the whole E-step (density + moments)
+    on one block of ``rows`` rows, one thread, best of ``repeat`` interleaved."""
+    x = np.ascontiguousarray(X[:rows])
+    density = lambda: kernels.log_density_block(x, None, "none", g.amp, g.mean, g.covar)
+    estep = lambda: kernels.estep_block(x, None, "none", g.amp, g.mean, g.covar)
+    density(), estep()                                          # compile / load cache
+    best = [np.inf, np.inf]
+    for _ in range(max(repeat, 5)):
+        best = [min(b, _timed(f)) for b, f in zip(best, (density, estep))]
+    return best, len(x)
 
 
 def ns(seconds, rows, comps=K):
@@ -310,6 +328,10 @@ def main(argv=None):
               f"scikit-learn {ns(theirs, args.rows):.1f} ns per (row, component) "
               f"({ours:.3f} vs {theirs:.3f} s/iter, {theirs / ours:.1f}x); floor "
               f"{plain_flops(D) / rate * 1e9:.1f} ({plain_flops(D)} flops)")
+        (dens, full), n = plain_passes(g, X, args.repeat)
+        print(f"  kernel alone, one thread, {n} rows: density pass {ns(dens, n):.1f}, "
+              f"moment pass {ns(full - dens, n):.1f}, E-step {ns(full, n):.1f} ns per "
+              f"(row, component)")
     if "xd" not in skip:
         xd_section(args, rate)
     if "projected" not in skip:

@@ -2,21 +2,77 @@
 
 E-step of rows that share T_k = L_k L_k^T (no noise, shared noise, one missingness
 pattern or shared projection), one function per observed dimension d, with the
-arithmetic of :func:`daskgmmis.kernels._shared_kernel` unrolled over d. Same
-arguments and outputs; exp is computed inline (see the generator).
+arithmetic of :func:`daskgmmis.kernels._shared_kernel` unrolled over d. Its
+arguments and outputs, but the rows ``x`` (n, d) in place of ``xt`` (d, n), and
+``tile``; exp is computed inline (see the generator).
 """
 
 import math
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _as_int(typingctx, x):
+    """The int64 with the bits of the float64 ``x`` (a bitcast: vectorizes)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _as_float(typingctx, i):
+    """The float64 with the bits of the int64 ``i``."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    return types.float64(types.int64), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2):  # pragma: no cover - compiled
+    """Z1[k] += L_k^-1 Y1[k]; lower triangle of Z2[k] += L_k^-1 Y2[k] L_k^-T.
+
+    Y1 (K, d) and Y2 (K, d, d) (lower triangle) are the moments of y = x - mu_k:
+    the whitened moments of the generic kernel, whitened after the sums.
+    """
+    K, d = Y1.shape
+    W = np.empty((d, d))
+    V = np.empty((d, d))
+    for k in range(K):
+        for j in range(d):
+            acc = Y1[k, j]
+            for l in range(j):
+                acc -= L[k, j, l] * V[l, 0]
+            V[j, 0] = acc * Ldiag_inv[k, j]
+        for j in range(d):
+            Z1[k, j] += V[j, 0]
+        # W = L^-1 Y2 (Y2 symmetric, from its lower triangle), then V = L^-1 W^T
+        for c in range(d):
+            for j in range(d):
+                acc = Y2[k, j, c] if j >= c else Y2[k, c, j]
+                for l in range(j):
+                    acc -= L[k, j, l] * W[l, c]
+                W[j, c] = acc * Ldiag_inv[k, j]
+        for c in range(d):
+            for j in range(d):
+                acc = W[c, j]
+                for l in range(j):
+                    acc -= L[k, j, l] * V[l, c]
+                V[j, c] = acc * Ldiag_inv[k, j]
+        for j in range(d):
+            for l in range(j + 1):
+                Z2[k, j, l] += V[j, l]
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_1(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 1; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 1 on the rows ``x`` (n, 1);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -24,12 +80,16 @@ def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     off = np.empty(tile)
     s = np.empty(tile)
     ebg = np.empty(tile)
-    bits = np.empty(tile)
-    scale = bits.view(np.int64)
-    two_n = scale.view(np.float64)
+    Y1 = np.zeros((K, 1))
+    Y2 = np.zeros((K, 1, 1))
+    xt = np.empty((1, tile))
+    x0 = xt[0]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -37,7 +97,7 @@ def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             r0 = Ldiag_inv[k, 0]
             lc = logc[k]
             for i in range(nb):
-                y0 = xt[0, start + i] - m0
+                y0 = x0[i] - m0
                 z0 = (y0) * r0
                 q = z0 * z0
                 v = lc - 0.5 * q if q <= chi2_cut else -np.inf
@@ -45,10 +105,11 @@ def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
         for k in range(K):
             for i in range(nb):
                 v = lp[k, i]
-                off[i] = v if v > off[i] else off[i]
+                o = off[i]
+                off[i] = v if v > o else o + 0.0
         for i in range(nb):
-            if off[i] == -np.inf:
-                off[i] = 0.0
+            o = off[i]
+            off[i] = 0.0 if o == -np.inf else o + 0.0
             s[i] = 0.0
         for k in range(K):
             for i in range(nb):
@@ -58,25 +119,23 @@ def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 t = v * 1.4426950408889634 + 6755399441055744.0
                 nf = t - 6755399441055744.0
                 r = (v - nf * 0.6931471803691238) - nf * 1.9082149292705877e-10
-                p = 2.08767569878681e-09
-                p = p * r + 2.505210838544172e-08
-                p = p * r + 2.755731922398589e-07
-                p = p * r + 2.7557319223985893e-06
-                p = p * r + 2.48015873015873e-05
-                p = p * r + 0.0001984126984126984
-                p = p * r + 0.001388888888888889
-                p = p * r + 0.008333333333333333
-                p = p * r + 0.041666666666666664
-                p = p * r + 0.16666666666666666
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                bits[i] = t
-                lp[k, i] = p if ok else 0.0
-            for i in range(nb):
-                scale[i] = (scale[i] - 4843621399236968448 + 1023) << 52
-            for i in range(nb):
-                e = lp[k, i] * two_n[i]
+                r2 = r * r
+                r4 = r2 * r2
+                r8 = r4 * r4
+                q0 = 1.0 + 1.0 * r
+                q1 = 0.5 + 0.16666666666666666 * r
+                q2 = 0.041666666666666664 + 0.008333333333333333 * r
+                q3 = 0.001388888888888889 + 0.0001984126984126984 * r
+                q4 = 2.48015873015873e-05 + 2.7557319223985893e-06 * r
+                q5 = 2.755731922398589e-07 + 2.505210838544172e-08 * r
+                u0 = q0 + q1 * r2
+                u1 = q2 + q3 * r2
+                u2 = q4 + q5 * r2
+                v0 = u0 + u1 * r4
+                v1 = u2 + 2.08767569878681e-09 * r4
+                p = v0 + v1 * r8
+                e = p * _as_float((_as_int(t) - 4843621399236968448 + 1023) << 52)
+                e = e if ok else 0.0
                 lp[k, i] = e
                 s[i] += e
         if has_bg:
@@ -103,29 +162,30 @@ def shared_kernel_1(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             bg_acc[0] += acc
         for k in range(K):
             m0 = mu[k, 0]
-            r0 = Ldiag_inv[k, 0]
             sa = 0.0
             s0 = 0.0
             s0_0 = 0.0
             for i in range(nb):
                 w = lp[k, i] * s[i]
-                y0 = xt[0, start + i] - m0
-                z0 = (y0) * r0
+                y0 = x0[i] - m0
                 sa += w
-                wz = w * z0
-                s0 += wz
-                s0_0 += wz * z0
+                wy = w * y0
+                s0 += wy
+                s0_0 += wy * y0
             A[k] += sa
-            Z1[k, 0] += s0
-            Z2[k, 0, 0] += s0_0
+            Y1[k, 0] += s0
+            Y2[k, 0, 0] += s0_0
+    if accumulate:
+        _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2)
     return n_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_2(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 2; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 2 on the rows ``x`` (n, 2);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -133,12 +193,18 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     off = np.empty(tile)
     s = np.empty(tile)
     ebg = np.empty(tile)
-    bits = np.empty(tile)
-    scale = bits.view(np.int64)
-    two_n = scale.view(np.float64)
+    Y1 = np.zeros((K, 2))
+    Y2 = np.zeros((K, 2, 2))
+    xt = np.empty((2, tile))
+    x0 = xt[0]
+    x1 = xt[1]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -149,8 +215,8 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             c10 = L[k, 1, 0]
             lc = logc[k]
             for i in range(nb):
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
                 z0 = (y0) * r0
                 z1 = (y1 - c10 * z0) * r1
                 q = z0 * z0 + z1 * z1
@@ -159,10 +225,11 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
         for k in range(K):
             for i in range(nb):
                 v = lp[k, i]
-                off[i] = v if v > off[i] else off[i]
+                o = off[i]
+                off[i] = v if v > o else o + 0.0
         for i in range(nb):
-            if off[i] == -np.inf:
-                off[i] = 0.0
+            o = off[i]
+            off[i] = 0.0 if o == -np.inf else o + 0.0
             s[i] = 0.0
         for k in range(K):
             for i in range(nb):
@@ -172,25 +239,23 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 t = v * 1.4426950408889634 + 6755399441055744.0
                 nf = t - 6755399441055744.0
                 r = (v - nf * 0.6931471803691238) - nf * 1.9082149292705877e-10
-                p = 2.08767569878681e-09
-                p = p * r + 2.505210838544172e-08
-                p = p * r + 2.755731922398589e-07
-                p = p * r + 2.7557319223985893e-06
-                p = p * r + 2.48015873015873e-05
-                p = p * r + 0.0001984126984126984
-                p = p * r + 0.001388888888888889
-                p = p * r + 0.008333333333333333
-                p = p * r + 0.041666666666666664
-                p = p * r + 0.16666666666666666
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                bits[i] = t
-                lp[k, i] = p if ok else 0.0
-            for i in range(nb):
-                scale[i] = (scale[i] - 4843621399236968448 + 1023) << 52
-            for i in range(nb):
-                e = lp[k, i] * two_n[i]
+                r2 = r * r
+                r4 = r2 * r2
+                r8 = r4 * r4
+                q0 = 1.0 + 1.0 * r
+                q1 = 0.5 + 0.16666666666666666 * r
+                q2 = 0.041666666666666664 + 0.008333333333333333 * r
+                q3 = 0.001388888888888889 + 0.0001984126984126984 * r
+                q4 = 2.48015873015873e-05 + 2.7557319223985893e-06 * r
+                q5 = 2.755731922398589e-07 + 2.505210838544172e-08 * r
+                u0 = q0 + q1 * r2
+                u1 = q2 + q3 * r2
+                u2 = q4 + q5 * r2
+                v0 = u0 + u1 * r4
+                v1 = u2 + 2.08767569878681e-09 * r4
+                p = v0 + v1 * r8
+                e = p * _as_float((_as_int(t) - 4843621399236968448 + 1023) << 52)
+                e = e if ok else 0.0
                 lp[k, i] = e
                 s[i] += e
         if has_bg:
@@ -217,10 +282,7 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             bg_acc[0] += acc
         for k in range(K):
             m0 = mu[k, 0]
-            r0 = Ldiag_inv[k, 0]
             m1 = mu[k, 1]
-            r1 = Ldiag_inv[k, 1]
-            c10 = L[k, 1, 0]
             sa = 0.0
             s0 = 0.0
             s0_0 = 0.0
@@ -229,32 +291,33 @@ def shared_kernel_2(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             s1_1 = 0.0
             for i in range(nb):
                 w = lp[k, i] * s[i]
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                z0 = (y0) * r0
-                z1 = (y1 - c10 * z0) * r1
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
                 sa += w
-                wz = w * z0
-                s0 += wz
-                s0_0 += wz * z0
-                wz = w * z1
-                s1 += wz
-                s1_0 += wz * z0
-                s1_1 += wz * z1
+                wy = w * y0
+                s0 += wy
+                s0_0 += wy * y0
+                wy = w * y1
+                s1 += wy
+                s1_0 += wy * y0
+                s1_1 += wy * y1
             A[k] += sa
-            Z1[k, 0] += s0
-            Z2[k, 0, 0] += s0_0
-            Z1[k, 1] += s1
-            Z2[k, 1, 0] += s1_0
-            Z2[k, 1, 1] += s1_1
+            Y1[k, 0] += s0
+            Y2[k, 0, 0] += s0_0
+            Y1[k, 1] += s1
+            Y2[k, 1, 0] += s1_0
+            Y2[k, 1, 1] += s1_1
+    if accumulate:
+        _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2)
     return n_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_3(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 3; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 3 on the rows ``x`` (n, 3);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -262,12 +325,20 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     off = np.empty(tile)
     s = np.empty(tile)
     ebg = np.empty(tile)
-    bits = np.empty(tile)
-    scale = bits.view(np.int64)
-    two_n = scale.view(np.float64)
+    Y1 = np.zeros((K, 3))
+    Y2 = np.zeros((K, 3, 3))
+    xt = np.empty((3, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -282,9 +353,9 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             c21 = L[k, 2, 1]
             lc = logc[k]
             for i in range(nb):
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
                 z0 = (y0) * r0
                 z1 = (y1 - c10 * z0) * r1
                 z2 = (y2 - c20 * z0 - c21 * z1) * r2
@@ -294,10 +365,11 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
         for k in range(K):
             for i in range(nb):
                 v = lp[k, i]
-                off[i] = v if v > off[i] else off[i]
+                o = off[i]
+                off[i] = v if v > o else o + 0.0
         for i in range(nb):
-            if off[i] == -np.inf:
-                off[i] = 0.0
+            o = off[i]
+            off[i] = 0.0 if o == -np.inf else o + 0.0
             s[i] = 0.0
         for k in range(K):
             for i in range(nb):
@@ -307,25 +379,23 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 t = v * 1.4426950408889634 + 6755399441055744.0
                 nf = t - 6755399441055744.0
                 r = (v - nf * 0.6931471803691238) - nf * 1.9082149292705877e-10
-                p = 2.08767569878681e-09
-                p = p * r + 2.505210838544172e-08
-                p = p * r + 2.755731922398589e-07
-                p = p * r + 2.7557319223985893e-06
-                p = p * r + 2.48015873015873e-05
-                p = p * r + 0.0001984126984126984
-                p = p * r + 0.001388888888888889
-                p = p * r + 0.008333333333333333
-                p = p * r + 0.041666666666666664
-                p = p * r + 0.16666666666666666
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                bits[i] = t
-                lp[k, i] = p if ok else 0.0
-            for i in range(nb):
-                scale[i] = (scale[i] - 4843621399236968448 + 1023) << 52
-            for i in range(nb):
-                e = lp[k, i] * two_n[i]
+                r2 = r * r
+                r4 = r2 * r2
+                r8 = r4 * r4
+                q0 = 1.0 + 1.0 * r
+                q1 = 0.5 + 0.16666666666666666 * r
+                q2 = 0.041666666666666664 + 0.008333333333333333 * r
+                q3 = 0.001388888888888889 + 0.0001984126984126984 * r
+                q4 = 2.48015873015873e-05 + 2.7557319223985893e-06 * r
+                q5 = 2.755731922398589e-07 + 2.505210838544172e-08 * r
+                u0 = q0 + q1 * r2
+                u1 = q2 + q3 * r2
+                u2 = q4 + q5 * r2
+                v0 = u0 + u1 * r4
+                v1 = u2 + 2.08767569878681e-09 * r4
+                p = v0 + v1 * r8
+                e = p * _as_float((_as_int(t) - 4843621399236968448 + 1023) << 52)
+                e = e if ok else 0.0
                 lp[k, i] = e
                 s[i] += e
         if has_bg:
@@ -352,14 +422,8 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             bg_acc[0] += acc
         for k in range(K):
             m0 = mu[k, 0]
-            r0 = Ldiag_inv[k, 0]
             m1 = mu[k, 1]
-            r1 = Ldiag_inv[k, 1]
-            c10 = L[k, 1, 0]
             m2 = mu[k, 2]
-            r2 = Ldiag_inv[k, 2]
-            c20 = L[k, 2, 0]
-            c21 = L[k, 2, 1]
             sa = 0.0
             s0 = 0.0
             s0_0 = 0.0
@@ -372,43 +436,43 @@ def shared_kernel_3(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             s2_2 = 0.0
             for i in range(nb):
                 w = lp[k, i] * s[i]
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                z0 = (y0) * r0
-                z1 = (y1 - c10 * z0) * r1
-                z2 = (y2 - c20 * z0 - c21 * z1) * r2
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
                 sa += w
-                wz = w * z0
-                s0 += wz
-                s0_0 += wz * z0
-                wz = w * z1
-                s1 += wz
-                s1_0 += wz * z0
-                s1_1 += wz * z1
-                wz = w * z2
-                s2 += wz
-                s2_0 += wz * z0
-                s2_1 += wz * z1
-                s2_2 += wz * z2
+                wy = w * y0
+                s0 += wy
+                s0_0 += wy * y0
+                wy = w * y1
+                s1 += wy
+                s1_0 += wy * y0
+                s1_1 += wy * y1
+                wy = w * y2
+                s2 += wy
+                s2_0 += wy * y0
+                s2_1 += wy * y1
+                s2_2 += wy * y2
             A[k] += sa
-            Z1[k, 0] += s0
-            Z2[k, 0, 0] += s0_0
-            Z1[k, 1] += s1
-            Z2[k, 1, 0] += s1_0
-            Z2[k, 1, 1] += s1_1
-            Z1[k, 2] += s2
-            Z2[k, 2, 0] += s2_0
-            Z2[k, 2, 1] += s2_1
-            Z2[k, 2, 2] += s2_2
+            Y1[k, 0] += s0
+            Y2[k, 0, 0] += s0_0
+            Y1[k, 1] += s1
+            Y2[k, 1, 0] += s1_0
+            Y2[k, 1, 1] += s1_1
+            Y1[k, 2] += s2
+            Y2[k, 2, 0] += s2_0
+            Y2[k, 2, 1] += s2_1
+            Y2[k, 2, 2] += s2_2
+    if accumulate:
+        _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2)
     return n_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_4(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 4; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 4 on the rows ``x`` (n, 4);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -416,12 +480,22 @@ def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     off = np.empty(tile)
     s = np.empty(tile)
     ebg = np.empty(tile)
-    bits = np.empty(tile)
-    scale = bits.view(np.int64)
-    two_n = scale.view(np.float64)
+    Y1 = np.zeros((K, 4))
+    Y2 = np.zeros((K, 4, 4))
+    xt = np.empty((4, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -441,10 +515,10 @@ def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             c32 = L[k, 3, 2]
             lc = logc[k]
             for i in range(nb):
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
                 z0 = (y0) * r0
                 z1 = (y1 - c10 * z0) * r1
                 z2 = (y2 - c20 * z0 - c21 * z1) * r2
@@ -455,10 +529,11 @@ def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
         for k in range(K):
             for i in range(nb):
                 v = lp[k, i]
-                off[i] = v if v > off[i] else off[i]
+                o = off[i]
+                off[i] = v if v > o else o + 0.0
         for i in range(nb):
-            if off[i] == -np.inf:
-                off[i] = 0.0
+            o = off[i]
+            off[i] = 0.0 if o == -np.inf else o + 0.0
             s[i] = 0.0
         for k in range(K):
             for i in range(nb):
@@ -468,25 +543,23 @@ def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 t = v * 1.4426950408889634 + 6755399441055744.0
                 nf = t - 6755399441055744.0
                 r = (v - nf * 0.6931471803691238) - nf * 1.9082149292705877e-10
-                p = 2.08767569878681e-09
-                p = p * r + 2.505210838544172e-08
-                p = p * r + 2.755731922398589e-07
-                p = p * r + 2.7557319223985893e-06
-                p = p * r + 2.48015873015873e-05
-                p = p * r + 0.0001984126984126984
-                p = p * r + 0.001388888888888889
-                p = p * r + 0.008333333333333333
-                p = p * r + 0.041666666666666664
-                p = p * r + 0.16666666666666666
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                bits[i] = t
-                lp[k, i] = p if ok else 0.0
-            for i in range(nb):
-                scale[i] = (scale[i] - 4843621399236968448 + 1023) << 52
-            for i in range(nb):
-                e = lp[k, i] * two_n[i]
+                r2 = r * r
+                r4 = r2 * r2
+                r8 = r4 * r4
+                q0 = 1.0 + 1.0 * r
+                q1 = 0.5 + 0.16666666666666666 * r
+                q2 = 0.041666666666666664 + 0.008333333333333333 * r
+                q3 = 0.001388888888888889 + 0.0001984126984126984 * r
+                q4 = 2.48015873015873e-05 + 2.7557319223985893e-06 * r
+                q5 = 2.755731922398589e-07 + 2.505210838544172e-08 * r
+                u0 = q0 + q1 * r2
+                u1 = q2 + q3 * r2
+                u2 = q4 + q5 * r2
+                v0 = u0 + u1 * r4
+                v1 = u2 + 2.08767569878681e-09 * r4
+                p = v0 + v1 * r8
+                e = p * _as_float((_as_int(t) - 4843621399236968448 + 1023) << 52)
+                e = e if ok else 0.0
                 lp[k, i] = e
                 s[i] += e
         if has_bg:
@@ -513,86 +586,80 @@ def shared_kernel_4(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             bg_acc[0] += acc
         for k in range(K):
             m0 = mu[k, 0]
-            r0 = Ldiag_inv[k, 0]
             m1 = mu[k, 1]
-            r1 = Ldiag_inv[k, 1]
-            c10 = L[k, 1, 0]
             m2 = mu[k, 2]
-            r2 = Ldiag_inv[k, 2]
-            c20 = L[k, 2, 0]
-            c21 = L[k, 2, 1]
             m3 = mu[k, 3]
-            r3 = Ldiag_inv[k, 3]
-            c30 = L[k, 3, 0]
-            c31 = L[k, 3, 1]
-            c32 = L[k, 3, 2]
-            sa = 0.0
-            s0 = 0.0
-            s0_0 = 0.0
-            s1 = 0.0
-            s1_0 = 0.0
-            s1_1 = 0.0
-            s2 = 0.0
-            s2_0 = 0.0
-            s2_1 = 0.0
-            s2_2 = 0.0
             s3 = 0.0
             s3_0 = 0.0
             s3_1 = 0.0
             s3_2 = 0.0
             s3_3 = 0.0
+            s0 = 0.0
+            s0_0 = 0.0
             for i in range(nb):
                 w = lp[k, i] * s[i]
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                z0 = (y0) * r0
-                z1 = (y1 - c10 * z0) * r1
-                z2 = (y2 - c20 * z0 - c21 * z1) * r2
-                z3 = (y3 - c30 * z0 - c31 * z1 - c32 * z2) * r3
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                wy = w * y3
+                s3 += wy
+                s3_0 += wy * y0
+                s3_1 += wy * y1
+                s3_2 += wy * y2
+                s3_3 += wy * y3
+                wy = w * y0
+                s0 += wy
+                s0_0 += wy * y0
+            Y1[k, 3] += s3
+            Y2[k, 3, 0] += s3_0
+            Y2[k, 3, 1] += s3_1
+            Y2[k, 3, 2] += s3_2
+            Y2[k, 3, 3] += s3_3
+            Y1[k, 0] += s0
+            Y2[k, 0, 0] += s0_0
+            s2 = 0.0
+            s2_0 = 0.0
+            s2_1 = 0.0
+            s2_2 = 0.0
+            s1 = 0.0
+            s1_0 = 0.0
+            s1_1 = 0.0
+            sa = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                wy = w * y2
+                s2 += wy
+                s2_0 += wy * y0
+                s2_1 += wy * y1
+                s2_2 += wy * y2
+                wy = w * y1
+                s1 += wy
+                s1_0 += wy * y0
+                s1_1 += wy * y1
                 sa += w
-                wz = w * z0
-                s0 += wz
-                s0_0 += wz * z0
-                wz = w * z1
-                s1 += wz
-                s1_0 += wz * z0
-                s1_1 += wz * z1
-                wz = w * z2
-                s2 += wz
-                s2_0 += wz * z0
-                s2_1 += wz * z1
-                s2_2 += wz * z2
-                wz = w * z3
-                s3 += wz
-                s3_0 += wz * z0
-                s3_1 += wz * z1
-                s3_2 += wz * z2
-                s3_3 += wz * z3
+            Y1[k, 2] += s2
+            Y2[k, 2, 0] += s2_0
+            Y2[k, 2, 1] += s2_1
+            Y2[k, 2, 2] += s2_2
+            Y1[k, 1] += s1
+            Y2[k, 1, 0] += s1_0
+            Y2[k, 1, 1] += s1_1
             A[k] += sa
-            Z1[k, 0] += s0
-            Z2[k, 0, 0] += s0_0
-            Z1[k, 1] += s1
-            Z2[k, 1, 0] += s1_0
-            Z2[k, 1, 1] += s1_1
-            Z1[k, 2] += s2
-            Z2[k, 2, 0] += s2_0
-            Z2[k, 2, 1] += s2_1
-            Z2[k, 2, 2] += s2_2
-            Z1[k, 3] += s3
-            Z2[k, 3, 0] += s3_0
-            Z2[k, 3, 1] += s3_1
-            Z2[k, 3, 2] += s3_2
-            Z2[k, 3, 3] += s3_3
+    if accumulate:
+        _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2)
     return n_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_5(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 5; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 5 on the rows ``x`` (n, 5);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -600,12 +667,24 @@ def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     off = np.empty(tile)
     s = np.empty(tile)
     ebg = np.empty(tile)
-    bits = np.empty(tile)
-    scale = bits.view(np.int64)
-    two_n = scale.view(np.float64)
+    Y1 = np.zeros((K, 5))
+    Y2 = np.zeros((K, 5, 5))
+    xt = np.empty((5, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
+    x4 = xt[4]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
+            x4[i] = xs[i, 4]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -631,11 +710,11 @@ def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             c43 = L[k, 4, 3]
             lc = logc[k]
             for i in range(nb):
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                y4 = xt[4, start + i] - m4
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
                 z0 = (y0) * r0
                 z1 = (y1 - c10 * z0) * r1
                 z2 = (y2 - c20 * z0 - c21 * z1) * r2
@@ -647,10 +726,11 @@ def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
         for k in range(K):
             for i in range(nb):
                 v = lp[k, i]
-                off[i] = v if v > off[i] else off[i]
+                o = off[i]
+                off[i] = v if v > o else o + 0.0
         for i in range(nb):
-            if off[i] == -np.inf:
-                off[i] = 0.0
+            o = off[i]
+            off[i] = 0.0 if o == -np.inf else o + 0.0
             s[i] = 0.0
         for k in range(K):
             for i in range(nb):
@@ -660,25 +740,23 @@ def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 t = v * 1.4426950408889634 + 6755399441055744.0
                 nf = t - 6755399441055744.0
                 r = (v - nf * 0.6931471803691238) - nf * 1.9082149292705877e-10
-                p = 2.08767569878681e-09
-                p = p * r + 2.505210838544172e-08
-                p = p * r + 2.755731922398589e-07
-                p = p * r + 2.7557319223985893e-06
-                p = p * r + 2.48015873015873e-05
-                p = p * r + 0.0001984126984126984
-                p = p * r + 0.001388888888888889
-                p = p * r + 0.008333333333333333
-                p = p * r + 0.041666666666666664
-                p = p * r + 0.16666666666666666
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                bits[i] = t
-                lp[k, i] = p if ok else 0.0
-            for i in range(nb):
-                scale[i] = (scale[i] - 4843621399236968448 + 1023) << 52
-            for i in range(nb):
-                e = lp[k, i] * two_n[i]
+                r2 = r * r
+                r4 = r2 * r2
+                r8 = r4 * r4
+                q0 = 1.0 + 1.0 * r
+                q1 = 0.5 + 0.16666666666666666 * r
+                q2 = 0.041666666666666664 + 0.008333333333333333 * r
+                q3 = 0.001388888888888889 + 0.0001984126984126984 * r
+                q4 = 2.48015873015873e-05 + 2.7557319223985893e-06 * r
+                q5 = 2.755731922398589e-07 + 2.505210838544172e-08 * r
+                u0 = q0 + q1 * r2
+                u1 = q2 + q3 * r2
+                u2 = q4 + q5 * r2
+                v0 = u0 + u1 * r4
+                v1 = u2 + 2.08767569878681e-09 * r4
+                p = v0 + v1 * r8
+                e = p * _as_float((_as_int(t) - 4843621399236968448 + 1023) << 52)
+                e = e if ok else 0.0
                 lp[k, i] = e
                 s[i] += e
         if has_bg:
@@ -705,113 +783,107 @@ def shared_kernel_5(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             bg_acc[0] += acc
         for k in range(K):
             m0 = mu[k, 0]
-            r0 = Ldiag_inv[k, 0]
             m1 = mu[k, 1]
-            r1 = Ldiag_inv[k, 1]
-            c10 = L[k, 1, 0]
             m2 = mu[k, 2]
-            r2 = Ldiag_inv[k, 2]
-            c20 = L[k, 2, 0]
-            c21 = L[k, 2, 1]
             m3 = mu[k, 3]
-            r3 = Ldiag_inv[k, 3]
-            c30 = L[k, 3, 0]
-            c31 = L[k, 3, 1]
-            c32 = L[k, 3, 2]
             m4 = mu[k, 4]
-            r4 = Ldiag_inv[k, 4]
-            c40 = L[k, 4, 0]
-            c41 = L[k, 4, 1]
-            c42 = L[k, 4, 2]
-            c43 = L[k, 4, 3]
-            sa = 0.0
-            s0 = 0.0
-            s0_0 = 0.0
-            s1 = 0.0
-            s1_0 = 0.0
-            s1_1 = 0.0
-            s2 = 0.0
-            s2_0 = 0.0
-            s2_1 = 0.0
-            s2_2 = 0.0
-            s3 = 0.0
-            s3_0 = 0.0
-            s3_1 = 0.0
-            s3_2 = 0.0
-            s3_3 = 0.0
             s4 = 0.0
             s4_0 = 0.0
             s4_1 = 0.0
             s4_2 = 0.0
             s4_3 = 0.0
             s4_4 = 0.0
+            s0 = 0.0
+            s0_0 = 0.0
             for i in range(nb):
                 w = lp[k, i] * s[i]
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                y4 = xt[4, start + i] - m4
-                z0 = (y0) * r0
-                z1 = (y1 - c10 * z0) * r1
-                z2 = (y2 - c20 * z0 - c21 * z1) * r2
-                z3 = (y3 - c30 * z0 - c31 * z1 - c32 * z2) * r3
-                z4 = (y4 - c40 * z0 - c41 * z1 - c42 * z2 - c43 * z3) * r4
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                wy = w * y4
+                s4 += wy
+                s4_0 += wy * y0
+                s4_1 += wy * y1
+                s4_2 += wy * y2
+                s4_3 += wy * y3
+                s4_4 += wy * y4
+                wy = w * y0
+                s0 += wy
+                s0_0 += wy * y0
+            Y1[k, 4] += s4
+            Y2[k, 4, 0] += s4_0
+            Y2[k, 4, 1] += s4_1
+            Y2[k, 4, 2] += s4_2
+            Y2[k, 4, 3] += s4_3
+            Y2[k, 4, 4] += s4_4
+            Y1[k, 0] += s0
+            Y2[k, 0, 0] += s0_0
+            s3 = 0.0
+            s3_0 = 0.0
+            s3_1 = 0.0
+            s3_2 = 0.0
+            s3_3 = 0.0
+            s1 = 0.0
+            s1_0 = 0.0
+            s1_1 = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                wy = w * y3
+                s3 += wy
+                s3_0 += wy * y0
+                s3_1 += wy * y1
+                s3_2 += wy * y2
+                s3_3 += wy * y3
+                wy = w * y1
+                s1 += wy
+                s1_0 += wy * y0
+                s1_1 += wy * y1
+            Y1[k, 3] += s3
+            Y2[k, 3, 0] += s3_0
+            Y2[k, 3, 1] += s3_1
+            Y2[k, 3, 2] += s3_2
+            Y2[k, 3, 3] += s3_3
+            Y1[k, 1] += s1
+            Y2[k, 1, 0] += s1_0
+            Y2[k, 1, 1] += s1_1
+            s2 = 0.0
+            s2_0 = 0.0
+            s2_1 = 0.0
+            s2_2 = 0.0
+            sa = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                wy = w * y2
+                s2 += wy
+                s2_0 += wy * y0
+                s2_1 += wy * y1
+                s2_2 += wy * y2
                 sa += w
-                wz = w * z0
-                s0 += wz
-                s0_0 += wz * z0
-                wz = w * z1
-                s1 += wz
-                s1_0 += wz * z0
-                s1_1 += wz * z1
-                wz = w * z2
-                s2 += wz
-                s2_0 += wz * z0
-                s2_1 += wz * z1
-                s2_2 += wz * z2
-                wz = w * z3
-                s3 += wz
-                s3_0 += wz * z0
-                s3_1 += wz * z1
-                s3_2 += wz * z2
-                s3_3 += wz * z3
-                wz = w * z4
-                s4 += wz
-                s4_0 += wz * z0
-                s4_1 += wz * z1
-                s4_2 += wz * z2
-                s4_3 += wz * z3
-                s4_4 += wz * z4
+            Y1[k, 2] += s2
+            Y2[k, 2, 0] += s2_0
+            Y2[k, 2, 1] += s2_1
+            Y2[k, 2, 2] += s2_2
             A[k] += sa
-            Z1[k, 0] += s0
-            Z2[k, 0, 0] += s0_0
-            Z1[k, 1] += s1
-            Z2[k, 1, 0] += s1_0
-            Z2[k, 1, 1] += s1_1
-            Z1[k, 2] += s2
-            Z2[k, 2, 0] += s2_0
-            Z2[k, 2, 1] += s2_1
-            Z2[k, 2, 2] += s2_2
-            Z1[k, 3] += s3
-            Z2[k, 3, 0] += s3_0
-            Z2[k, 3, 1] += s3_1
-            Z2[k, 3, 2] += s3_2
-            Z2[k, 3, 3] += s3_3
-            Z1[k, 4] += s4
-            Z2[k, 4, 0] += s4_0
-            Z2[k, 4, 1] += s4_1
-            Z2[k, 4, 2] += s4_2
-            Z2[k, 4, 3] += s4_3
-            Z2[k, 4, 4] += s4_4
+    if accumulate:
+        _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2)
     return n_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_6(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 6; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 6 on the rows ``x`` (n, 6);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -819,12 +891,26 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     off = np.empty(tile)
     s = np.empty(tile)
     ebg = np.empty(tile)
-    bits = np.empty(tile)
-    scale = bits.view(np.int64)
-    two_n = scale.view(np.float64)
+    Y1 = np.zeros((K, 6))
+    Y2 = np.zeros((K, 6, 6))
+    xt = np.empty((6, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
+    x4 = xt[4]
+    x5 = xt[5]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
+            x4[i] = xs[i, 4]
+            x5[i] = xs[i, 5]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -857,12 +943,12 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             c54 = L[k, 5, 4]
             lc = logc[k]
             for i in range(nb):
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                y4 = xt[4, start + i] - m4
-                y5 = xt[5, start + i] - m5
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
                 z0 = (y0) * r0
                 z1 = (y1 - c10 * z0) * r1
                 z2 = (y2 - c20 * z0 - c21 * z1) * r2
@@ -875,10 +961,11 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
         for k in range(K):
             for i in range(nb):
                 v = lp[k, i]
-                off[i] = v if v > off[i] else off[i]
+                o = off[i]
+                off[i] = v if v > o else o + 0.0
         for i in range(nb):
-            if off[i] == -np.inf:
-                off[i] = 0.0
+            o = off[i]
+            off[i] = 0.0 if o == -np.inf else o + 0.0
             s[i] = 0.0
         for k in range(K):
             for i in range(nb):
@@ -888,25 +975,23 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 t = v * 1.4426950408889634 + 6755399441055744.0
                 nf = t - 6755399441055744.0
                 r = (v - nf * 0.6931471803691238) - nf * 1.9082149292705877e-10
-                p = 2.08767569878681e-09
-                p = p * r + 2.505210838544172e-08
-                p = p * r + 2.755731922398589e-07
-                p = p * r + 2.7557319223985893e-06
-                p = p * r + 2.48015873015873e-05
-                p = p * r + 0.0001984126984126984
-                p = p * r + 0.001388888888888889
-                p = p * r + 0.008333333333333333
-                p = p * r + 0.041666666666666664
-                p = p * r + 0.16666666666666666
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                bits[i] = t
-                lp[k, i] = p if ok else 0.0
-            for i in range(nb):
-                scale[i] = (scale[i] - 4843621399236968448 + 1023) << 52
-            for i in range(nb):
-                e = lp[k, i] * two_n[i]
+                r2 = r * r
+                r4 = r2 * r2
+                r8 = r4 * r4
+                q0 = 1.0 + 1.0 * r
+                q1 = 0.5 + 0.16666666666666666 * r
+                q2 = 0.041666666666666664 + 0.008333333333333333 * r
+                q3 = 0.001388888888888889 + 0.0001984126984126984 * r
+                q4 = 2.48015873015873e-05 + 2.7557319223985893e-06 * r
+                q5 = 2.755731922398589e-07 + 2.505210838544172e-08 * r
+                u0 = q0 + q1 * r2
+                u1 = q2 + q3 * r2
+                u2 = q4 + q5 * r2
+                v0 = u0 + u1 * r4
+                v1 = u2 + 2.08767569878681e-09 * r4
+                p = v0 + v1 * r8
+                e = p * _as_float((_as_int(t) - 4843621399236968448 + 1023) << 52)
+                e = e if ok else 0.0
                 lp[k, i] = e
                 s[i] += e
         if has_bg:
@@ -933,53 +1018,11 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             bg_acc[0] += acc
         for k in range(K):
             m0 = mu[k, 0]
-            r0 = Ldiag_inv[k, 0]
             m1 = mu[k, 1]
-            r1 = Ldiag_inv[k, 1]
-            c10 = L[k, 1, 0]
             m2 = mu[k, 2]
-            r2 = Ldiag_inv[k, 2]
-            c20 = L[k, 2, 0]
-            c21 = L[k, 2, 1]
             m3 = mu[k, 3]
-            r3 = Ldiag_inv[k, 3]
-            c30 = L[k, 3, 0]
-            c31 = L[k, 3, 1]
-            c32 = L[k, 3, 2]
             m4 = mu[k, 4]
-            r4 = Ldiag_inv[k, 4]
-            c40 = L[k, 4, 0]
-            c41 = L[k, 4, 1]
-            c42 = L[k, 4, 2]
-            c43 = L[k, 4, 3]
             m5 = mu[k, 5]
-            r5 = Ldiag_inv[k, 5]
-            c50 = L[k, 5, 0]
-            c51 = L[k, 5, 1]
-            c52 = L[k, 5, 2]
-            c53 = L[k, 5, 3]
-            c54 = L[k, 5, 4]
-            sa = 0.0
-            s0 = 0.0
-            s0_0 = 0.0
-            s1 = 0.0
-            s1_0 = 0.0
-            s1_1 = 0.0
-            s2 = 0.0
-            s2_0 = 0.0
-            s2_1 = 0.0
-            s2_2 = 0.0
-            s3 = 0.0
-            s3_0 = 0.0
-            s3_1 = 0.0
-            s3_2 = 0.0
-            s3_3 = 0.0
-            s4 = 0.0
-            s4_0 = 0.0
-            s4_1 = 0.0
-            s4_2 = 0.0
-            s4_3 = 0.0
-            s4_4 = 0.0
             s5 = 0.0
             s5_0 = 0.0
             s5_1 = 0.0
@@ -987,90 +1030,121 @@ def shared_kernel_6(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             s5_3 = 0.0
             s5_4 = 0.0
             s5_5 = 0.0
+            s0 = 0.0
+            s0_0 = 0.0
             for i in range(nb):
                 w = lp[k, i] * s[i]
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                y4 = xt[4, start + i] - m4
-                y5 = xt[5, start + i] - m5
-                z0 = (y0) * r0
-                z1 = (y1 - c10 * z0) * r1
-                z2 = (y2 - c20 * z0 - c21 * z1) * r2
-                z3 = (y3 - c30 * z0 - c31 * z1 - c32 * z2) * r3
-                z4 = (y4 - c40 * z0 - c41 * z1 - c42 * z2 - c43 * z3) * r4
-                z5 = (y5 - c50 * z0 - c51 * z1 - c52 * z2 - c53 * z3 - c54 * z4) * r5
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
+                wy = w * y5
+                s5 += wy
+                s5_0 += wy * y0
+                s5_1 += wy * y1
+                s5_2 += wy * y2
+                s5_3 += wy * y3
+                s5_4 += wy * y4
+                s5_5 += wy * y5
+                wy = w * y0
+                s0 += wy
+                s0_0 += wy * y0
+            Y1[k, 5] += s5
+            Y2[k, 5, 0] += s5_0
+            Y2[k, 5, 1] += s5_1
+            Y2[k, 5, 2] += s5_2
+            Y2[k, 5, 3] += s5_3
+            Y2[k, 5, 4] += s5_4
+            Y2[k, 5, 5] += s5_5
+            Y1[k, 0] += s0
+            Y2[k, 0, 0] += s0_0
+            s4 = 0.0
+            s4_0 = 0.0
+            s4_1 = 0.0
+            s4_2 = 0.0
+            s4_3 = 0.0
+            s4_4 = 0.0
+            s1 = 0.0
+            s1_0 = 0.0
+            s1_1 = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                wy = w * y4
+                s4 += wy
+                s4_0 += wy * y0
+                s4_1 += wy * y1
+                s4_2 += wy * y2
+                s4_3 += wy * y3
+                s4_4 += wy * y4
+                wy = w * y1
+                s1 += wy
+                s1_0 += wy * y0
+                s1_1 += wy * y1
+            Y1[k, 4] += s4
+            Y2[k, 4, 0] += s4_0
+            Y2[k, 4, 1] += s4_1
+            Y2[k, 4, 2] += s4_2
+            Y2[k, 4, 3] += s4_3
+            Y2[k, 4, 4] += s4_4
+            Y1[k, 1] += s1
+            Y2[k, 1, 0] += s1_0
+            Y2[k, 1, 1] += s1_1
+            s3 = 0.0
+            s3_0 = 0.0
+            s3_1 = 0.0
+            s3_2 = 0.0
+            s3_3 = 0.0
+            s2 = 0.0
+            s2_0 = 0.0
+            s2_1 = 0.0
+            s2_2 = 0.0
+            sa = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                wy = w * y3
+                s3 += wy
+                s3_0 += wy * y0
+                s3_1 += wy * y1
+                s3_2 += wy * y2
+                s3_3 += wy * y3
+                wy = w * y2
+                s2 += wy
+                s2_0 += wy * y0
+                s2_1 += wy * y1
+                s2_2 += wy * y2
                 sa += w
-                wz = w * z0
-                s0 += wz
-                s0_0 += wz * z0
-                wz = w * z1
-                s1 += wz
-                s1_0 += wz * z0
-                s1_1 += wz * z1
-                wz = w * z2
-                s2 += wz
-                s2_0 += wz * z0
-                s2_1 += wz * z1
-                s2_2 += wz * z2
-                wz = w * z3
-                s3 += wz
-                s3_0 += wz * z0
-                s3_1 += wz * z1
-                s3_2 += wz * z2
-                s3_3 += wz * z3
-                wz = w * z4
-                s4 += wz
-                s4_0 += wz * z0
-                s4_1 += wz * z1
-                s4_2 += wz * z2
-                s4_3 += wz * z3
-                s4_4 += wz * z4
-                wz = w * z5
-                s5 += wz
-                s5_0 += wz * z0
-                s5_1 += wz * z1
-                s5_2 += wz * z2
-                s5_3 += wz * z3
-                s5_4 += wz * z4
-                s5_5 += wz * z5
+            Y1[k, 3] += s3
+            Y2[k, 3, 0] += s3_0
+            Y2[k, 3, 1] += s3_1
+            Y2[k, 3, 2] += s3_2
+            Y2[k, 3, 3] += s3_3
+            Y1[k, 2] += s2
+            Y2[k, 2, 0] += s2_0
+            Y2[k, 2, 1] += s2_1
+            Y2[k, 2, 2] += s2_2
             A[k] += sa
-            Z1[k, 0] += s0
-            Z2[k, 0, 0] += s0_0
-            Z1[k, 1] += s1
-            Z2[k, 1, 0] += s1_0
-            Z2[k, 1, 1] += s1_1
-            Z1[k, 2] += s2
-            Z2[k, 2, 0] += s2_0
-            Z2[k, 2, 1] += s2_1
-            Z2[k, 2, 2] += s2_2
-            Z1[k, 3] += s3
-            Z2[k, 3, 0] += s3_0
-            Z2[k, 3, 1] += s3_1
-            Z2[k, 3, 2] += s3_2
-            Z2[k, 3, 3] += s3_3
-            Z1[k, 4] += s4
-            Z2[k, 4, 0] += s4_0
-            Z2[k, 4, 1] += s4_1
-            Z2[k, 4, 2] += s4_2
-            Z2[k, 4, 3] += s4_3
-            Z2[k, 4, 4] += s4_4
-            Z1[k, 5] += s5
-            Z2[k, 5, 0] += s5_0
-            Z2[k, 5, 1] += s5_1
-            Z2[k, 5, 2] += s5_2
-            Z2[k, 5, 3] += s5_3
-            Z2[k, 5, 4] += s5_4
-            Z2[k, 5, 5] += s5_5
+    if accumulate:
+        _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2)
     return n_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_7(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 7; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 7 on the rows ``x`` (n, 7);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -1078,12 +1152,28 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     off = np.empty(tile)
     s = np.empty(tile)
     ebg = np.empty(tile)
-    bits = np.empty(tile)
-    scale = bits.view(np.int64)
-    two_n = scale.view(np.float64)
+    Y1 = np.zeros((K, 7))
+    Y2 = np.zeros((K, 7, 7))
+    xt = np.empty((7, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
+    x4 = xt[4]
+    x5 = xt[5]
+    x6 = xt[6]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
+            x4[i] = xs[i, 4]
+            x5[i] = xs[i, 5]
+            x6[i] = xs[i, 6]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -1124,13 +1214,13 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             c65 = L[k, 6, 5]
             lc = logc[k]
             for i in range(nb):
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                y4 = xt[4, start + i] - m4
-                y5 = xt[5, start + i] - m5
-                y6 = xt[6, start + i] - m6
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
+                y6 = x6[i] - m6
                 z0 = (y0) * r0
                 z1 = (y1 - c10 * z0) * r1
                 z2 = (y2 - c20 * z0 - c21 * z1) * r2
@@ -1144,10 +1234,11 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
         for k in range(K):
             for i in range(nb):
                 v = lp[k, i]
-                off[i] = v if v > off[i] else off[i]
+                o = off[i]
+                off[i] = v if v > o else o + 0.0
         for i in range(nb):
-            if off[i] == -np.inf:
-                off[i] = 0.0
+            o = off[i]
+            off[i] = 0.0 if o == -np.inf else o + 0.0
             s[i] = 0.0
         for k in range(K):
             for i in range(nb):
@@ -1157,25 +1248,23 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 t = v * 1.4426950408889634 + 6755399441055744.0
                 nf = t - 6755399441055744.0
                 r = (v - nf * 0.6931471803691238) - nf * 1.9082149292705877e-10
-                p = 2.08767569878681e-09
-                p = p * r + 2.505210838544172e-08
-                p = p * r + 2.755731922398589e-07
-                p = p * r + 2.7557319223985893e-06
-                p = p * r + 2.48015873015873e-05
-                p = p * r + 0.0001984126984126984
-                p = p * r + 0.001388888888888889
-                p = p * r + 0.008333333333333333
-                p = p * r + 0.041666666666666664
-                p = p * r + 0.16666666666666666
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                bits[i] = t
-                lp[k, i] = p if ok else 0.0
-            for i in range(nb):
-                scale[i] = (scale[i] - 4843621399236968448 + 1023) << 52
-            for i in range(nb):
-                e = lp[k, i] * two_n[i]
+                r2 = r * r
+                r4 = r2 * r2
+                r8 = r4 * r4
+                q0 = 1.0 + 1.0 * r
+                q1 = 0.5 + 0.16666666666666666 * r
+                q2 = 0.041666666666666664 + 0.008333333333333333 * r
+                q3 = 0.001388888888888889 + 0.0001984126984126984 * r
+                q4 = 2.48015873015873e-05 + 2.7557319223985893e-06 * r
+                q5 = 2.755731922398589e-07 + 2.505210838544172e-08 * r
+                u0 = q0 + q1 * r2
+                u1 = q2 + q3 * r2
+                u2 = q4 + q5 * r2
+                v0 = u0 + u1 * r4
+                v1 = u2 + 2.08767569878681e-09 * r4
+                p = v0 + v1 * r8
+                e = p * _as_float((_as_int(t) - 4843621399236968448 + 1023) << 52)
+                e = e if ok else 0.0
                 lp[k, i] = e
                 s[i] += e
         if has_bg:
@@ -1202,68 +1291,12 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             bg_acc[0] += acc
         for k in range(K):
             m0 = mu[k, 0]
-            r0 = Ldiag_inv[k, 0]
             m1 = mu[k, 1]
-            r1 = Ldiag_inv[k, 1]
-            c10 = L[k, 1, 0]
             m2 = mu[k, 2]
-            r2 = Ldiag_inv[k, 2]
-            c20 = L[k, 2, 0]
-            c21 = L[k, 2, 1]
             m3 = mu[k, 3]
-            r3 = Ldiag_inv[k, 3]
-            c30 = L[k, 3, 0]
-            c31 = L[k, 3, 1]
-            c32 = L[k, 3, 2]
             m4 = mu[k, 4]
-            r4 = Ldiag_inv[k, 4]
-            c40 = L[k, 4, 0]
-            c41 = L[k, 4, 1]
-            c42 = L[k, 4, 2]
-            c43 = L[k, 4, 3]
             m5 = mu[k, 5]
-            r5 = Ldiag_inv[k, 5]
-            c50 = L[k, 5, 0]
-            c51 = L[k, 5, 1]
-            c52 = L[k, 5, 2]
-            c53 = L[k, 5, 3]
-            c54 = L[k, 5, 4]
             m6 = mu[k, 6]
-            r6 = Ldiag_inv[k, 6]
-            c60 = L[k, 6, 0]
-            c61 = L[k, 6, 1]
-            c62 = L[k, 6, 2]
-            c63 = L[k, 6, 3]
-            c64 = L[k, 6, 4]
-            c65 = L[k, 6, 5]
-            sa = 0.0
-            s0 = 0.0
-            s0_0 = 0.0
-            s1 = 0.0
-            s1_0 = 0.0
-            s1_1 = 0.0
-            s2 = 0.0
-            s2_0 = 0.0
-            s2_1 = 0.0
-            s2_2 = 0.0
-            s3 = 0.0
-            s3_0 = 0.0
-            s3_1 = 0.0
-            s3_2 = 0.0
-            s3_3 = 0.0
-            s4 = 0.0
-            s4_0 = 0.0
-            s4_1 = 0.0
-            s4_2 = 0.0
-            s4_3 = 0.0
-            s4_4 = 0.0
-            s5 = 0.0
-            s5_0 = 0.0
-            s5_1 = 0.0
-            s5_2 = 0.0
-            s5_3 = 0.0
-            s5_4 = 0.0
-            s5_5 = 0.0
             s6 = 0.0
             s6_0 = 0.0
             s6_1 = 0.0
@@ -1272,109 +1305,154 @@ def shared_kernel_7(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             s6_4 = 0.0
             s6_5 = 0.0
             s6_6 = 0.0
+            s0 = 0.0
+            s0_0 = 0.0
             for i in range(nb):
                 w = lp[k, i] * s[i]
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                y4 = xt[4, start + i] - m4
-                y5 = xt[5, start + i] - m5
-                y6 = xt[6, start + i] - m6
-                z0 = (y0) * r0
-                z1 = (y1 - c10 * z0) * r1
-                z2 = (y2 - c20 * z0 - c21 * z1) * r2
-                z3 = (y3 - c30 * z0 - c31 * z1 - c32 * z2) * r3
-                z4 = (y4 - c40 * z0 - c41 * z1 - c42 * z2 - c43 * z3) * r4
-                z5 = (y5 - c50 * z0 - c51 * z1 - c52 * z2 - c53 * z3 - c54 * z4) * r5
-                z6 = (y6 - c60 * z0 - c61 * z1 - c62 * z2 - c63 * z3 - c64 * z4 - c65 * z5) * r6
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
+                y6 = x6[i] - m6
+                wy = w * y6
+                s6 += wy
+                s6_0 += wy * y0
+                s6_1 += wy * y1
+                s6_2 += wy * y2
+                s6_3 += wy * y3
+                s6_4 += wy * y4
+                s6_5 += wy * y5
+                s6_6 += wy * y6
+                wy = w * y0
+                s0 += wy
+                s0_0 += wy * y0
+            Y1[k, 6] += s6
+            Y2[k, 6, 0] += s6_0
+            Y2[k, 6, 1] += s6_1
+            Y2[k, 6, 2] += s6_2
+            Y2[k, 6, 3] += s6_3
+            Y2[k, 6, 4] += s6_4
+            Y2[k, 6, 5] += s6_5
+            Y2[k, 6, 6] += s6_6
+            Y1[k, 0] += s0
+            Y2[k, 0, 0] += s0_0
+            s5 = 0.0
+            s5_0 = 0.0
+            s5_1 = 0.0
+            s5_2 = 0.0
+            s5_3 = 0.0
+            s5_4 = 0.0
+            s5_5 = 0.0
+            s1 = 0.0
+            s1_0 = 0.0
+            s1_1 = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
+                wy = w * y5
+                s5 += wy
+                s5_0 += wy * y0
+                s5_1 += wy * y1
+                s5_2 += wy * y2
+                s5_3 += wy * y3
+                s5_4 += wy * y4
+                s5_5 += wy * y5
+                wy = w * y1
+                s1 += wy
+                s1_0 += wy * y0
+                s1_1 += wy * y1
+            Y1[k, 5] += s5
+            Y2[k, 5, 0] += s5_0
+            Y2[k, 5, 1] += s5_1
+            Y2[k, 5, 2] += s5_2
+            Y2[k, 5, 3] += s5_3
+            Y2[k, 5, 4] += s5_4
+            Y2[k, 5, 5] += s5_5
+            Y1[k, 1] += s1
+            Y2[k, 1, 0] += s1_0
+            Y2[k, 1, 1] += s1_1
+            s4 = 0.0
+            s4_0 = 0.0
+            s4_1 = 0.0
+            s4_2 = 0.0
+            s4_3 = 0.0
+            s4_4 = 0.0
+            s2 = 0.0
+            s2_0 = 0.0
+            s2_1 = 0.0
+            s2_2 = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                wy = w * y4
+                s4 += wy
+                s4_0 += wy * y0
+                s4_1 += wy * y1
+                s4_2 += wy * y2
+                s4_3 += wy * y3
+                s4_4 += wy * y4
+                wy = w * y2
+                s2 += wy
+                s2_0 += wy * y0
+                s2_1 += wy * y1
+                s2_2 += wy * y2
+            Y1[k, 4] += s4
+            Y2[k, 4, 0] += s4_0
+            Y2[k, 4, 1] += s4_1
+            Y2[k, 4, 2] += s4_2
+            Y2[k, 4, 3] += s4_3
+            Y2[k, 4, 4] += s4_4
+            Y1[k, 2] += s2
+            Y2[k, 2, 0] += s2_0
+            Y2[k, 2, 1] += s2_1
+            Y2[k, 2, 2] += s2_2
+            s3 = 0.0
+            s3_0 = 0.0
+            s3_1 = 0.0
+            s3_2 = 0.0
+            s3_3 = 0.0
+            sa = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                wy = w * y3
+                s3 += wy
+                s3_0 += wy * y0
+                s3_1 += wy * y1
+                s3_2 += wy * y2
+                s3_3 += wy * y3
                 sa += w
-                wz = w * z0
-                s0 += wz
-                s0_0 += wz * z0
-                wz = w * z1
-                s1 += wz
-                s1_0 += wz * z0
-                s1_1 += wz * z1
-                wz = w * z2
-                s2 += wz
-                s2_0 += wz * z0
-                s2_1 += wz * z1
-                s2_2 += wz * z2
-                wz = w * z3
-                s3 += wz
-                s3_0 += wz * z0
-                s3_1 += wz * z1
-                s3_2 += wz * z2
-                s3_3 += wz * z3
-                wz = w * z4
-                s4 += wz
-                s4_0 += wz * z0
-                s4_1 += wz * z1
-                s4_2 += wz * z2
-                s4_3 += wz * z3
-                s4_4 += wz * z4
-                wz = w * z5
-                s5 += wz
-                s5_0 += wz * z0
-                s5_1 += wz * z1
-                s5_2 += wz * z2
-                s5_3 += wz * z3
-                s5_4 += wz * z4
-                s5_5 += wz * z5
-                wz = w * z6
-                s6 += wz
-                s6_0 += wz * z0
-                s6_1 += wz * z1
-                s6_2 += wz * z2
-                s6_3 += wz * z3
-                s6_4 += wz * z4
-                s6_5 += wz * z5
-                s6_6 += wz * z6
+            Y1[k, 3] += s3
+            Y2[k, 3, 0] += s3_0
+            Y2[k, 3, 1] += s3_1
+            Y2[k, 3, 2] += s3_2
+            Y2[k, 3, 3] += s3_3
             A[k] += sa
-            Z1[k, 0] += s0
-            Z2[k, 0, 0] += s0_0
-            Z1[k, 1] += s1
-            Z2[k, 1, 0] += s1_0
-            Z2[k, 1, 1] += s1_1
-            Z1[k, 2] += s2
-            Z2[k, 2, 0] += s2_0
-            Z2[k, 2, 1] += s2_1
-            Z2[k, 2, 2] += s2_2
-            Z1[k, 3] += s3
-            Z2[k, 3, 0] += s3_0
-            Z2[k, 3, 1] += s3_1
-            Z2[k, 3, 2] += s3_2
-            Z2[k, 3, 3] += s3_3
-            Z1[k, 4] += s4
-            Z2[k, 4, 0] += s4_0
-            Z2[k, 4, 1] += s4_1
-            Z2[k, 4, 2] += s4_2
-            Z2[k, 4, 3] += s4_3
-            Z2[k, 4, 4] += s4_4
-            Z1[k, 5] += s5
-            Z2[k, 5, 0] += s5_0
-            Z2[k, 5, 1] += s5_1
-            Z2[k, 5, 2] += s5_2
-            Z2[k, 5, 3] += s5_3
-            Z2[k, 5, 4] += s5_4
-            Z2[k, 5, 5] += s5_5
-            Z1[k, 6] += s6
-            Z2[k, 6, 0] += s6_0
-            Z2[k, 6, 1] += s6_1
-            Z2[k, 6, 2] += s6_2
-            Z2[k, 6, 3] += s6_3
-            Z2[k, 6, 4] += s6_4
-            Z2[k, 6, 5] += s6_5
-            Z2[k, 6, 6] += s6_6
+    if accumulate:
+        _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2)
     return n_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
+def shared_kernel_8(x, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumulate,
                     row_logl, A, Z1, Z2, bg_acc, tile):  # pragma: no cover - compiled
-    """:func:`daskgmmis.kernels._shared_kernel` for d = 8; ``tile`` rows at a time."""
-    n = xt.shape[1]
+    """:func:`daskgmmis.kernels._shared_kernel` for d = 8 on the rows ``x`` (n, 8);
+    ``tile`` rows at a time."""
+    n = x.shape[0]
     K = mu.shape[0]
     has_bg = log_bg.shape[0] > 0
     has_w = weight.shape[0] > 0
@@ -1382,12 +1460,30 @@ def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
     off = np.empty(tile)
     s = np.empty(tile)
     ebg = np.empty(tile)
-    bits = np.empty(tile)
-    scale = bits.view(np.int64)
-    two_n = scale.view(np.float64)
+    Y1 = np.zeros((K, 8))
+    Y2 = np.zeros((K, 8, 8))
+    xt = np.empty((8, tile))
+    x0 = xt[0]
+    x1 = xt[1]
+    x2 = xt[2]
+    x3 = xt[3]
+    x4 = xt[4]
+    x5 = xt[5]
+    x6 = xt[6]
+    x7 = xt[7]
     n_out = 0
     for start in range(0, n, tile):
         nb = min(tile, n - start)
+        xs = x[start:start + nb]
+        for i in range(nb):
+            x0[i] = xs[i, 0]
+            x1[i] = xs[i, 1]
+            x2[i] = xs[i, 2]
+            x3[i] = xs[i, 3]
+            x4[i] = xs[i, 4]
+            x5[i] = xs[i, 5]
+            x6[i] = xs[i, 6]
+            x7[i] = xs[i, 7]
         for i in range(nb):
             off[i] = log_bg[start + i] if has_bg else -np.inf
         for k in range(K):
@@ -1437,14 +1533,14 @@ def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             c76 = L[k, 7, 6]
             lc = logc[k]
             for i in range(nb):
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                y4 = xt[4, start + i] - m4
-                y5 = xt[5, start + i] - m5
-                y6 = xt[6, start + i] - m6
-                y7 = xt[7, start + i] - m7
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
+                y6 = x6[i] - m6
+                y7 = x7[i] - m7
                 z0 = (y0) * r0
                 z1 = (y1 - c10 * z0) * r1
                 z2 = (y2 - c20 * z0 - c21 * z1) * r2
@@ -1459,10 +1555,11 @@ def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
         for k in range(K):
             for i in range(nb):
                 v = lp[k, i]
-                off[i] = v if v > off[i] else off[i]
+                o = off[i]
+                off[i] = v if v > o else o + 0.0
         for i in range(nb):
-            if off[i] == -np.inf:
-                off[i] = 0.0
+            o = off[i]
+            off[i] = 0.0 if o == -np.inf else o + 0.0
             s[i] = 0.0
         for k in range(K):
             for i in range(nb):
@@ -1472,25 +1569,23 @@ def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
                 t = v * 1.4426950408889634 + 6755399441055744.0
                 nf = t - 6755399441055744.0
                 r = (v - nf * 0.6931471803691238) - nf * 1.9082149292705877e-10
-                p = 2.08767569878681e-09
-                p = p * r + 2.505210838544172e-08
-                p = p * r + 2.755731922398589e-07
-                p = p * r + 2.7557319223985893e-06
-                p = p * r + 2.48015873015873e-05
-                p = p * r + 0.0001984126984126984
-                p = p * r + 0.001388888888888889
-                p = p * r + 0.008333333333333333
-                p = p * r + 0.041666666666666664
-                p = p * r + 0.16666666666666666
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                bits[i] = t
-                lp[k, i] = p if ok else 0.0
-            for i in range(nb):
-                scale[i] = (scale[i] - 4843621399236968448 + 1023) << 52
-            for i in range(nb):
-                e = lp[k, i] * two_n[i]
+                r2 = r * r
+                r4 = r2 * r2
+                r8 = r4 * r4
+                q0 = 1.0 + 1.0 * r
+                q1 = 0.5 + 0.16666666666666666 * r
+                q2 = 0.041666666666666664 + 0.008333333333333333 * r
+                q3 = 0.001388888888888889 + 0.0001984126984126984 * r
+                q4 = 2.48015873015873e-05 + 2.7557319223985893e-06 * r
+                q5 = 2.755731922398589e-07 + 2.505210838544172e-08 * r
+                u0 = q0 + q1 * r2
+                u1 = q2 + q3 * r2
+                u2 = q4 + q5 * r2
+                v0 = u0 + u1 * r4
+                v1 = u2 + 2.08767569878681e-09 * r4
+                p = v0 + v1 * r8
+                e = p * _as_float((_as_int(t) - 4843621399236968448 + 1023) << 52)
+                e = e if ok else 0.0
                 lp[k, i] = e
                 s[i] += e
         if has_bg:
@@ -1517,85 +1612,13 @@ def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             bg_acc[0] += acc
         for k in range(K):
             m0 = mu[k, 0]
-            r0 = Ldiag_inv[k, 0]
             m1 = mu[k, 1]
-            r1 = Ldiag_inv[k, 1]
-            c10 = L[k, 1, 0]
             m2 = mu[k, 2]
-            r2 = Ldiag_inv[k, 2]
-            c20 = L[k, 2, 0]
-            c21 = L[k, 2, 1]
             m3 = mu[k, 3]
-            r3 = Ldiag_inv[k, 3]
-            c30 = L[k, 3, 0]
-            c31 = L[k, 3, 1]
-            c32 = L[k, 3, 2]
             m4 = mu[k, 4]
-            r4 = Ldiag_inv[k, 4]
-            c40 = L[k, 4, 0]
-            c41 = L[k, 4, 1]
-            c42 = L[k, 4, 2]
-            c43 = L[k, 4, 3]
             m5 = mu[k, 5]
-            r5 = Ldiag_inv[k, 5]
-            c50 = L[k, 5, 0]
-            c51 = L[k, 5, 1]
-            c52 = L[k, 5, 2]
-            c53 = L[k, 5, 3]
-            c54 = L[k, 5, 4]
             m6 = mu[k, 6]
-            r6 = Ldiag_inv[k, 6]
-            c60 = L[k, 6, 0]
-            c61 = L[k, 6, 1]
-            c62 = L[k, 6, 2]
-            c63 = L[k, 6, 3]
-            c64 = L[k, 6, 4]
-            c65 = L[k, 6, 5]
             m7 = mu[k, 7]
-            r7 = Ldiag_inv[k, 7]
-            c70 = L[k, 7, 0]
-            c71 = L[k, 7, 1]
-            c72 = L[k, 7, 2]
-            c73 = L[k, 7, 3]
-            c74 = L[k, 7, 4]
-            c75 = L[k, 7, 5]
-            c76 = L[k, 7, 6]
-            sa = 0.0
-            s0 = 0.0
-            s0_0 = 0.0
-            s1 = 0.0
-            s1_0 = 0.0
-            s1_1 = 0.0
-            s2 = 0.0
-            s2_0 = 0.0
-            s2_1 = 0.0
-            s2_2 = 0.0
-            s3 = 0.0
-            s3_0 = 0.0
-            s3_1 = 0.0
-            s3_2 = 0.0
-            s3_3 = 0.0
-            s4 = 0.0
-            s4_0 = 0.0
-            s4_1 = 0.0
-            s4_2 = 0.0
-            s4_3 = 0.0
-            s4_4 = 0.0
-            s5 = 0.0
-            s5_0 = 0.0
-            s5_1 = 0.0
-            s5_2 = 0.0
-            s5_3 = 0.0
-            s5_4 = 0.0
-            s5_5 = 0.0
-            s6 = 0.0
-            s6_0 = 0.0
-            s6_1 = 0.0
-            s6_2 = 0.0
-            s6_3 = 0.0
-            s6_4 = 0.0
-            s6_5 = 0.0
-            s6_6 = 0.0
             s7 = 0.0
             s7_0 = 0.0
             s7_1 = 0.0
@@ -1605,122 +1628,176 @@ def shared_kernel_8(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, accumu
             s7_5 = 0.0
             s7_6 = 0.0
             s7_7 = 0.0
+            s0 = 0.0
+            s0_0 = 0.0
             for i in range(nb):
                 w = lp[k, i] * s[i]
-                y0 = xt[0, start + i] - m0
-                y1 = xt[1, start + i] - m1
-                y2 = xt[2, start + i] - m2
-                y3 = xt[3, start + i] - m3
-                y4 = xt[4, start + i] - m4
-                y5 = xt[5, start + i] - m5
-                y6 = xt[6, start + i] - m6
-                y7 = xt[7, start + i] - m7
-                z0 = (y0) * r0
-                z1 = (y1 - c10 * z0) * r1
-                z2 = (y2 - c20 * z0 - c21 * z1) * r2
-                z3 = (y3 - c30 * z0 - c31 * z1 - c32 * z2) * r3
-                z4 = (y4 - c40 * z0 - c41 * z1 - c42 * z2 - c43 * z3) * r4
-                z5 = (y5 - c50 * z0 - c51 * z1 - c52 * z2 - c53 * z3 - c54 * z4) * r5
-                z6 = (y6 - c60 * z0 - c61 * z1 - c62 * z2 - c63 * z3 - c64 * z4 - c65 * z5) * r6
-                z7 = (y7 - c70 * z0 - c71 * z1 - c72 * z2 - c73 * z3 - c74 * z4 - c75 * z5 - c76 * z6) * r7
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
+                y6 = x6[i] - m6
+                y7 = x7[i] - m7
+                wy = w * y7
+                s7 += wy
+                s7_0 += wy * y0
+                s7_1 += wy * y1
+                s7_2 += wy * y2
+                s7_3 += wy * y3
+                s7_4 += wy * y4
+                s7_5 += wy * y5
+                s7_6 += wy * y6
+                s7_7 += wy * y7
+                wy = w * y0
+                s0 += wy
+                s0_0 += wy * y0
+            Y1[k, 7] += s7
+            Y2[k, 7, 0] += s7_0
+            Y2[k, 7, 1] += s7_1
+            Y2[k, 7, 2] += s7_2
+            Y2[k, 7, 3] += s7_3
+            Y2[k, 7, 4] += s7_4
+            Y2[k, 7, 5] += s7_5
+            Y2[k, 7, 6] += s7_6
+            Y2[k, 7, 7] += s7_7
+            Y1[k, 0] += s0
+            Y2[k, 0, 0] += s0_0
+            s6 = 0.0
+            s6_0 = 0.0
+            s6_1 = 0.0
+            s6_2 = 0.0
+            s6_3 = 0.0
+            s6_4 = 0.0
+            s6_5 = 0.0
+            s6_6 = 0.0
+            s1 = 0.0
+            s1_0 = 0.0
+            s1_1 = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
+                y6 = x6[i] - m6
+                wy = w * y6
+                s6 += wy
+                s6_0 += wy * y0
+                s6_1 += wy * y1
+                s6_2 += wy * y2
+                s6_3 += wy * y3
+                s6_4 += wy * y4
+                s6_5 += wy * y5
+                s6_6 += wy * y6
+                wy = w * y1
+                s1 += wy
+                s1_0 += wy * y0
+                s1_1 += wy * y1
+            Y1[k, 6] += s6
+            Y2[k, 6, 0] += s6_0
+            Y2[k, 6, 1] += s6_1
+            Y2[k, 6, 2] += s6_2
+            Y2[k, 6, 3] += s6_3
+            Y2[k, 6, 4] += s6_4
+            Y2[k, 6, 5] += s6_5
+            Y2[k, 6, 6] += s6_6
+            Y1[k, 1] += s1
+            Y2[k, 1, 0] += s1_0
+            Y2[k, 1, 1] += s1_1
+            s5 = 0.0
+            s5_0 = 0.0
+            s5_1 = 0.0
+            s5_2 = 0.0
+            s5_3 = 0.0
+            s5_4 = 0.0
+            s5_5 = 0.0
+            s2 = 0.0
+            s2_0 = 0.0
+            s2_1 = 0.0
+            s2_2 = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                y5 = x5[i] - m5
+                wy = w * y5
+                s5 += wy
+                s5_0 += wy * y0
+                s5_1 += wy * y1
+                s5_2 += wy * y2
+                s5_3 += wy * y3
+                s5_4 += wy * y4
+                s5_5 += wy * y5
+                wy = w * y2
+                s2 += wy
+                s2_0 += wy * y0
+                s2_1 += wy * y1
+                s2_2 += wy * y2
+            Y1[k, 5] += s5
+            Y2[k, 5, 0] += s5_0
+            Y2[k, 5, 1] += s5_1
+            Y2[k, 5, 2] += s5_2
+            Y2[k, 5, 3] += s5_3
+            Y2[k, 5, 4] += s5_4
+            Y2[k, 5, 5] += s5_5
+            Y1[k, 2] += s2
+            Y2[k, 2, 0] += s2_0
+            Y2[k, 2, 1] += s2_1
+            Y2[k, 2, 2] += s2_2
+            s4 = 0.0
+            s4_0 = 0.0
+            s4_1 = 0.0
+            s4_2 = 0.0
+            s4_3 = 0.0
+            s4_4 = 0.0
+            s3 = 0.0
+            s3_0 = 0.0
+            s3_1 = 0.0
+            s3_2 = 0.0
+            s3_3 = 0.0
+            sa = 0.0
+            for i in range(nb):
+                w = lp[k, i] * s[i]
+                y0 = x0[i] - m0
+                y1 = x1[i] - m1
+                y2 = x2[i] - m2
+                y3 = x3[i] - m3
+                y4 = x4[i] - m4
+                wy = w * y4
+                s4 += wy
+                s4_0 += wy * y0
+                s4_1 += wy * y1
+                s4_2 += wy * y2
+                s4_3 += wy * y3
+                s4_4 += wy * y4
+                wy = w * y3
+                s3 += wy
+                s3_0 += wy * y0
+                s3_1 += wy * y1
+                s3_2 += wy * y2
+                s3_3 += wy * y3
                 sa += w
-                wz = w * z0
-                s0 += wz
-                s0_0 += wz * z0
-                wz = w * z1
-                s1 += wz
-                s1_0 += wz * z0
-                s1_1 += wz * z1
-                wz = w * z2
-                s2 += wz
-                s2_0 += wz * z0
-                s2_1 += wz * z1
-                s2_2 += wz * z2
-                wz = w * z3
-                s3 += wz
-                s3_0 += wz * z0
-                s3_1 += wz * z1
-                s3_2 += wz * z2
-                s3_3 += wz * z3
-                wz = w * z4
-                s4 += wz
-                s4_0 += wz * z0
-                s4_1 += wz * z1
-                s4_2 += wz * z2
-                s4_3 += wz * z3
-                s4_4 += wz * z4
-                wz = w * z5
-                s5 += wz
-                s5_0 += wz * z0
-                s5_1 += wz * z1
-                s5_2 += wz * z2
-                s5_3 += wz * z3
-                s5_4 += wz * z4
-                s5_5 += wz * z5
-                wz = w * z6
-                s6 += wz
-                s6_0 += wz * z0
-                s6_1 += wz * z1
-                s6_2 += wz * z2
-                s6_3 += wz * z3
-                s6_4 += wz * z4
-                s6_5 += wz * z5
-                s6_6 += wz * z6
-                wz = w * z7
-                s7 += wz
-                s7_0 += wz * z0
-                s7_1 += wz * z1
-                s7_2 += wz * z2
-                s7_3 += wz * z3
-                s7_4 += wz * z4
-                s7_5 += wz * z5
-                s7_6 += wz * z6
-                s7_7 += wz * z7
+            Y1[k, 4] += s4
+            Y2[k, 4, 0] += s4_0
+            Y2[k, 4, 1] += s4_1
+            Y2[k, 4, 2] += s4_2
+            Y2[k, 4, 3] += s4_3
+            Y2[k, 4, 4] += s4_4
+            Y1[k, 3] += s3
+            Y2[k, 3, 0] += s3_0
+            Y2[k, 3, 1] += s3_1
+            Y2[k, 3, 2] += s3_2
+            Y2[k, 3, 3] += s3_3
             A[k] += sa
-            Z1[k, 0] += s0
-            Z2[k, 0, 0] += s0_0
-            Z1[k, 1] += s1
-            Z2[k, 1, 0] += s1_0
-            Z2[k, 1, 1] += s1_1
-            Z1[k, 2] += s2
-            Z2[k, 2, 0] += s2_0
-            Z2[k, 2, 1] += s2_1
-            Z2[k, 2, 2] += s2_2
-            Z1[k, 3] += s3
-            Z2[k, 3, 0] += s3_0
-            Z2[k, 3, 1] += s3_1
-            Z2[k, 3, 2] += s3_2
-            Z2[k, 3, 3] += s3_3
-            Z1[k, 4] += s4
-            Z2[k, 4, 0] += s4_0
-            Z2[k, 4, 1] += s4_1
-            Z2[k, 4, 2] += s4_2
-            Z2[k, 4, 3] += s4_3
-            Z2[k, 4, 4] += s4_4
-            Z1[k, 5] += s5
-            Z2[k, 5, 0] += s5_0
-            Z2[k, 5, 1] += s5_1
-            Z2[k, 5, 2] += s5_2
-            Z2[k, 5, 3] += s5_3
-            Z2[k, 5, 4] += s5_4
-            Z2[k, 5, 5] += s5_5
-            Z1[k, 6] += s6
-            Z2[k, 6, 0] += s6_0
-            Z2[k, 6, 1] += s6_1
-            Z2[k, 6, 2] += s6_2
-            Z2[k, 6, 3] += s6_3
-            Z2[k, 6, 4] += s6_4
-            Z2[k, 6, 5] += s6_5
-            Z2[k, 6, 6] += s6_6
-            Z1[k, 7] += s7
-            Z2[k, 7, 0] += s7_0
-            Z2[k, 7, 1] += s7_1
-            Z2[k, 7, 2] += s7_2
-            Z2[k, 7, 3] += s7_3
-            Z2[k, 7, 4] += s7_4
-            Z2[k, 7, 5] += s7_5
-            Z2[k, 7, 6] += s7_6
-            Z2[k, 7, 7] += s7_7
+    if accumulate:
+        _whiten_sums(L, Ldiag_inv, Y1, Y2, Z1, Z2)
     return n_out
 
 

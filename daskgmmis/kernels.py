@@ -110,6 +110,11 @@ def missing_patterns(x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]
         feature are omitted.
     """
     n, D = x.shape
+    # NaN propagates through a sum, so a sum that is not NaN proves the block complete
+    # (one pass, no (n, D) masks, 1-D: ~0.3 ms per 125000 x 5 block rather than 0.65;
+    # a NaN from inf - inf only takes the long way)
+    if not np.isnan(np.sum(x.ravel())):
+        return [(np.ones(D, dtype=bool), None)]
     observed = ~np.isnan(x)
     if observed.all():
         return [(np.ones(D, dtype=bool), None)]
@@ -986,12 +991,13 @@ def _pattern_estep(x_o, noise_o: Noise, P, mean, covar, log_amp, log_bg, weight,
         logc = log_amp - 0.5 * d * LOG_2PI - np.log(Ldiag).sum(axis=1)
         Z1 = np.zeros((K, d))
         Z2 = np.zeros((K, d, d))
-        args = (np.ascontiguousarray(x_o.T), mu_o, np.ascontiguousarray(L),
-                np.ascontiguousarray(1.0 / Ldiag), logc, lb, w, chi2_cut, accumulate,
-                row_logl, A, Z1, Z2, bg_acc)
+        args = (mu_o, np.ascontiguousarray(L), np.ascontiguousarray(1.0 / Ldiag), logc, lb,
+                w, chi2_cut, accumulate, row_logl, A, Z1, Z2, bg_acc)
         unrolled = SHARED_KERNELS.get(d)
-        n_out = (_shared_kernel(*args) if unrolled is None
-                 else unrolled(*args, _UNROLLED_TILE))
+        # the unrolled kernels transpose the rows tile by tile (a transposed copy of
+        # the block here cost them ~0.7 ns per (row, component) at d = 5, K = 20)
+        n_out = (_shared_kernel(np.ascontiguousarray(x_o.T), *args) if unrolled is None
+                 else unrolled(np.ascontiguousarray(x_o), *args, _UNROLLED_TILE))
         if not accumulate:
             return n_out, None, None, None, 0.0
         Z2 = _symmetrize_lower(Z2)

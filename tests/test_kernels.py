@@ -345,7 +345,8 @@ def test_unrolled_shared_kernel_equals_the_generic_one(d, extras):
     for kernel, tail in ((kernels._shared_kernel, ()), (SHARED_KERNELS[d], (7,))):
         row, A, Z1, Z2, bg = (np.empty(n), np.zeros(K), np.zeros((K, d)),
                               np.zeros((K, d, d)), np.zeros(1))
-        n_out = kernel(xt, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, True, row, A,
+        rows = xt if kernel is kernels._shared_kernel else np.ascontiguousarray(xt.T)
+        n_out = kernel(rows, mu, L, Ldiag_inv, logc, log_bg, weight, chi2_cut, True, row, A,
                        Z1, Z2, bg, *tail)
         outs.append((n_out, row, A, Z1, np.tril(Z2), bg))
     assert outs[0][0] == outs[1][0]
