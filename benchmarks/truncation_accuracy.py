@@ -10,7 +10,8 @@ its Monte-Carlo standard error of N_orig. For the hard half-space cuts (``cut2d`
 ``cut4d``, and ``full``, where the cut acts on the noisy values) the exact
 maximum-likelihood answer is computed as well, without any imputation
 (``tests/reference.py``: the observed fraction is closed-form, or a 1-D integral
-with noise), and the
+with noise); for ``demo`` likewise, with f by quadrature over the box
+(``selection_mle``), and the
 default fit's exact truncated log-likelihood is compared with its maximum: the
 gap in nats of total log-likelihood, where 0.5 is one standard error along the
 worst-determined direction.
@@ -43,7 +44,8 @@ from daskgmmis import demo
 from daskgmmis.selection import Box, Sigmoid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from reference import halfspace_loglike, halfspace_mle  # noqa: E402
+from reference import (halfspace_loglike, halfspace_mle, selection_grid,  # noqa: E402
+                       selection_loglike, selection_mle)
 
 
 class SharedNoise:
@@ -133,6 +135,16 @@ def run(name, seed, ref_maxiter):
           f"it={rd.n_iter} conv={rd.converged} ({t_def:.1f}s)"
           + ("" if mc_n is None else f" mc_error(N_orig)/N_orig={mc_n / rd.N_orig:.4f}"),
           flush=True)
+    if name == "demo":
+        # shared noise and a selection inside a 10 x 10 box: f by quadrature
+        grid, omega_area = selection_grid(sel, [0.0, 0.0], [10.0, 10.0])
+        exact, n_exact = selection_mle(X, cb.S, grid, omega_area, [truth, g, ref])
+        top = selection_loglike(exact, X, cb.S, grid, omega_area)
+        print(f"       exact ML: N_orig/n={n_exact / n:.4f} KL={kl(truth, exact):.4f} | "
+              f"default N_orig/exact={rd.N_orig / n_exact:.4f}, logL gap "
+              f"{top - selection_loglike(g, X, cb.S, grid, omega_area):.4f} nats | reference "
+              f"N_orig/exact={rr.N_orig / n_exact:.4f}, gap "
+              f"{top - selection_loglike(ref, X, cb.S, grid, omega_area):.4f} nats", flush=True)
     if name in ("cut2d", "cut4d", "full"):
         upper = float(sel.upper[0])
         # with per-row noise the cut acts on the noisy values: the rows' covariances
