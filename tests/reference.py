@@ -139,18 +139,24 @@ def halfspace_mle(X: np.ndarray, axis: int, upper: float, starts, S=None,
     (gmm, N_orig)
         The maximum-likelihood mixture and its population size ``N / f``.
     """
+    return _maximize(lambda p, K, D: _loglike(p, X, axis, upper, K, D, S, noise_var),
+                     starts, len(X))
+
+
+def _maximize(loglike, starts, n_rows: int) -> tuple[dg.GMM, float]:
+    """BFGS on ``loglike(p, K, D) -> (total logL, f)`` from each start; the best optimum
+    as a GMM and its population size ``n_rows / f``."""
     best = None
     for start in starts:
         K, D = start.mean.shape
-        res = optimize.minimize(lambda p: -_loglike(p, X, axis, upper, K, D, S, noise_var)[0],
-                                _pack(start),
-                                method="BFGS", options={"gtol": 1e-6, "maxiter": 10_000})
+        res = optimize.minimize(lambda p: -loglike(p, K, D)[0], _pack(start), method="BFGS",
+                                options={"gtol": 1e-6, "maxiter": 10_000})
         if best is None or res.fun < best.fun:
             best = res
     amp, mean, L = _unpack(best.x, K, D)
     gmm = dg.GMM(K, D)
     gmm.amp, gmm.mean, gmm.covar = amp, mean, L @ np.swapaxes(L, 1, 2)
-    return gmm, len(X) / _loglike(best.x, X, axis, upper, K, D, S, noise_var)[1]
+    return gmm, n_rows / loglike(best.x, K, D)[1]
 
 
 def _grid_loglike(p: np.ndarray, X: np.ndarray, S: np.ndarray, grid: np.ndarray,
@@ -196,15 +202,5 @@ def selection_mle(X: np.ndarray, S: np.ndarray, grid, omega_area, starts):
     cells over pyGMMis's 10 x 10 box, 0.017 wide against noise of sd 0.5). BFGS as
     :func:`halfspace_mle`. Returns ``(gmm, N_orig)``.
     """
-    best = None
-    for start in starts:
-        K, D = start.mean.shape
-        res = optimize.minimize(
-            lambda p: -_grid_loglike(p, X, S, grid, omega_area, K, D)[0], _pack(start),
-            method="BFGS", options={"gtol": 1e-6, "maxiter": 10_000})
-        if best is None or res.fun < best.fun:
-            best = res
-    amp, mean, L = _unpack(best.x, K, D)
-    gmm = dg.GMM(K, D)
-    gmm.amp, gmm.mean, gmm.covar = amp, mean, L @ np.swapaxes(L, 1, 2)
-    return gmm, len(X) / _grid_loglike(best.x, X, S, grid, omega_area, K, D)[1]
+    return _maximize(lambda p, K, D: _grid_loglike(p, X, S, grid, omega_area, K, D), starts,
+                     len(X))

@@ -1,7 +1,6 @@
 """Unit tests of the pure modules: mstep, stats, acceleration, background, validation,
 imputation; and Anderson acceleration against plain EM."""
 
-import warnings
 
 import numpy as np
 import pytest
