@@ -647,7 +647,7 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
     slowest rate). G E-steps, once per fit.
     """
     opts = run.opts
-    steps_at = [(t.amp, t.mean, t.covar, run.evaluate.background_at(t.bg_amp)) for t in steps]
+    steps_at = [_replicate_point(t, run) for t in steps]
     if len(steps) < 3:
         return steps_at, False
     x = state.theta
@@ -684,8 +684,12 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
               for g in range(len(steps))]
     if any(p is None for p in points):
         return steps_at, False
-    return [(t.amp, t.mean, t.covar, run.evaluate.background_at(t.bg_amp))
-            for t in points], True
+    return [_replicate_point(t, run) for t in points], True
+
+
+def _replicate_point(t: Theta, run: "_Run") -> tuple:
+    """``t`` as one entry of the replicate graph's ``at`` (its background included)."""
+    return t.amp, t.mean, t.covar, run.evaluate.background_at(t.bg_amp)
 
 
 def _warn_precision(tol: float, se_n_orig: float, ev: "_Evaluation", N: int) -> None:
