@@ -7,9 +7,9 @@ one run, not figures from different runs):
 * plain data (N rows, D=5, K=20, no noise): ``dg.fit`` (threaded scheduler, all
   cores) against scikit-learn's ``GaussianMixture`` (one E-step plus one M-step);
 * extreme deconvolution, full (D, D) and diagonal per-row noise: ``dg.fit`` with the
-  tiled kernel (float64 rows; float32 rows with float64 noise as a catalog stores
-  them, computed in float32 by default), with the scalar kernel
-  it replaced
+  default kernel, unrolled over d (float64 rows; float32 rows with float64 noise as
+  a catalog stores them, computed in float32 by default), with the generic tiled
+  kernel (``kernels._ROWCOV_UNROLLED = False``) and the scalar kernel they replaced
   (``kernels._ROWCOV_TILED = False``), pyGMMis and astroML's ``XDGMM`` (timed on a
   subset: their cost is linear in the rows);
 * many-pattern missing data (20-D, 20% random gaps, diagonal noise): one E-step of
@@ -71,7 +71,7 @@ def problem(N, D, K, seed=0):
 def xd_flops(d: int, diag: bool) -> int:
     """Floating-point operations of one (row, component) pair of the XD kernel.
 
-    Counted from the algorithm of ``kernels._rowcov_tiled`` (a multiply-add is 2, a
+    Counted from the algorithm of ``kernels._rowcov_tiled`` (and of its unrolled form) (a multiply-add is 2, a
     reciprocal, square root or exp is 1): T = V + S (d or d(d+1)/2 adds); T = L D L^T
     (sum_a a(a+1) for the updates, d reciprocals, d(d-1)/2 scalings, d + 1 for
     det^-1/2); r, y = L^-1 r and m = sum y^2 / D (d + d(d-1) + 3d); responsibility (6);
@@ -227,17 +227,21 @@ def xd_section(args, flops_rate):
     X32 = Xn.astype(np.float32)
     for label, noise in (("full", S), ("diagonal", var)):
         # interleaved, best of `repeat` fits each: load from other processes hits all three
-        old = new = new32 = np.inf
+        old = tiled = new = new32 = np.inf
         for _ in range(args.repeat):
             kernels._ROWCOV_TILED = False
             old = min(old, time_daskgmmis(gs, Xn, noise, 3))
             kernels._ROWCOV_TILED = True
+            kernels._ROWCOV_UNROLLED = False
+            tiled = min(tiled, time_daskgmmis(gs, Xn, noise, 3))
+            kernels._ROWCOV_UNROLLED = True
             new = min(new, time_daskgmmis(gs, Xn, noise, 3))
             new32 = min(new32, time_daskgmmis(gs, X32, noise, 3))
         floor = xd_flops(D, label == "diagonal") / flops_rate * 1e9
-        print(f"  {label:8s}: scalar kernel {ns(old, N):6.1f}, tiled float64 {ns(new, N):6.1f} "
-              f"({old / new:.1f}x), tiled float32 {ns(new32, N):6.1f} ({old / new32:.1f}x); "
-              f"floor {floor:.1f} ({xd_flops(D, label == 'diagonal')} flops)")
+        print(f"  {label:8s}: scalar kernel {ns(old, N):6.1f}, generic tiled {ns(tiled, N):6.1f}, "
+              f"unrolled float64 {ns(new, N):6.1f} ({old / new:.1f}x), unrolled float32 "
+              f"{ns(new32, N):6.1f} ({old / new32:.1f}x); floor {floor:.1f} "
+              f"({xd_flops(D, label == 'diagonal')} flops)")
     n = min(args.peer_rows, N)
     print(f"  peers on the first {n} rows, full noise:")
     print(f"    pyGMMis       {peer('pygmmis', lambda: time_pygmmis(gs, Xn[:n], S[:n]), n)}")

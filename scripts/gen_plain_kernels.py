@@ -74,8 +74,10 @@ from ._plain_support import _as_float, _as_int, _whiten_sums
 '''
 
 
-def _exp_lines(ind: str) -> list[str]:
-    """e = exp(lp[k, i] - off[i]) stored in lp[k, i] and added to s[i]."""
+def _exp_lines(ind: str, arg: str = "lp[k, i] - off[i]", dst: str = "lp[k, i]",
+               scale: str | None = None) -> list[str]:
+    """e = exp(arg) (arg <= 0; 0 below -700), times ``scale`` if given, stored in
+    ``dst`` and added to s[i]."""
     c = TAYLOR[::-1]                          # c[j] multiplies r**j
     # Estrin: pairs, then pairs of pairs in r^2, r^4, r^8
     poly = [f"{ind}r2 = r * r", f"{ind}r4 = r2 * r2", f"{ind}r8 = r4 * r4"]
@@ -83,7 +85,7 @@ def _exp_lines(ind: str) -> list[str]:
     poly += [f"{ind}u0 = q0 + q1 * r2", f"{ind}u1 = q2 + q3 * r2", f"{ind}u2 = q4 + q5 * r2",
              f"{ind}v0 = u0 + u1 * r4", f"{ind}v1 = u2 + {c[12]!r} * r4",
              f"{ind}p = v0 + v1 * r8"]
-    return [f"{ind}v = lp[k, i] - off[i]",
+    return [f"{ind}v = {arg}",
             f"{ind}ok = v > -700.0",
             f"{ind}v = v if ok else -700.0",
             f"{ind}t = v * {1 / math.log(2)!r} + {MAGIC!r}",
@@ -93,7 +95,8 @@ def _exp_lines(ind: str) -> list[str]:
             # 2^n: n is in the low bits of t; into the exponent field
             f"{ind}e = p * _as_float((_as_int(t) - {MAGIC_BITS} + 1023) << 52)",
             f"{ind}e = e if ok else 0.0",
-            f"{ind}lp[k, i] = e",
+            *([f"{ind}e = e * {scale}"] if scale else []),
+            f"{ind}{dst} = e",
             f"{ind}s[i] += e"]
 
 

@@ -312,15 +312,17 @@ def test_float32_block_too_ill_conditioned_for_float32_is_done_in_float64():
 # ------------------------------------------------ kernels unrolled over d (generated)
 
 
-def test_generated_kernel_module_is_what_the_generator_writes():
+@pytest.mark.parametrize("script, module", [("gen_plain_kernels.py", "_plain_kernels.py"),
+                                            ("gen_rowcov_kernels.py", "_rowcov_kernels.py")])
+def test_generated_kernel_module_is_what_the_generator_writes(script, module):
     import importlib.util
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("gen", root / "scripts" / "gen_plain_kernels.py")
+    spec = importlib.util.spec_from_file_location("gen", root / "scripts" / script)
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    assert (root / "daskgmmis" / "_plain_kernels.py").read_text() == gen.module_source()
+    assert (root / "daskgmmis" / module).read_text() == gen.module_source()
 
 
 @pytest.mark.parametrize("d", range(1, 9))
@@ -357,3 +359,62 @@ def test_unrolled_shared_kernel_equals_the_generic_one(d, extras):
         assert ((z ** 2).sum(axis=-1) > chi2_cut).any()
     for ref, got in zip(outs[0][1:], outs[1][1:]):
         np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("d", range(1, 9))
+@pytest.mark.parametrize("kind", ["diag", "full"])
+@pytest.mark.parametrize("extras", [False, True])
+def test_unrolled_rowcov_kernel_equals_the_generic_one(d, kind, extras):
+    # every generated dimension and noise kind, across tile boundaries (150 rows, tiles
+    # of 64), with and without background, weights and a neighborhood cut
+    from daskgmmis._rowcov_kernels import ROWCOV_KERNELS
+
+    rng = np.random.default_rng(100 + d)
+    K, n = 3, 150
+    x = rng.normal(size=(n, d)) * 2
+    mu = rng.normal(size=(K, d))
+    B = rng.normal(size=(K, d, d))
+    V = B @ B.transpose(0, 2, 1) / d + 0.5 * np.eye(d)
+    C = rng.normal(size=(n, d, d)) * 0.3
+    S_full = C @ C.transpose(0, 2, 1) + 0.05 * np.eye(d)
+    S_diag = np.ascontiguousarray(np.einsum("nii->ni", S_full))
+    if kind == "diag":
+        S_full = np.zeros((0, d, d))
+    else:
+        S_diag = np.zeros((0, d))
+    logamp = np.log(rng.dirichlet(np.ones(K)))
+    log_bg = rng.normal(size=n) - 5 if extras else np.empty(0)
+    weight = rng.uniform(0, 2, size=n) if extras else np.empty(0)
+    chi2_cut = kernels.chi2_cut_for(1.5, d) if extras else np.inf
+    outs = []
+    for kernel in (kernels._rowcov_tiled, ROWCOV_KERNELS[d]):
+        row, A, U, WP, bg = (np.empty(n), np.zeros(K), np.zeros((K, d)), np.zeros((K, d, d)),
+                             np.zeros(1))
+        n_out, bad = kernel(x, S_full, S_diag, kind == "diag", V, mu, logamp, log_bg, weight,
+                            chi2_cut, True, row, A, U, WP, bg, 16)
+        assert bad == -1
+        outs.append((n_out, row, A, U, np.tril(WP), bg))
+    assert outs[0][0] == outs[1][0]
+    if extras:
+        assert bg[0] > 0
+        # the cut is exercised: some (row, component) pairs lie beyond it
+        S = np.einsum("ni,ij->nij", S_diag, np.eye(d)) if kind == "diag" else S_full
+        r = x[None] - mu[:, None]
+        m = np.einsum("kni,kni->kn", r, np.linalg.solve(V[:, None] + S[None], r[..., None])[..., 0])
+        assert (m > chi2_cut).any()
+    for ref, got in zip(outs[0][1:], outs[1][1:]):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_unrolled_rowcov_kernel_reports_a_failed_pivot():
+    from daskgmmis._rowcov_kernels import ROWCOV_KERNELS
+
+    n, d = 100, 3
+    x = np.zeros((n, d))
+    S_full = np.broadcast_to(np.eye(d), (n, d, d)).copy()
+    S_full[70] = -5.0 * np.eye(d)
+    out = (np.empty(n), np.zeros(1), np.zeros((1, d)), np.zeros((1, d, d)), np.zeros(1))
+    _, bad = ROWCOV_KERNELS[d](x, S_full, np.zeros((0, d)), False, np.eye(d)[None],
+                               np.zeros((1, d)), np.zeros(1), np.empty(0), np.empty(0), np.inf,
+                               True, *out, 64)
+    assert bad == -2                  # the caller reruns the generic kernel to name the row
