@@ -12,7 +12,7 @@ import math
 import numba
 import numpy as np
 
-from ._plain_support import _as_float, _as_int
+from ._unrolled_support import _as_float, _as_int
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")

@@ -69,7 +69,7 @@ import math
 import numba
 import numpy as np
 
-from ._plain_support import _as_float, _as_int, _whiten_sums
+from ._unrolled_support import _as_float, _as_int, _whiten_sums
 
 '''
 

@@ -1,7 +1,8 @@
-"""Hand-written support of the generated unrolled kernels (:mod:`daskgmmis._plain_kernels`).
+"""Hand-written support of the generated unrolled kernels (:mod:`daskgmmis._plain_kernels`,
+:mod:`daskgmmis._rowcov_kernels`).
 
 Bit casts between float64 and int64 that numba vectorizes (the inline exp builds 2^n
-from the bits), and the whitening of the moment sums that the unrolled kernels
+from the bits), and the whitening of the moment sums that the unrolled plain kernels
 accumulate unwhitened (so that their running sums fit in registers).
 """
 
