@@ -111,8 +111,10 @@ def time_pygmmis(X, covar, truth, sel, iters):
     gmm = pygmmis.GMM(K=K, D=D)
     gmm.amp, gmm.mean, gmm.covar = truth.amp.copy(), truth.mean.copy(), truth.covar.copy()
     t = time.perf_counter()
+    # pyGMMis >= 1.2 refuses a noise covariance without a callback for its imputed
+    # samples (the shared matrix here)
     pygmmis.fit(gmm, X, covar=covar, init_method="none", sel_callback=sel, maxiter=iters,
-                tol=0, rng=np.random.RandomState(0))
+                tol=0, rng=np.random.RandomState(0), covar_callback=lambda coords: covar)
     return (time.perf_counter() - t) / iters
 
 
