@@ -83,6 +83,10 @@ class EMState:
         (:func:`daskgmmis.acceleration.pack`), oldest first.
     memory_scale : ndarray, shape (D,), or None
         The packing's unit (None while the memory is empty).
+    mixed_step : float
+        Relative change of N_orig made by the last accepted mixed point (0 after a
+        rejected or impossible one): the convergence test's lower bound of the
+        change still to come.
     """
 
     theta: Theta
@@ -108,6 +112,7 @@ class EMState:
     memory_x: list = field(default_factory=list)
     memory_g: list = field(default_factory=list)
     memory_scale: np.ndarray | None = None
+    mixed_step: float = 0.0
 
 
 def _theta_arrays(prefix: str, t: Theta) -> dict:
@@ -153,7 +158,8 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
               "n_iter": state.n_iter, "f_obs": state.f_obs.hex(),
               "fallback_logL": float(state.fallback_logL).hex(), "seed": state.seed,
               "sw_steps": state.sw_steps, "sw_group": state.sw_group,
-              "sw_restart": state.sw_restart, "stabilized": state.stabilized}
+              "sw_restart": state.sw_restart, "stabilized": state.stabilized,
+              "mixed_step": float(state.mixed_step).hex()}
     run = state.sw_running
     if run is not None:
         arrays.update({"sw.A": run.stats.A, "sw.M1": run.stats.M1, "sw.M2": run.stats.M2,
@@ -221,6 +227,7 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
             rates=arrays["rates"].tolist(), stabilized=bool(header["stabilized"]),
             memory_x=list(arrays.get("memory.x", [])), memory_g=list(arrays.get("memory.g", [])),
             memory_scale=arrays.get("memory.scale"),
+            mixed_step=float.fromhex(header.get("mixed_step", "0x0p+0")),
             **{name: _theta_from(arrays, name) if f"{name}.amp" in arrays else None
                for name in ("proposal", "plain_from", "fallback_from")})
     except KeyError as e:

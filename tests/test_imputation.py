@@ -9,7 +9,8 @@ from scipy.stats import norm
 import daskgmmis as dg
 from daskgmmis import demo
 from daskgmmis.em import continue_fit
-from daskgmmis.imputation import GROUPS, draw_candidates, impute_block, replicate_set
+from daskgmmis.imputation import (GROUPS, draw_candidates, impute_block, points_per_set,
+                                  replicate_set)
 from daskgmmis.options import FitOptions
 from daskgmmis.selection import Box
 from reference import cut_population
@@ -91,6 +92,48 @@ def test_imputed_statistics_are_smooth_in_the_parameters():
         two = stats_at(**{kw: 2 * h}) - base
         assert np.abs(one).max() > 0
         np.testing.assert_allclose(two, 2 * one, rtol=1e-3, atol=1e-9)
+
+
+def test_a_component_mostly_beyond_a_cut_has_little_sample_error():
+    # 4-D, three components behind x0 < 0: one seen whole, one cut by 71 %, one by 99 %.
+    # Along the N_orig ridge the fixed point moves by (sample error of the slope of
+    # N log f) / (the ridge's tiny curvature), so the slope must be right: here
+    # d(N log f)/d(amp_2) at 12,000 rows, over 8 imputation seeds, 0.3 off the
+    # proposal. Measured (sets of 2**16 points): 0.14 rms (0.31 max) with every
+    # component imputed from its candidates with Omega < 1; 0.03 (0.05 max) with the
+    # mostly unobserved one imputed as its Gaussian minus its observed part.
+    g = dg.GMM(3, 4)
+    g.amp = np.array([0.3, 0.45, 0.25])
+    g.mean = np.zeros((3, 4))
+    g.mean[:, :2] = [[-3.0, 0.0], [0.5, 2.0], [2.0, -2.0]]
+    A = np.random.default_rng(11).normal(size=(3, 4, 4)) * 0.4
+    g.covar = A @ np.swapaxes(A, 1, 2) + 0.6 * np.eye(4)
+    rows, h = 12_000, 1e-3
+    sel = Box(upper=[0.0, np.inf, np.inf, np.inf])
+    mean = g.mean.copy()
+    mean[2, 0] += 0.3                       # away from the proposal: reweighted
+    seen = norm.cdf(-mean[:, 0] / np.sqrt(g.covar[:, 0, 0]))
+
+    def amp(da):
+        a = g.amp + np.array([0.0, 0.0, da])
+        return a / a.sum()
+
+    def slope(f):
+        return rows * (np.log(f(h)) - np.log(f(-h))) / (2 * h)
+
+    exact = slope(lambda da: float(amp(da) @ seen))
+    n = points_per_set(2**20, 3)
+    errors = []
+    for seed in range(8):
+        cs = draw_candidates(n, g.mean, g.covar, None, sel, None, np.random.SeedSequence(seed), 0)
+
+        def f_hat(da):
+            _, tally = impute_block(cs, rows, amp(da), mean, g.covar, None)
+            return 1.0 - tally.weight / tally.rows
+
+        assert f_hat(0.0) == pytest.approx(float(amp(0.0) @ seen), rel=1e-4)
+        errors.append(slope(f_hat) - exact)
+    assert np.max(np.abs(errors)) < 0.1, errors
 
 
 def test_tight_tol_is_reached_on_a_truncated_fit():
