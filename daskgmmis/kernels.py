@@ -747,7 +747,9 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
     zs = np.empty((K, d))
     lp = np.empty(K)
     u = np.empty(d)
-    Li = np.zeros((d, d))
+    X = np.zeros((d, d))                            # L^-1 (lower)
+    Ti = np.zeros((d, d))                           # T^-1 (lower triangle)
+    r = np.empty(d)
     inv = np.empty((K, d))                          # 1 / diag(L_k): multiply, not divide
     P = np.empty((d, D))                            # R_i[o] (projection rows)
     G = np.empty((d, D))                            # P V_k
@@ -803,29 +805,35 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
                 for a in range(dd):
                     for b in range(a + 1):
                         Lk[a, b] += S_full[i, obs[a], obs[b]]
+            # Cholesky, right-looking: each column's update of the trailing triangle
+            # is independent multiply-adds (the dot products of the left-looking form
+            # are chains of dependent ones, latency-bound at d ~ 16: 2x slower)
             logdet = 0.0
+            for c in range(dd):
+                t = Lk[c, c]
+                if not t > 0.0:
+                    return n_out, i
+                t = math.sqrt(t)
+                Lk[c, c] = t
+                rc = 1.0 / t
+                inv[k, c] = rc
+                logdet += math.log(t)
+                for a in range(c + 1, dd):
+                    Lk[a, c] *= rc
+                for a in range(c + 1, dd):
+                    lac = Lk[a, c]
+                    for b in range(c + 1, a + 1):
+                        Lk[a, b] -= lac * Lk[b, c]
+            # z = L^-1 r, column by column
             for a in range(dd):
-                for b in range(a + 1):
-                    t = Lk[a, b]
-                    for c in range(b):
-                        t -= Lk[a, c] * Lk[b, c]
-                    if a == b:
-                        if not t > 0.0:
-                            return n_out, i
-                        t = math.sqrt(t)
-                        Lk[a, a] = t
-                        inv[k, a] = 1.0 / t
-                        logdet += math.log(t)
-                    else:
-                        Lk[a, b] = t * inv[k, b]
+                r[a] = x[i, obs[a]] - mo[a]
             mah = 0.0
-            for a in range(dd):
-                t = x[i, obs[a]] - mo[a]
-                for c in range(a):
-                    t -= Lk[a, c] * zs[k, c]
-                t *= inv[k, a]
-                zs[k, a] = t
-                mah += t * t
+            for c in range(dd):
+                zc = r[c] * inv[k, c]
+                zs[k, c] = zc
+                mah += zc * zc
+                for a in range(c + 1, dd):
+                    r[a] -= Lk[a, c] * zc
             if mah <= chi2_cut:
                 lp[k] = logamp[k] + c0 - logdet - 0.5 * mah
             else:
@@ -859,18 +867,35 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
             if qk == 0.0:
                 continue
             Lk = Ls[k]
-            for a in range(dd - 1, -1, -1):         # u = L^-T z
-                t = zs[k, a]
-                for c in range(a + 1, dd):
-                    t -= Lk[c, a] * u[c]
-                u[a] = t * inv[k, a]
+            # u = L^-T z, by rows of L (independent multiply-adds, unit stride)
+            for a in range(dd):
+                u[a] = zs[k, a]
+            for a in range(dd - 1, -1, -1):
+                ua = u[a] * inv[k, a]
+                u[a] = ua
+                for c in range(a):
+                    u[c] -= Lk[a, c] * ua
             A[k] += qk
-            for col in range(dd):                   # Li = L^-1 (lower); T^-1 = Li^T Li
-                for a in range(col, dd):
-                    t = 1.0 if a == col else 0.0
-                    for c in range(col, a):
-                        t -= Lk[a, c] * Li[c, col]
-                    Li[a, col] = t * inv[k, a]
+            # X = L^-1 (forward substitution on the identity, right-looking), then
+            # the lower triangle of T^-1 = X^T X as a sum of outer products of X's rows
+            for a in range(dd):
+                for b in range(a + 1):
+                    X[a, b] = 0.0
+                    Ti[a, b] = 0.0
+                X[a, a] = 1.0
+            for c in range(dd):
+                rc = inv[k, c]
+                for b in range(c + 1):
+                    X[c, b] *= rc
+                for a in range(c + 1, dd):
+                    lac = Lk[a, c]
+                    for b in range(c + 1):
+                        X[a, b] -= lac * X[c, b]
+            for c in range(dd):
+                for a in range(c + 1):
+                    xca = X[c, a]
+                    for b in range(a + 1):
+                        Ti[a, b] += xca * X[c, b]
             if not has_R:
                 for a in range(dd):
                     U[k, obs[a]] += qk * u[a]
@@ -878,10 +903,7 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
                     # obs is increasing: (obs[a], obs[b]) with b <= a stays in the lower
                     # triangle
                     for b in range(a + 1):
-                        t = 0.0
-                        for c in range(a, dd):
-                            t += Li[c, a] * Li[c, b]
-                        WP[k, obs[a], obs[b]] += qk * (u[a] * u[b] - t)
+                        WP[k, obs[a], obs[b]] += qk * (u[a] * u[b] - Ti[a, b])
                 continue
             # embedded through P: U += q P^T u, WP += q P^T (u u^T - T^-1) P
             for c in range(D):
@@ -896,10 +918,7 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
             for a in range(dd):
                 for b in range(dd):
                     hi, lo = (a, b) if a >= b else (b, a)
-                    t = 0.0
-                    for c in range(hi, dd):         # (T^-1)_ab = sum_{c >= max} Li_ca Li_cb
-                        t += Li[c, hi] * Li[c, lo]
-                    mab = u[a] * u[b] - t
+                    mab = u[a] * u[b] - Ti[hi, lo]
                     for c in range(D):
                         H[a, c] += mab * P[b, c]
             for c in range(D):
