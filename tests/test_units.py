@@ -276,14 +276,21 @@ def test_candidates_follow_the_proposal_and_are_keyed_by_block():
     seed = np.random.SeedSequence(3)
     nothing = lambda c: np.zeros(len(c))                      # noqa: E731
     c = draw_candidates(2500, g.mean, g.covar, None, nothing, None, seed, 0)
-    assert c.per_source == 8 * 2500 and len(c.t) == 2 * c.per_source   # Ω = 0: all kept
+    # Ω = 0: both components wholly unobserved, imputed as their whole (exact)
+    # Gaussians minus an observed part that has no candidates
+    assert c.per_source == 8 * 2500 and c.complement.all() and len(c.t) == 0
+    faint = lambda c: np.full(len(c), 0.1)                    # noqa: E731
+    c = draw_candidates(2500, g.mean, g.covar, None, faint, None, seed, 0)
+    # Ω = 0.1: still mostly unobserved; every candidate is kept, with factor -Ω
+    assert c.complement.all() and len(c.t) == 2 * c.per_source
+    np.testing.assert_array_equal(c.unobs, -0.1)
     for k in range(2):
         t = c.t[c.source == k]
         # each source is its own component, widened by PROPOSAL_WIDTH
         np.testing.assert_allclose(t.mean(axis=0), g.mean[k], atol=0.02)
         np.testing.assert_allclose(np.cov(t.T), PROPOSAL_WIDTH**2 * g.covar[k], rtol=0.03)
-    again = draw_candidates(2500, g.mean, g.covar, None, nothing, None, seed, 0)
-    other = draw_candidates(2500, g.mean, g.covar, None, nothing, None, seed, 1)
+    again = draw_candidates(2500, g.mean, g.covar, None, faint, None, seed, 0)
+    other = draw_candidates(2500, g.mean, g.covar, None, faint, None, seed, 1)
     assert np.array_equal(c.t, again.t) and not np.array_equal(c.t, other.t)
 
 
