@@ -71,10 +71,11 @@ def problem(N, D, K, seed=0):
 def xd_flops(d: int, diag: bool) -> int:
     """Floating-point operations of one (row, component) pair of the XD kernel.
 
-    Counted from the algorithm of ``kernels._rowcov_tiled`` (and of its unrolled form) (a multiply-add is 2, a
-    reciprocal, square root or exp is 1): T = V + S (d or d(d+1)/2 adds); T = L D L^T
-    (sum_a a(a+1) for the updates, d reciprocals, d(d-1)/2 scalings, d + 1 for
-    det^-1/2); r, y = L^-1 r and m = sum y^2 / D (d + d(d-1) + 3d); responsibility (6);
+    Counted from the algorithm of ``kernels._rowcov_tiled``, which its unrolled form
+    shares (a multiply-add is 2, a reciprocal, square root or exp is 1): T = V + S (d
+    or d(d+1)/2 adds); T = L D L^T (sum_a a(a+1) for the updates, d reciprocals,
+    d(d-1)/2 scalings, d + 1 for det^-1/2); r, y = L^-1 r and m = sum y^2 / D
+    (d + d(d-1) + 3d); responsibility (6);
     accumulation: u = T^-1 r (d + d(d-1)), unit L^-1 (sum_g (d-g)(2g-1)), q u and
     q D^-1 L^-1 (2d + d(d-1)), the lower triangle of sum q (u u^T - T^-1)
     (sum_a (a+1)(4 + 2(d-1-a)) + d(d+1)/2), U and A (d + 3).

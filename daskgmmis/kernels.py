@@ -806,8 +806,9 @@ def _gap_kernel(x, R, noise_kind, S_shared, S_diag, S_full, V, mu, logamp, log_b
                     for b in range(a + 1):
                         Lk[a, b] += S_full[i, obs[a], obs[b]]
             # Cholesky, right-looking: each column's update of the trailing triangle
-            # is independent multiply-adds (the dot products of the left-looking form
-            # are chains of dependent ones, latency-bound at d ~ 16: 2x slower)
+            # is independent multiply-adds, where the left-looking form's dot products
+            # are chains of dependent ones (measured with L^-1 and T^-1 below, d ~ 16,
+            # K = 5: 5845 -> 4945 ns per (row, component))
             logdet = 0.0
             for c in range(dd):
                 t = Lk[c, c]

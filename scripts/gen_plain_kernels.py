@@ -245,17 +245,27 @@ def kernel_source(d: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def assemble(header: str, kernel_source, name: str, table: str, max_d: int) -> str:
+    """A generated module: ``header``, ``kernel_source(d)`` (defining ``{name}_{d}``)
+    for d = 1 .. max_d, and the dict ``table`` of them by d."""
+    body = "\n\n".join(kernel_source(d) for d in range(1, max_d + 1))
+    entries = "".join(f"    {d}: {name}_{d},\n" for d in range(1, max_d + 1))
+    return (header + "\n" + body + f"\n\n# the kernel of each observed dimension\n{table} = {{\n"
+            + entries + "}\n")
+
+
+def write(module: str, source: str) -> None:
+    """Write ``source`` to ``daskgmmis/{module}``."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "daskgmmis",
+                        module)
+    with open(path, "w") as f:
+        f.write(source)
+    print(f"wrote {os.path.normpath(path)}")
+
+
 def module_source() -> str:
-    body = "\n\n".join(kernel_source(d) for d in range(1, MAX_D + 1))
-    table = ("\n\n# the kernel of each observed dimension\nSHARED_KERNELS = {\n"
-             + "".join(f"    {d}: shared_kernel_{d},\n" for d in range(1, MAX_D + 1)) + "}\n")
-    return HEADER + "\n" + body + table
+    return assemble(HEADER, kernel_source, "shared_kernel", "SHARED_KERNELS", MAX_D)
 
-
-PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "daskgmmis",
-                    "_plain_kernels.py")
 
 if __name__ == "__main__":
-    with open(PATH, "w") as f:
-        f.write(module_source())
-    print(f"wrote {os.path.normpath(PATH)}")
+    write("_plain_kernels.py", module_source())

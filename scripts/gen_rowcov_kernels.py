@@ -47,7 +47,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_plain_kernels import _exp_lines  # noqa: E402  (the scripts share the exp)
+from gen_plain_kernels import _exp_lines, assemble, write  # noqa: E402  (shared)
 
 MAX_D = 8
 TILE = 64        # rows per tile, a literal: the scratch's row offsets are constants
@@ -313,16 +313,8 @@ def kernel_source(d: int) -> str:
 
 
 def module_source() -> str:
-    body = "\n\n".join(kernel_source(d) for d in range(1, MAX_D + 1))
-    table = ("\n\n# the kernel of each observed dimension\nROWCOV_KERNELS = {\n"
-             + "".join(f"    {d}: rowcov_kernel_{d},\n" for d in range(1, MAX_D + 1)) + "}\n")
-    return HEADER + "\n" + body + table
+    return assemble(HEADER, kernel_source, "rowcov_kernel", "ROWCOV_KERNELS", MAX_D)
 
-
-PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "daskgmmis",
-                    "_rowcov_kernels.py")
 
 if __name__ == "__main__":
-    with open(PATH, "w") as f:
-        f.write(module_source())
-    print(f"wrote {os.path.normpath(PATH)}")
+    write("_rowcov_kernels.py", module_source())

@@ -42,6 +42,18 @@ def cut_population(D: int = 2) -> dg.GMM:
     return t
 
 
+def three_in_4d() -> dg.GMM:
+    """benchmarks/truncation_accuracy.py's ``cut4d`` population: three correlated 4-D
+    components; behind ``x0 < 0`` one is seen whole, one cut by 71 %, one by 99 %."""
+    g = dg.GMM(3, 4)
+    g.amp = np.array([0.3, 0.45, 0.25])
+    g.mean = np.zeros((3, 4))
+    g.mean[:, :2] = [[-3.0, 0.0], [0.5, 2.0], [2.0, -2.0]]
+    A = np.random.default_rng(11).normal(size=(3, 4, 4)) * 0.4
+    g.covar = A @ np.swapaxes(A, 1, 2) + 0.6 * np.eye(4)
+    return g
+
+
 def _unpack(p: np.ndarray, K: int, D: int):
     log_ratio = np.concatenate([[0.0], p[:K - 1]])
     amp = np.exp(log_ratio - logsumexp(log_ratio))

@@ -15,7 +15,7 @@ import daskgmmis as dg
 from daskgmmis.demo import selection, truth_model
 from daskgmmis.selection import Box
 from reference import (cut_population, halfspace_loglike, halfspace_mle, selection_grid,
-                       selection_loglike)
+                       selection_loglike, three_in_4d)
 
 
 class ConstantNoise:
@@ -122,17 +122,6 @@ def test_default_fit_with_per_row_full_noise_behind_a_cut_is_the_exact_answer(se
     gap = (halfspace_loglike(exact, X, 0, 0.0, covar, noise.first_variance)
            - halfspace_loglike(gmm, X, 0, 0.0, covar, noise.first_variance))
     assert gap < 0.05
-
-
-def three_in_4d():
-    """benchmarks/truncation_accuracy.py's population: three correlated 4-D components."""
-    g = dg.GMM(3, 4)
-    g.amp = np.array([0.3, 0.45, 0.25])
-    g.mean = np.zeros((3, 4))
-    g.mean[:, :2] = [[-3.0, 0.0], [0.5, 2.0], [2.0, -2.0]]
-    A = np.random.default_rng(11).normal(size=(3, 4, 4)) * 0.4
-    g.covar = A @ np.swapaxes(A, 1, 2) + 0.6 * np.eye(4)
-    return g
 
 
 def test_default_fit_with_a_component_mostly_beyond_a_4d_cut_is_the_exact_answer():

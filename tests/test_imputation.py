@@ -13,7 +13,7 @@ from daskgmmis.imputation import (GROUPS, draw_candidates, impute_block, points_
                                   replicate_set)
 from daskgmmis.options import FitOptions
 from daskgmmis.selection import Box
-from reference import cut_population
+from reference import cut_population, three_in_4d
 
 
 def one_d():
@@ -102,12 +102,7 @@ def test_a_component_mostly_beyond_a_cut_has_little_sample_error():
     # proposal. Measured (sets of 2**16 points): 0.14 rms (0.31 max) with every
     # component imputed from its candidates with Omega < 1; 0.03 (0.05 max) with the
     # mostly unobserved one imputed as its Gaussian minus its observed part.
-    g = dg.GMM(3, 4)
-    g.amp = np.array([0.3, 0.45, 0.25])
-    g.mean = np.zeros((3, 4))
-    g.mean[:, :2] = [[-3.0, 0.0], [0.5, 2.0], [2.0, -2.0]]
-    A = np.random.default_rng(11).normal(size=(3, 4, 4)) * 0.4
-    g.covar = A @ np.swapaxes(A, 1, 2) + 0.6 * np.eye(4)
+    g = three_in_4d()
     rows, h = 12_000, 1e-3
     sel = Box(upper=[0.0, np.inf, np.inf, np.inf])
     mean = g.mean.copy()
