@@ -100,6 +100,25 @@ def _exp_lines(ind: str, arg: str = "lp[k, i] - off[i]", dst: str = "lp[k, i]",
             f"{ind}s[i] += e"]
 
 
+def _scaled_exp_lines(lp: str = "lp[k, i]", dst: str = "lp[k, i]",
+                      scale: str | None = None) -> list[str]:
+    """The loops over a tile that take off[i] to max(off[i], max_k lp) (0 where all are
+    -inf), zero s[i], and store e = exp(lp - off[i]) (times ``scale``) in ``dst``,
+    summed into s[i] (:func:`_exp_lines`)."""
+    return ["        for k in range(K):",
+            "            for i in range(nb):",
+            f"                v = {lp}",
+            "                o = off[i]",
+            "                off[i] = v if v > o else o + 0.0",
+            "        for i in range(nb):",
+            "            o = off[i]",
+            "            off[i] = 0.0 if o == -np.inf else o + 0.0",
+            "            s[i] = 0.0",
+            "        for k in range(K):",
+            "            for i in range(nb):",
+            *_exp_lines(" " * 16, arg=f"{lp} - off[i]", dst=dst, scale=scale)]
+
+
 def _load_component(a, d: int) -> None:
     for j in range(d):
         a(f"            m{j} = mu[k, {j}]")
@@ -184,18 +203,7 @@ def kernel_source(d: int) -> str:
     # the running maximum in a loop of its own: inside the whitening loop its load and
     # store of off[i] cost ~3 ns per pair at d = 5 (measured), here ~0.3; "+ 0.0"
     # keeps the store unconditional (no masked store, see the module docstring)
-    a("        for k in range(K):")
-    a("            for i in range(nb):")
-    a("                v = lp[k, i]")
-    a("                o = off[i]")
-    a("                off[i] = v if v > o else o + 0.0")
-    a("        for i in range(nb):")
-    a("            o = off[i]")
-    a("            off[i] = 0.0 if o == -np.inf else o + 0.0")
-    a("            s[i] = 0.0")
-    a("        for k in range(K):")
-    a("            for i in range(nb):")
-    lines.extend(_exp_lines("                "))
+    lines.extend(_scaled_exp_lines())
     a("        if has_bg:")
     a("            for i in range(nb):")
     a("                e = math.exp(log_bg[start + i] - off[i])")

@@ -47,7 +47,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_plain_kernels import _exp_lines, assemble, write  # noqa: E402  (shared)
+from gen_plain_kernels import _scaled_exp_lines, assemble, write  # noqa: E402  (shared)
 
 MAX_D = 8
 TILE = 64        # rows per tile, a literal: the scratch's row offsets are constants
@@ -237,19 +237,7 @@ def kernel_source(d: int) -> str:
     # stores unconditional (see gen_plain_kernels)
     a("        for i in range(nb):")
     a("            off[i] = -np.inf")
-    a("        for k in range(K):")
-    a("            for i in range(nb):")
-    a(f"                v = F[k, {row['lp']}, i]")
-    a("                o = off[i]")
-    a("                off[i] = v if v > o else o + 0.0")
-    a("        for i in range(nb):")
-    a("            o = off[i]")
-    a("            off[i] = 0.0 if o == -np.inf else o + 0.0")
-    a("            s[i] = 0.0")
-    a("        for k in range(K):")
-    a("            for i in range(nb):")
-    lines.extend(_exp_lines(" " * 16, arg=f"F[k, {row['lp']}, i] - off[i]", dst="ee[k, i]",
-                            scale=f"F[k, {row['g']}, i]"))
+    lines.extend(_scaled_exp_lines(f"F[k, {row['lp']}, i]", "ee[k, i]", f"F[k, {row['g']}, i]"))
     a("        if has_bg:")
     a("            for i in range(nb):")
     a("                v = math.exp(log_bg[start + i] - off[i])")
