@@ -418,3 +418,23 @@ def test_unrolled_rowcov_kernel_reports_a_failed_pivot():
                                np.zeros((1, d)), np.zeros(1), np.empty(0), np.empty(0), np.inf,
                                True, *out, 64)
     assert bad == -2                  # the caller reruns the generic kernel to name the row
+
+
+@pytest.mark.parametrize("kind", ["diag", "full"])
+def test_per_row_noise_estep_runs_the_unrolled_kernel(kind, monkeypatch):
+    # estep_block dispatches rows with per-row noise and d <= 8 to the generated kernel
+    # of their d (the generic tiled kernel only above 8, or to name a failing row)
+    from daskgmmis import _rowcov_kernels
+
+    x, amp, mean, covar, noises = random_problem(15, n=100, D=4, K=2)
+    calls = []
+    real = kernels.ROWCOV_KERNELS[4]
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setitem(kernels.ROWCOV_KERNELS, 4, spy)
+    assert kernels.ROWCOV_KERNELS is _rowcov_kernels.ROWCOV_KERNELS
+    kernels.estep_block(x, noises[kind][0], kind, amp, mean, covar)
+    assert calls == [(100, 4)]
