@@ -75,31 +75,36 @@ def _pack(gmm: dg.GMM) -> np.ndarray:
                            L[:, tri[0], tri[1]].ravel()])
 
 
-def _observed_fraction(amp, mean, sd, upper: float, noise_var) -> float:
+def _observed_fraction(amp, mean, sd, upper: float, noise_var, omega=None) -> float:
     """f = P(observed x[axis] < upper) of the mixture with per-component ``mean``, ``sd`` on the axis.
 
     Without noise closed-form; with noise of variance ``noise_var(x)`` at the true
     value ``x`` a 1-D integral of ``Phi((upper - x) / sqrt(noise_var(x)))`` against each
     component, by the trapezoid rule over +-12 sd (error far below 1e-10 for the
-    smooth integrands used here).
+    smooth integrands used here). ``omega``: instead of the cut, the probability
+    ``omega(x)`` (vectorized) that a row with ``x[axis] = x`` is observed.
     """
-    if noise_var is None:
+    if noise_var is None and omega is None:
         return float((amp * stats.norm.cdf((upper - mean) / sd)).sum())
     f = 0.0
     for a, m, s in zip(amp, mean, sd):
         x = np.linspace(m - 12 * s, m + 12 * s, 4001)
-        y = stats.norm.pdf(x, m, s) * stats.norm.cdf((upper - x) / np.sqrt(noise_var(x)))
+        seen = (omega(x) if omega is not None
+                else stats.norm.cdf((upper - x) / np.sqrt(noise_var(x))))
+        y = stats.norm.pdf(x, m, s) * seen
         f += a * float(np.sum(0.5 * (y[1:] + y[:-1])) * (x[1] - x[0]))
     return f
 
 
 def _loglike(p: np.ndarray, X: np.ndarray, axis: int, upper: float, K: int, D: int,
-             S=None, noise_var=None):
+             S=None, noise_var=None, omega=None):
     """(total truncated log-likelihood, observed fraction f) of packed parameters.
 
     ``S`` (N, D, D): the rows' noise covariances (rows convolved with them); the
     selection then acts on the noisy values, with noise variance ``noise_var(x)``
-    along ``axis`` at the true value ``x``.
+    along ``axis`` at the true value ``x``. ``omega``: a soft selection on
+    ``x[axis]`` instead of the cut (noise-free rows; the constant ``sum log omega(x_i)``
+    is left out).
     """
     amp, mean, L = _unpack(p, K, D)
     comp = []
@@ -114,7 +119,7 @@ def _loglike(p: np.ndarray, X: np.ndarray, axis: int, upper: float, K: int, D: i
         comp.append(np.log(amp[k]) - 0.5 * np.einsum("ij,ij->j", z, z)
                     - logdet - 0.5 * D * np.log(2 * np.pi))
     sd = np.sqrt((L[:, axis, :] ** 2).sum(axis=1))
-    f = _observed_fraction(amp, mean[:, axis], sd, upper, noise_var)
+    f = _observed_fraction(amp, mean[:, axis], sd, upper, noise_var, omega)
     return float(logsumexp(np.array(comp), axis=0).sum() - len(X) * np.log(f)), f
 
 
@@ -152,6 +157,23 @@ def halfspace_mle(X: np.ndarray, axis: int, upper: float, starts, S=None,
         The maximum-likelihood mixture and its population size ``N / f``.
     """
     return _maximize(lambda p, K, D: _loglike(p, X, axis, upper, K, D, S, noise_var),
+                     starts, len(X))
+
+
+def axis_selection_loglike(gmm: dg.GMM, X: np.ndarray, axis: int, omega) -> float:
+    """Exact truncated log-likelihood (total, nats, up to the constant ``sum log
+    omega``) of ``gmm`` for noise-free rows ``X`` (N, D) seen with probability
+    ``omega(x[axis])``."""
+    K, D = gmm.mean.shape
+    return _loglike(_pack(gmm), X, axis, np.inf, K, D, omega=omega)[0]
+
+
+def axis_selection_mle(X: np.ndarray, axis: int, omega, starts) -> tuple[dg.GMM, float]:
+    """Exact maximum-likelihood mixture of noise-free rows ``X`` (N, D) seen with
+    probability ``omega(x[axis])`` (a soft cut; ``omega`` vectorized, ``(n,) -> (n,)``):
+    f is a 1-D integral per component. BFGS as :func:`halfspace_mle`; returns
+    ``(gmm, N_orig)``."""
+    return _maximize(lambda p, K, D: _loglike(p, X, axis, np.inf, K, D, omega=omega),
                      starts, len(X))
 
 
