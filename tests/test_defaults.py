@@ -1,11 +1,11 @@
 """Fits with every option at its default land on the right answer (issue 12, part).
 
 Only data, noise, the selection and its noise callback, and the seed are passed: the
-start, tol and oversampling are the library's. CI budget ~40 s: three seeds of
-pyGMMis's demo geometry at 4,000 rows, five seeds of a hard half-space cut in 2-D and
-in 4-D, two with per-row full noise and two behind a soft (logistic) cut against the
-exact maximum-likelihood answer, the flattest 4-D ridge at tol=1e-6, and five plain 4-D catalogs of
-6,000 rows. KL(truth || fit) by Monte Carlo over 40,000 draws.
+start, tol and oversampling are the library's. Three seeds of pyGMMis's demo geometry at
+4,000 rows; five seeds of a hard half-space cut in 2-D and in 4-D, two with per-row full
+noise and two behind a soft (logistic) cut against the exact maximum-likelihood answer;
+the flattest 4-D ridge at tol=1e-6; five plain 4-D catalogs of 6,000 rows.
+KL(truth || fit) by Monte Carlo over 40,000 draws.
 """
 
 import warnings
