@@ -631,14 +631,6 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
     return {"logL": se_logl, "N_orig": math.hypot(se_step / (1.0 - rho), se_eval)}
 
 
-# The acceleration's last points whose secants _replicate_fixed_points adds to its probes
-# (the whole memory before it grew to 32 pairs). Spread of N_orig over 10 seeds against
-# the mean reported error (benchmarks/mc_error_spread.py cut2d / demo / cut4d): 9 points
-# 0.41 / 0.74 / 0.23, 5 points 0.62 / 2.10 / 0.46, 3 points 2.90 on cut2d, all 32 ~0.03
-# on cut4d; 9 errs on the side of reporting too much.
-_MC_SECANT_POINTS = 9
-
-
 def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
                             steps: list) -> tuple[list, bool]:
     """Where each replicate set's EM map would converge, as ``at`` of the replicate graph.
@@ -679,10 +671,9 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
             dG.append(pack(moved, scale) - base)
     if len(state.memory_x) >= 2:
         # the secants of the fit's last plain steps: the slow directions, which one
-        # probe step from x excites too little to show. The last few only: secants from
-        # far along a curved ridge make I - J look singular there
-        dX += list(np.diff(np.array(state.memory_x[-_MC_SECANT_POINTS:]), axis=0))
-        dG += list(np.diff(np.array(state.memory_g[-_MC_SECANT_POINTS:]), axis=0))
+        # probe step from x excites too little to show
+        dX += list(np.diff(np.array(state.memory_x), axis=0))
+        dG += list(np.diff(np.array(state.memory_g), axis=0))
     if not dX:
         return steps_at, False
     shift = fixed_point_shift(np.array(dX).T, np.array(dG).T, d)

@@ -52,12 +52,7 @@ _MIN_ROWS = 256
 
 
 # Pairs (x, M(x)) of the EM map that the acceleration keeps (daskgmmis.acceleration).
-# Measured with every option at its default (benchmarks/truncation_accuracy.py, seeds
-# 1-2), iterations with 9 / 32 pairs: cut2d 270 / 157 and 147 / 137, cut4d 287 / 187 and
-# 698 / 352, pyGMMis's demo 179 / 115 (seed 2); the same answers. A long memory holds
-# the slow ridge along N_orig of a truncated fit; with 4 pairs those fits did not
-# converge in 1000 iterations, with 48 one stopped early on the ridge (cut4d seed 2).
-ACCELERATION_PAIRS = 32
+ACCELERATION_PAIRS = 9
 # Bytes the stored pairs may take: fewer pairs for a large model, and no mixing (plain
 # EM) where even two do not fit - a K = 20,000, D = 50 model is 212 MB packed.
 MEMORY_BYTES = 256 * 2**20

@@ -394,12 +394,12 @@ class FitOptions:
         True, (BOOL,), """
         Anderson acceleration of the EM map (Walker & Ni 2011; Henderson &
         Varadhan 2019): every other plain EM step is replaced by the point that
-        the last 32 pairs ``(x, M(x))`` put at the fixed point - the same fixed
+        the last 9 pairs ``(x, M(x))`` put at the fixed point - the same fixed
         points in far fewer iterations where EM crawls (the N_orig ridge of a
         truncated fit, heavy noise). A mixed point is kept only if it gains at
         least what the last step gained (exact: the map is deterministic), and
         none is made where the pairs show EM leaving a saddle. Fewer pairs for a
-        model above ~0.5 million parameters, none (plain EM) above ~8 million
+        model above ~2 million parameters, none (plain EM) above ~8 million
         (:data:`daskgmmis.memory.MEMORY_BYTES`). ``False`` gives textbook
         EM, step for step.""",
         cli=Cli(("--accelerate/--no-accelerate",), "toggle"), problem=True)

@@ -213,9 +213,8 @@ def test_plan_shrinks_the_chunks_when_that_is_enough():
     # the driver's copies of the parameters exceed the machine
     (100_000, 50, 1000, None, 2**30, ["gmm", "the driver needs", "K=100000",
                                       "use fewer components (K)"]),
-    # not even a few hundred rows fit (the driver, with its acceleration pairs, does)
-    (2, 2, 50_000, None, max(memory.task_bytes(100, 2, 2, "none"),
-                             memory.driver_bytes(2, 2) + 1024),
+    # not even a few hundred rows fit
+    (2, 2, 50_000, None, memory.task_bytes(100, 2, 2, "none"),
      ["memory", "block task of 50000 rows", "chunk size"]),
     # oversampling=1e9: 1e9 candidates per row
     (2, 2, 1000, 1e9, 2**30, ["oversampling=1e+09", "lower oversampling"]),
