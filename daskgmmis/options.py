@@ -319,8 +319,8 @@ class FitOptions:
         slowest recent contraction rate) below ``tol``, and the relative change of
         N_orig still to come below ``sqrt(tol)``; with imputation, also the last
         20 recorded likelihoods within ``tol`` of one another. A fit crawling
-        along a ridge does not stop. Default (None) ``0.01 / N``: within 0.01 nats of total
-        likelihood, about 0.14 standard errors of the fixed point along any
+        along a ridge does not stop. Default (None) ``0.01 / N``: within 0.01
+        nats of total likelihood, about 0.14 standard errors of the fixed point along any
         direction, and N_orig within 0.1 of its smallest standard error
         ``1 / sqrt(N)``. A ``tol`` far below the imputation's Monte-Carlo resolution
         warns (:class:`~daskgmmis.errors.PrecisionWarning`).""",
