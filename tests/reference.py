@@ -75,23 +75,20 @@ def _pack(gmm: dg.GMM) -> np.ndarray:
                            L[:, tri[0], tri[1]].ravel()])
 
 
-def _observed_fraction(amp, mean, sd, upper: float, noise_var, omega=None) -> float:
-    """f = P(observed x[axis] < upper) of the mixture with per-component ``mean``, ``sd`` on the axis.
+def _observed_fraction(amp, mean, sd, upper: float, omega=None) -> float:
+    """f = P(observed) of the mixture with per-component ``mean``, ``sd`` on the axis.
 
-    Without noise closed-form; with noise of variance ``noise_var(x)`` at the true
-    value ``x`` a 1-D integral of ``Phi((upper - x) / sqrt(noise_var(x)))`` against each
-    component, by the trapezoid rule over +-12 sd (error far below 1e-10 for the
-    smooth integrands used here). ``omega``: instead of the cut, the probability
-    ``omega(x)`` (vectorized) that a row with ``x[axis] = x`` is observed.
+    ``omega`` None: the cut ``x[axis] < upper``, closed-form. Otherwise the
+    probability ``omega(x)`` (vectorized) that a row with true ``x[axis] = x`` is
+    observed, integrated against each component by the trapezoid rule over +-12 sd
+    (error far below 1e-10 for the smooth integrands used here).
     """
-    if noise_var is None and omega is None:
+    if omega is None:
         return float((amp * stats.norm.cdf((upper - mean) / sd)).sum())
     f = 0.0
     for a, m, s in zip(amp, mean, sd):
         x = np.linspace(m - 12 * s, m + 12 * s, 4001)
-        seen = (omega(x) if omega is not None
-                else stats.norm.cdf((upper - x) / np.sqrt(noise_var(x))))
-        y = stats.norm.pdf(x, m, s) * seen
+        y = stats.norm.pdf(x, m, s) * omega(x)
         f += a * float(np.sum(0.5 * (y[1:] + y[:-1])) * (x[1] - x[0]))
     return f
 
@@ -119,7 +116,11 @@ def _loglike(p: np.ndarray, X: np.ndarray, axis: int, upper: float, K: int, D: i
         comp.append(np.log(amp[k]) - 0.5 * np.einsum("ij,ij->j", z, z)
                     - logdet - 0.5 * D * np.log(2 * np.pi))
     sd = np.sqrt((L[:, axis, :] ** 2).sum(axis=1))
-    f = _observed_fraction(amp, mean[:, axis], sd, upper, noise_var, omega)
+    if noise_var is not None:
+        # the cut acts on the noisy value: seen with probability Phi((upper - x) / sd_noise)
+        def omega(x):
+            return stats.norm.cdf((upper - x) / np.sqrt(noise_var(x)))
+    f = _observed_fraction(amp, mean[:, axis], sd, upper, omega)
     return float(logsumexp(np.array(comp), axis=0).sum() - len(X) * np.log(f)), f
 
 
