@@ -180,11 +180,14 @@ def test_tight_tol_is_reached_on_a_truncated_fit():
     assert abs(on.N_orig / tight.N_orig - 1) < 1e-4
 
 
-def test_mc_error_matches_the_spread_over_seeds():
+@pytest.mark.parametrize("D", [2, 4])
+def test_mc_error_matches_the_spread_over_seeds(D):
     # the same catalog fitted with 10 imputation seeds: the scatter of N_orig is what
-    # mc_error must report (within a factor 2)
-    truth = cut_population()
-    sel = Box(upper=[0.5, np.inf])
+    # mc_error must report (within a factor 2). In 4-D the fixed point moves along slow
+    # directions that the acceleration's secants model badly: measured, spread over
+    # mean reported 1.33 with EM's Jacobian probed, 9.7 with the secants in its place
+    truth = cut_population(D)
+    sel = Box(upper=[0.5] + [np.inf] * (D - 1))
     X, _, _ = dg.draw(truth, orig_size=4000, sel_callback=sel, rng=3)
     n_orig, reported = [], []
     for seed in range(10):
