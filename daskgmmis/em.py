@@ -585,13 +585,13 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
     moments - and EM accumulates it along its slowest directions, where N_orig
     lies on a flat ridge: one plain step is taken from the final parameters with
     each replicate set's imputation alone, the fixed point's shift that step
-    implies is found on EM's secant Jacobian (:func:`_replicate_fixed_points`),
+    implies is found on EM's probed Jacobian (:func:`_replicate_fixed_points`),
     and N_orig (whole sample) at the shifted points gives the error; added in
     quadrature, the error of ``N / f`` evaluated at the final point and the distance
     to the fixed point that the fit stopped short of (:func:`_n_orig_to_come`). Without a
     usable shift, the replicate steps' spread amplified by ``1 / (1 - rho)``, rho
     the slowest recent contraction rate of a plain step. Two passes over the
-    candidates and GROUPS E-steps, once per fit.
+    candidates and GROUPS + P E-steps (P packed parameters), once per fit.
     """
     if ev is None or ev.f_se == 0 or ev.observed is None:
         return {"logL": 0.0, "N_orig": 0.0}
@@ -668,10 +668,10 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
     matters: one E-step of the whole sample at each ``x + d_g`` gives
     ``J d_g = M(x + d_g) - M(x)``, and one E-step per packed parameter gives the
     rest of ``J`` (above ``_JACOBIAN_PARAMS`` parameters the acceleration's last
-    pairs add their secants instead). The shifts are scaled to the whole sample's error (set g's sample is
-    1/G of it). Returns ``(points, True)``; or, when a point leaves the parameter
-    space, the steps themselves and False (their spread is then amplified by EM's
-    slowest rate). G E-steps, once per fit.
+    pairs add their secants instead). The shifts are scaled to the whole sample's
+    error (set g's sample is 1/G of it). Returns ``(points, True)``; or, when a
+    point leaves the parameter space, the steps themselves and False (their spread
+    is then amplified by EM's slowest rate). G + P E-steps, once per fit.
     """
     opts = run.opts
     steps_at = [_replicate_point(t, run) for t in steps]
