@@ -106,8 +106,8 @@ class FitResult:
         far each replicate set's map would move the fixed point, ``(I - J)^-1`` of
         its one-step change with EM's Jacobian probed column by column, plus how far
         the fit stopped short of that fixed point; docs/design.md §1.4; measured
-        within 2x of the spread over 10 ``rng`` seeds on pyGMMis's demo geometry and
-        a hard 2-D cut, 2.3x on a hard 4-D cut). Both 0 without a selection.
+        1.1-1.3x below the spread over 10 ``rng`` seeds on pyGMMis's demo geometry
+        and hard 2-D and 4-D cuts). Both 0 without a selection.
     """
 
     logL: float
@@ -588,7 +588,9 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
     implies is found on EM's probed Jacobian (:func:`_replicate_fixed_points`),
     and N_orig (whole sample) at the shifted points gives the error; added in
     quadrature, the error of ``N / f`` evaluated at the final point and the distance
-    to the fixed point that the fit stopped short of (:func:`_n_orig_to_come`). Without a
+    to the fixed point that the fit stopped short of: the larger of the stopping rule's
+    estimate (:func:`_n_orig_to_come`) and N_orig's change to the Newton point on the
+    probed Jacobian. Without a
     usable shift, the replicate steps' spread amplified by ``1 / (1 - rho)``, rho
     the slowest recent contraction rate of a plain step. Two passes over the
     candidates and GROUPS + P E-steps (P packed parameters), once per fit.
@@ -617,17 +619,31 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
                                 background=opts.background, N_total=N / f)
             if not dead.size:           # a re-seeded component is a jump, not an error
                 thetas.append(theta)
-    at, linear = _replicate_fixed_points(state, run, ev, thetas)
-    n_orig = []
+    at, linear, newton = _replicate_fixed_points(state, run, ev, thetas)
+    n_orig, to_come = [], _n_orig_to_come(state)
     if len(at) >= 3:
-        tallies = _compute(evaluate.plan.replicate_graph(params, at), evaluate.client)
-        n_orig = [N / f for f in (1.0 - t.weight / t.rows for t in tallies) if f > 0]
+        extra = [newton] if newton is not None else []
+        tallies = _compute(evaluate.plan.replicate_graph(params, at + extra), evaluate.client)
+        f_at = [1.0 - t.weight / t.rows for t in tallies]
+        f_newton = f_at.pop() if extra else 0.0
+        if f_newton > 0:
+            # the stopping rule's distance counts plain steps' contraction, which
+            # misses a ridge the mixed points still travel; the linear model with the
+            # probed Jacobian sees it. Measured on cut4d of truncation_accuracy.py, 10
+            # default fits: the two that stopped shortest (0.9304 and 0.9309 of the
+            # truth, the others 0.9338-0.9354) were told 0.0002 and 0.0006 of N_orig
+            # by the contraction, 0.0044 and 0.0030 by the Newton point; the first,
+            # rerun at tol=1e-8, went on by 0.0055. On cut2d the contraction
+            # over-states (up to 0.0009, where two fits rerun at tol=1e-8 moved
+            # 0.00006 and 0.00002): the larger of the two is the conservative distance
+            to_come = max(to_come, abs(N / f_newton - ev.N_orig))
+        n_orig = [N / f for f in f_at if f > 0]
     if len(n_orig) < 3:
         # too few replicate sets say anything: f's own error at the final point
         return {"logL": se_logl, "N_orig": se_eval / (1.0 - rho)}
     if linear:                  # points at the whole sample's scale of error
         se_fixed = math.hypot(float(np.std(n_orig, ddof=1)), se_eval)
-        return {"logL": se_logl, "N_orig": math.hypot(se_fixed, _n_orig_to_come(state))}
+        return {"logL": se_logl, "N_orig": math.hypot(se_fixed, to_come)}
     # set g's step carries GROUPS times the variance of the whole sample's step
     se_step = float(np.std(n_orig, ddof=1)) / math.sqrt(len(n_orig))
     return {"logL": se_logl, "N_orig": math.hypot(se_step / (1.0 - rho), se_eval)}
@@ -664,7 +680,7 @@ def _n_orig_to_come(state: EMState) -> float:
 
 
 def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
-                            steps: list) -> tuple[list, bool]:
+                            steps: list) -> tuple[list, bool, tuple | None]:
     """Where each replicate set's EM map would converge, as ``at`` of the replicate graph.
 
     ``steps`` are one plain step from the final point ``x`` per replicate set,
@@ -675,14 +691,16 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
     ``J d_g = M(x + d_g) - M(x)``, and one E-step per packed parameter gives the
     rest of ``J`` (above ``_JACOBIAN_PARAMS`` parameters the acceleration's last
     pairs add their secants instead). The shifts are scaled to the whole sample's
-    error (set g's sample is 1/G of it). Returns ``(points, True)``; or, when a
-    point leaves the parameter space, the steps themselves and False (their spread
-    is then amplified by EM's slowest rate). G + P E-steps, once per fit.
+    error (set g's sample is 1/G of it). Returns ``(points, True, newton)``; or, when
+    a point leaves the parameter space, ``(steps, False, newton)`` (the steps' spread
+    is then amplified by EM's slowest rate). ``newton`` is the whole sample's fixed
+    point as the linear model places it, ``x + (I - J)^-1 (M(x) - x)``, in the same
+    form, where ``J`` was probed whole (else None). G + P E-steps, once per fit.
     """
     opts = run.opts
     steps_at = [_replicate_point(t, run) for t in steps]
     if len(steps) < 3:
-        return steps_at, False
+        return steps_at, False, None
     x = state.theta
     image, _ = mstep(ev.total, x, w=opts.w, frozen=run.frozen, background=opts.background,
                      N_total=ev.N_orig)
@@ -719,16 +737,22 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
         dX += list(np.diff(np.array(state.memory_x), axis=0))
         dG += list(np.diff(np.array(state.memory_g), axis=0))
     if not dX:
-        return steps_at, False
-    shift = fixed_point_shift(np.array(dX).T, np.array(dG).T, d)
+        return steps_at, False, None
+    shift = fixed_point_shift(np.array(dX).T, np.array(dG).T,
+                              np.column_stack([d, base - at_x]))
+    # the fixed point itself, x + (I - J)^-1 (M(x) - x): a Newton step, trusted only
+    # on the probed Jacobian (the secants' model of the ridge is the unstable one)
+    fixed = unpack(at_x + shift[:, -1], x, scale, run.frozen, opts.background, opts.w)
+    probed = at_x.size <= _JACOBIAN_PARAMS
+    newton = _replicate_point(fixed, run) if fixed is not None and probed else None
     # set g's sample is 1/G of the whole: its shift is sqrt(G) times the whole sample's
     # error, and the linear model is asked no further than that error reaches
-    shift /= math.sqrt(len(steps))
+    shift = shift[:, :-1] / math.sqrt(len(steps))
     points = [unpack(base + shift[:, g], image, scale, run.frozen, opts.background, opts.w)
               for g in range(len(steps))]
     if any(p is None for p in points):
-        return steps_at, False
-    return [_replicate_point(t, run) for t in points], True
+        return steps_at, False, newton
+    return [_replicate_point(t, run) for t in points], True, newton
 
 
 def _replicate_point(t: Theta, run: "_Run") -> tuple:
