@@ -588,12 +588,12 @@ def _mc_error(state: EMState, run: "_Run", ev: "_Evaluation") -> dict:
     implies is found on EM's probed Jacobian (:func:`_replicate_fixed_points`),
     and N_orig (whole sample) at the shifted points gives the error; added in
     quadrature, the error of ``N / f`` evaluated at the final point and the distance
-    to the fixed point that the fit stopped short of: the larger of the stopping rule's
-    estimate (:func:`_n_orig_to_come`) and N_orig's change to the Newton point on the
-    probed Jacobian. Without a
-    usable shift, the replicate steps' spread amplified by ``1 / (1 - rho)``, rho
-    the slowest recent contraction rate of a plain step. Two passes over the
-    candidates and GROUPS + P E-steps (P packed parameters), once per fit.
+    to the fixed point that the fit stopped short of: the larger of the stopping
+    rule's estimate (:func:`_n_orig_to_come`) and N_orig's change to the Newton point
+    on the probed Jacobian. Without a usable shift, the replicate steps' spread
+    amplified by ``1 / (1 - rho)``, rho the slowest recent contraction rate of a
+    plain step. Two passes over the candidates and GROUPS + P E-steps (P packed
+    parameters), once per fit.
     """
     if ev is None or ev.f_se == 0 or ev.observed is None:
         return {"logL": 0.0, "N_orig": 0.0}

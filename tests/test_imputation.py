@@ -206,8 +206,8 @@ def test_mc_error_matches_the_spread_over_seeds(D):
 def test_mc_error_covers_the_ridge_a_fit_stopped_short_on():
     # truncation_accuracy.py's cut4d, seed 1, every option at its default, rng 301: the
     # fit stops ~100 rows (0.5 %) short of its own fixed point, where the same fit at
-    # tol=1e-8 goes on to. Plain steps there contract at rates above the stopping rule's
-    # cap, so its estimate of the distance still to come said 4.6 rows (mc_error 7.8);
+    # tol=1e-8 goes on to. The stopping rule's distance still to come, from the plain
+    # steps' contraction, said 4.6 rows (mc_error 7.8: the test fails with it alone);
     # the Newton point on EM's probed Jacobian says 82 (mc_error 83)
     truth = three_in_4d()
     cut = float(np.quantile(truth.draw(400_000, rng=99)[:, 0], 0.6))
