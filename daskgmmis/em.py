@@ -724,7 +724,8 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
 
     for g in range(d.shape[1]):
         probe_map(d[:, g])
-    if at_x.size <= _JACOBIAN_PARAMS:
+    probed = at_x.size <= _JACOBIAN_PARAMS
+    if probed:
         # EM's Jacobian column by column: the slow directions, which the probes
         # excite too little to show, exactly. The acceleration's secants would do
         # for free, but their model of the ridge is unstable (measured, cut4d of
@@ -743,7 +744,6 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
     # the fixed point itself, x + (I - J)^-1 (M(x) - x): a Newton step, trusted only
     # on the probed Jacobian (the secants' model of the ridge is the unstable one)
     fixed = unpack(at_x + shift[:, -1], x, scale, run.frozen, opts.background, opts.w)
-    probed = at_x.size <= _JACOBIAN_PARAMS
     newton = _replicate_point(fixed, run) if fixed is not None and probed else None
     # set g's sample is 1/G of the whole: its shift is sqrt(G) times the whole sample's
     # error, and the linear model is asked no further than that error reaches

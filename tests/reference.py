@@ -54,6 +54,12 @@ def three_in_4d() -> dg.GMM:
     return g
 
 
+def cut_threshold(truth: dg.GMM, removed: float = 0.4) -> float:
+    """The x0 threshold that cuts ``removed`` of ``truth``'s population (``x0`` above it):
+    benchmarks/truncation_accuracy.py's ``cut_threshold``, the same fixed draw."""
+    return float(np.quantile(truth.draw(400_000, rng=99)[:, 0], 1 - removed))
+
+
 def _unpack(p: np.ndarray, K: int, D: int):
     log_ratio = np.concatenate([[0.0], p[:K - 1]])
     amp = np.exp(log_ratio - logsumexp(log_ratio))

@@ -13,7 +13,7 @@ from daskgmmis.imputation import (GROUPS, draw_candidates, impute_block, points_
                                   replicate_set)
 from daskgmmis.options import FitOptions
 from daskgmmis.selection import Box
-from reference import cut_population, three_in_4d
+from reference import cut_population, cut_threshold, three_in_4d
 
 
 def one_d():
@@ -210,7 +210,7 @@ def test_mc_error_covers_the_ridge_a_fit_stopped_short_on():
     # steps' contraction, said 4.6 rows (mc_error 7.8: the test fails with it alone);
     # the Newton point on EM's probed Jacobian says 82 (mc_error 83)
     truth = three_in_4d()
-    cut = float(np.quantile(truth.draw(400_000, rng=99)[:, 0], 0.6))
+    cut = cut_threshold(truth)
     sel = Box(upper=[cut, np.inf, np.inf, np.inf])
     X, _, _ = dg.draw(truth, orig_size=20_000, sel_callback=sel, rng=1)
     res = dg.fit(dg.GMM(3, 4), X, sel_callback=sel, rng=301)
