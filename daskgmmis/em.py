@@ -98,7 +98,7 @@ class FitResult:
     stepwise_history : list of float
         Mean log-likelihood per row of every stepwise group (empty without
         ``stepwise``).
-    mc_error : dict
+    mc_error : dict or None
         Monte-Carlo standard errors due to the imputation: ``"logL"`` (of the mean
         logL per row, from the batch-means error of the observed fraction f at the
         final parameters over independent replicate sets of candidates) and
@@ -107,7 +107,8 @@ class FitResult:
         its one-step change with EM's Jacobian probed column by column, plus how far
         the fit stopped short of that fixed point; docs/design.md §1.4; measured
         1.1-1.3x below the spread over 10 ``rng`` seeds on pyGMMis's demo geometry
-        and hard 2-D and 4-D cuts). Both 0 without a selection.
+        and hard 2-D and 4-D cuts). Both 0 without a selection; None with
+        ``estimate_mc_error=False``.
     """
 
     logL: float
@@ -122,7 +123,7 @@ class FitResult:
     seconds_per_iter: list = field(default_factory=list)
     passes: float = 0.0
     stepwise_history: list = field(default_factory=list)
-    mc_error: dict = field(default_factory=lambda: {"logL": 0.0, "N_orig": 0.0})
+    mc_error: dict | None = field(default_factory=lambda: {"logL": 0.0, "N_orig": 0.0})
     # (final EMState, fingerprint): what a warm start continues from (:func:`_continuation`)
     _end: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -1103,9 +1104,14 @@ def _fit(gmm: GMM, data, covar, weights, opts: FitOptions, projection=None, *,
         warnings.warn(f"EM did not converge in maxiter={opts.maxiter} iterations (last change "
                       f"of the mean logL: {change:.3g}, tol={tol:.3g}).", ConvergenceWarning,
                       stacklevel=3)
-    mc_error = _mc_error(state, run, last)
-    if explicit_tol and tol > 0 and mc_error["N_orig"] > 0:
-        _warn_precision(tol, mc_error["N_orig"], last, summary.n)
+    mc_error = None
+    if opts.estimate_mc_error:
+        t_mc = time.perf_counter()
+        mc_error = _mc_error(state, run, last)
+        log.info("Monte-Carlo error: logL %.3g, N_orig %.4g (%.2f s)", mc_error["logL"],
+                 mc_error["N_orig"], time.perf_counter() - t_mc)
+        if explicit_tol and tol > 0 and mc_error["N_orig"] > 0:
+            _warn_precision(tol, mc_error["N_orig"], last, summary.n)
     theta = state.theta
     if not noise_class(kind).noisy and projection is None:
         # (the check standardizes by the data's ranges, which a projection's data lack)

@@ -198,7 +198,7 @@ class GaussianMixture:
         Cluster to run on (default: the active client, else threads).
     persist : bool, optional
         Keep the data in (cluster) memory across iterations (default: when it fits).
-    split_n_merge, callback_timeout, checkpoint, stepwise
+    split_n_merge, callback_timeout, checkpoint, stepwise, estimate_mc_error
         As for :func:`daskgmmis.fit`.
 
     Every fit option of :class:`daskgmmis.FitOptions` is a parameter here, under
@@ -256,7 +256,8 @@ class GaussianMixture:
                  maxiter=1000, covariances_init=None, cutoff=None, sel_callback=None,
                  covar_callback=None, projection_callback=None, background=None, frozen=None,
                  oversampling=4.0, prefit=False, accelerate=True, client=None, persist=None,
-                 split_n_merge=0, callback_timeout=None, checkpoint=None, stepwise=0):
+                 split_n_merge=0, callback_timeout=None, checkpoint=None, stepwise=0,
+                 estimate_mc_error=True):
         # scikit-learn's names first, then daskgmmis's; stored as given (validated at fit)
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -291,6 +292,7 @@ class GaussianMixture:
         self.callback_timeout = callback_timeout
         self.checkpoint = checkpoint
         self.stepwise = stepwise
+        self.estimate_mc_error = estimate_mc_error
 
     # ------------------------------------------------------------ parameters
 

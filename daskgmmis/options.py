@@ -384,6 +384,22 @@ class FitOptions:
         observed row (no E-step, no callback); the callbacks run on
         ``oversampling / f`` candidates per row at each redraw.""",
         cli=Cli(("--oversampling",), "float"), problem=True)
+    estimate_mc_error: bool = _option(
+        True, (BOOL,), """
+        Estimate the Monte-Carlo error of the truncated fit's ``logL`` and ``N_orig``
+        (``FitResult.mc_error``) once it has stopped. It costs :data:`GROUPS
+        <daskgmmis.imputation.GROUPS>` + P E-steps of the whole catalog (P packed
+        parameters up to 128; above that the secants of the last steps), once per fit.
+        Measured (default fits of ``benchmarks/truncation_accuracy.py``'s demo,
+        cut2d and cut4d scenarios): 7-16 % of the fit's time; 5.9 s, the time of
+        139 iterations, on 200,000 rows with K=8, D=4 (121 parameters). ``False``
+        skips it - ``FitResult.mc_error`` is then None, and the
+        :class:`~daskgmmis.errors.PrecisionWarning` for a ``tol`` below it is not
+        given - and leaves the fit itself unchanged. Nothing to estimate without
+        ``sel_callback``.""",
+        cli=Cli(("--mc-error/--no-mc-error",), "toggle",
+                help="Estimate the Monte-Carlo error of logL and N_orig after a truncated "
+                     "fit (costs GROUPS + P E-steps)."))
     persist: bool | None = _option(
         None, (NONE, BOOL), """
         Keep the data in (cluster) memory across iterations; default: when it

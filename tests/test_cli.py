@@ -194,6 +194,7 @@ def test_fit_truncated_with_builtin_and_user_selection(tmp_path, workdir, monkey
               "--scheduler", "threads", "--seed", 1, "--selection", sel, "--prefit",
               "--covar-callback", "[0.04, 0.04]", "--maxiter", 30, "--oversampling", 2)
     assert "N_orig" in res.stderr and "N_orig=" in res.stdout
+    assert "(Monte Carlo)" in res.stdout            # N_orig's Monte-Carlo error
     (tmp_path / "mysel.py").write_text(
         "import numpy as np\n"
         "def omega(coords):\n"
@@ -206,9 +207,10 @@ def test_fit_truncated_with_builtin_and_user_selection(tmp_path, workdir, monkey
     # `python -m` would); the command may extend sys.path: restore it afterwards
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "b.npz", "--scheduler",
-        "threads", "--seed", 1, "--selection", "mysel.py:omega", "--covar-callback",
-        "mysel:noise", "--maxiter", 10)
+    res = run("fit", workdir / "cat.zarr", "-K", 2, "--out", tmp_path / "b.npz",
+              "--scheduler", "threads", "--seed", 1, "--selection", "mysel.py:omega",
+              "--covar-callback", "mysel:noise", "--maxiter", 10, "--no-mc-error")
+    assert "N_orig=" in res.stdout and "Monte Carlo" not in res.stdout
     sys.modules.pop("mysel", None)
     assert dg.GMM.load(tmp_path / "b.npz").K == 2
 

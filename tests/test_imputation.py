@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import norm
 
 import daskgmmis as dg
-from daskgmmis import demo
+from daskgmmis import demo, em
 from daskgmmis.em import continue_fit
 from daskgmmis.imputation import (GROUPS, draw_candidates, impute_block, points_per_set,
                                   replicate_set)
@@ -201,6 +201,30 @@ def test_mc_error_matches_the_spread_over_seeds(D):
     assert 0.5 < spread / np.mean(reported) < 2.0, (spread, reported)
     plain = dg.fit(truth.copy(), X, init_method="none", maxiter=3)
     assert plain.mc_error == {"logL": 0.0, "N_orig": 0.0}
+
+
+def test_mc_error_is_skipped_on_request_and_the_fit_is_the_same(monkeypatch):
+    # estimate_mc_error=False: none of mc_error's replicate steps or Jacobian probes
+    # (each an E-step of the whole catalog) is taken, and the fit is step for step
+    # the default's
+    truth = cut_population(2)
+    sel = Box(upper=[0.5, np.inf])
+    X, _, _ = dg.draw(truth, orig_size=4000, sel_callback=sel, rng=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.ConvergenceWarning)
+        full = dg.fit(warm_start(truth), X, sel_callback=sel, init_method="none", rng=7)
+        assert full.mc_error["N_orig"] > 0 and full.mc_error["logL"] > 0
+
+        def no_probe(*args):
+            raise AssertionError("mc_error was estimated")
+
+        monkeypatch.setattr(em, "_replicate_fixed_points", no_probe)
+        g = warm_start(truth)
+        skipped = dg.fit(g, X, sel_callback=sel, init_method="none", rng=7,
+                         estimate_mc_error=False)
+    assert skipped.mc_error is None
+    assert skipped.history == full.history and skipped.N_orig == full.N_orig
+    assert skipped.n_iter == full.n_iter
 
 
 def test_mc_error_covers_the_ridge_a_fit_stopped_short_on():

@@ -28,7 +28,7 @@ BAD = {
     "persist": ("no", dg.InputTypeError), "accelerate": (1, dg.InputTypeError),
     "n_init": (0, dg.InputError), "callback_timeout": (-2, dg.InputError),
     "prefit": ("yes", dg.InputTypeError), "progress": (None, dg.InputTypeError),
-    "stepwise": (-1, dg.InputError),
+    "stepwise": (-1, dg.InputError), "estimate_mc_error": ("no", dg.InputTypeError),
 }
 
 
@@ -138,5 +138,6 @@ def test_fingerprint_covers_every_problem_option():
         **{**vars(summary), "projection_sum": 1.0}), 3, base, frozen) != fp_proj
     # options that do not change the fitted problem may change between runs
     for name, value in {"tol": 0.5, "maxiter": 3, "n_init": 2, "persist": True,
-                        "progress": True, "callback_timeout": 9.0}.items():
+                        "progress": True, "callback_timeout": 9.0,
+                        "estimate_mc_error": False}.items():
         assert em._fingerprint(plan, summary, 3, base.replace(**{name: value}), frozen) == fp

@@ -194,5 +194,7 @@ def fit(catalog, K, out, overwrite, init_model, bg_lower, bg_upper, bg_amp, bg_a
     click.echo(f"{status} after {result.n_iter} iterations in {result.seconds:.1f} s: mean "
                f"logL {result.logL:.6f} per row, N={result.N}"
                + (f", N_orig={result.N_orig:.1f}" if sel is not None else "")
+               + (f" +- {result.mc_error['N_orig']:.1f} (Monte Carlo)"
+                  if sel is not None and result.mc_error is not None else "")
                + (f", background amp {background.amp:.4f}" if background is not None else ""))
     click.echo(f"wrote {out}" + (f" and {report}" if report else ""))
