@@ -423,7 +423,13 @@ class FitOptions:
         1, (Interval(int, 1),), """
         Number of starts (each from its own random stream); the fit with the
         highest final likelihood is kept (at most
-        :data:`daskgmmis.memory.MAX_N_INIT`, checked with the memory plan).""",
+        :data:`daskgmmis.memory.MAX_N_INIT`, checked with the memory plan). EM
+        climbs to a local maximum: with many overlapping components one start
+        may miss the best. Measured on ``benchmarks/bench_truncation.py``'s
+        catalog (200,000 rows, K=8, D=4, fitted without its selection): 1 of 4
+        single default starts (``rng`` 0-3) reached the best maximum, 0.037 nats
+        per row above the next (scikit-learn's ``GaussianMixture``: 0 of 8 single
+        starts); ``n_init=4`` reached it for 3 of the 4.""",
         cli=Cli(("--n-init", "--restarts"), "int",
                 help="Fit from this many starts (--restarts is an alias); keep the "
                      "highest likelihood."))
