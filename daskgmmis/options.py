@@ -390,9 +390,10 @@ class FitOptions:
         (``FitResult.mc_error``) once it has stopped. It costs :data:`GROUPS
         <daskgmmis.imputation.GROUPS>` + P E-steps of the whole catalog (P packed
         parameters up to 128; above that the secants of the last steps), once per fit.
-        Measured (default fits of ``benchmarks/truncation_accuracy.py``'s demo,
-        cut2d and cut4d scenarios): 7-16 % of the fit's time; 5.9 s, the time of
-        139 iterations, on 200,000 rows with K=8, D=4 (121 parameters). ``False``
+        Measured (``benchmarks/mc_error_cost.py``: default fits of the demo,
+        cut2d and cut4d scenarios, and 200,000 rows with K=8, D=4, 121 parameters):
+        7-16 % of the fit's time; 6 s, the time of 140 iterations, on the largest.
+        ``False``
         skips it - ``FitResult.mc_error`` is then None, and the
         :class:`~daskgmmis.errors.PrecisionWarning` for a ``tol`` below it is not
         given - and leaves the fit itself unchanged. Nothing to estimate without
@@ -425,8 +426,8 @@ class FitOptions:
         highest final likelihood is kept (at most
         :data:`daskgmmis.memory.MAX_N_INIT`, checked with the memory plan). EM
         climbs to a local maximum: with many overlapping components one start
-        may miss the best. Measured on ``benchmarks/bench_truncation.py``'s
-        catalog (200,000 rows, K=8, D=4, fitted without its selection): 1 of 4
+        may miss the best. Measured (``benchmarks/local_maxima.py``: 200,000
+        rows, K=8, D=4, overlapping): 1 of 4
         single default starts (``rng`` 0-3) reached the best maximum, 0.037 nats
         per row above the next (scikit-learn's ``GaussianMixture``: 0 of 8 single
         starts); ``n_init=4`` reached it for 3 of the 4.""",
