@@ -4,7 +4,8 @@ bench_truncation.py's population (K=8 correlated components in D=4, means unifor
 [-6, 6]^4) drawn without noise and cut at the 70 % quantile of its first feature (about
 200,000 rows kept) - a catalog where components overlap. It is fitted *without* the
 selection, so that scikit-learn's ``GaussianMixture`` fits the same likelihood: daskgmmis
-with every option at its default (one start, ``rng`` 0-3), with ``n_init=4``, and
+with every option at its default (one start, ``rng`` 0-3), with ``n_init=4``, with
+``split_n_merge=3``, and
 scikit-learn with ``init_params`` "kmeans" and "k-means++" (``random_state`` 0-3, its
 ``n_init=1``). Printed: the final mean log-likelihood per row of each fit, and that of
 EM from the truth (the best maximum found).
@@ -61,6 +62,9 @@ def main(argv=None):
         _fit(f"daskgmmis default, rng {rs}", dg.GMM(truth.K, truth.D), X, rng=rs)
     for rs in range(args.seeds):
         _fit(f"daskgmmis n_init=4, rng {rs}", dg.GMM(truth.K, truth.D), X, rng=rs, n_init=4)
+    for rs in range(args.seeds):
+        _fit(f"daskgmmis split_n_merge=3, rng {rs}", dg.GMM(truth.K, truth.D), X, rng=rs,
+             split_n_merge=3)
     if args.no_sklearn:
         return
     from sklearn.mixture import GaussianMixture

@@ -427,10 +427,11 @@ class FitOptions:
         :data:`daskgmmis.memory.MAX_N_INIT`, checked with the memory plan). EM
         climbs to a local maximum: with many overlapping components one start
         may miss the best. Measured (``benchmarks/local_maxima.py``: 200,000
-        rows, K=8, D=4, overlapping): 1 of 4
-        single default starts (``rng`` 0-3) reached the best maximum, 0.037 nats
-        per row above the next (scikit-learn's ``GaussianMixture``: 0 of 8 single
-        starts); ``n_init=4`` reached it for 3 of the 4.""",
+        rows, K=8, D=4, overlapping): 1 of 4 single default starts (``rng``
+        0-3) reached the best maximum, 0.037 nats per row above the next
+        (scikit-learn's ``GaussianMixture``: 0 of 8 single starts);
+        ``n_init=4`` reached it for 3 of the 4, ``split_n_merge=3`` from each of
+        the 3 single starts that missed it.""",
         cli=Cli(("--n-init", "--restarts"), "int",
                 help="Fit from this many starts (--restarts is an alias); keep the "
                      "highest likelihood."))
