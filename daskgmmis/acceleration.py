@@ -18,8 +18,8 @@ import numpy as np
 
 from .model import Theta
 
-__all__ = ["SADDLE_MARGIN", "anderson", "distance", "feature_scale", "fixed_point_shift", "pack",
-           "unpack"]
+__all__ = ["SADDLE_MARGIN", "anderson", "distance", "feature_scale", "fixed_point_shift",
+           "leaving_saddle", "overrelaxed", "pack", "unpack"]
 
 # An eigenvalue of the pairs' secant Jacobian above 1 + SADDLE_MARGIN: no mixing.
 SADDLE_MARGIN = 1e-3
@@ -90,16 +90,58 @@ def anderson(xs: np.ndarray, gs: np.ndarray, template: Theta, scale: np.ndarray,
     dG = np.diff(gs, axis=0).T
     if not (dF.size and np.all(np.isfinite(dF)) and np.linalg.norm(dF) > 0):
         return None
-    # EM contracts towards a maximum (the Jacobian's eigenvalues lie in [0, 1)), and
-    # pushes away from a saddle; mixing seeks any zero of M(x) - x. The pairs' secant
-    # model of the Jacobian, dG = J dX on their span, shows where they lead: an
-    # eigenvalue above 1 is a saddle that EM is leaving, and no mixing is done
-    # (measured: two overlapping blobs from a min-max start converged on a saddle).
-    secant = np.linalg.lstsq(np.diff(xs, axis=0).T, dG, rcond=None)[0]
-    if np.linalg.eigvals(secant).real.max() > 1.0 + SADDLE_MARGIN:
+    if leaving_saddle(xs, gs):
         return None
     gamma = np.linalg.lstsq(dF, fs[-1], rcond=None)[0]
     return unpack(gs[-1] - dG @ gamma, template, scale, frozen, background, w)
+
+
+def leaving_saddle(xs: np.ndarray, gs: np.ndarray) -> bool:
+    """Whether the pairs show EM leaving a saddle.
+
+    EM contracts towards a maximum (the Jacobian's eigenvalues lie in [0, 1)) and
+    pushes away from a saddle, while mixing seeks any zero of ``M(x) - x``. The
+    pairs' secant model of the Jacobian, ``dG = J dX`` on their span, shows where
+    they lead: an eigenvalue above ``1 + SADDLE_MARGIN`` is a saddle that EM is
+    leaving, where mixing would jump back onto it (measured: two overlapping blobs
+    from a min-max start converged on a saddle).
+
+    Parameters
+    ----------
+    xs, gs : ndarray, shape (m, P)
+        Packed points and their EM images, oldest first; ``m >= 2``.
+    """
+    dG = np.diff(gs, axis=0).T
+    secant = np.linalg.lstsq(np.diff(xs, axis=0).T, dG, rcond=None)[0]
+    return bool(np.linalg.eigvals(secant).real.max() > 1.0 + SADDLE_MARGIN)
+
+
+def overrelaxed(x: Theta, image: Theta, eta: float, scale: np.ndarray, frozen, background,
+                w: float = 0.0) -> Theta | None:
+    """The over-relaxed EM step ``x + eta (M(x) - x)`` (Salakhutdinov & Roweis 2003).
+
+    Where EM leaves a saddle (:func:`leaving_saddle`) its steps keep their length
+    or grow, and a longer step in their direction gains more; the driver keeps it
+    only if it gains at least what the plain step gained.
+
+    Parameters
+    ----------
+    x, image : Theta
+        A point and its EM image ``M(x)`` (frozen values are taken from ``image``).
+    eta : float
+        Step in units of the EM step (1: the EM step itself).
+    scale : ndarray, shape (D,)
+        The packing's per-feature unit (:func:`pack`).
+    frozen, background, w
+        As in :func:`daskgmmis.mstep.mstep`.
+
+    Returns
+    -------
+    Theta or None
+        None when the point leaves the parameter space (see :func:`unpack`).
+    """
+    px, pg = pack(x, scale), pack(image, scale)
+    return unpack(px + eta * (pg - px), image, scale, frozen, background, w)
 
 
 def fixed_point_shift(dX: np.ndarray, dG: np.ndarray, d: np.ndarray,

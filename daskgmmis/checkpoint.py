@@ -87,6 +87,12 @@ class EMState:
         Relative change of N_orig made by the last accepted mixed point (0 after a
         rejected or impossible one): the convergence test's lower bound of the
         change still to come.
+    overrelax : float
+        Length, in EM steps, of the next over-relaxed step (where EM leaves a
+        saddle; :func:`daskgmmis.acceleration.overrelaxed`).
+    overrelaxing : bool
+        The pending mixed point is an over-relaxed step (its outcome sets
+        ``overrelax``).
     """
 
     theta: Theta
@@ -113,6 +119,8 @@ class EMState:
     memory_g: list = field(default_factory=list)
     memory_scale: np.ndarray | None = None
     mixed_step: float = 0.0
+    overrelax: float = 2.0
+    overrelaxing: bool = False
 
 
 def _theta_arrays(prefix: str, t: Theta) -> dict:
@@ -159,7 +167,8 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
               "fallback_logL": float(state.fallback_logL).hex(), "seed": state.seed,
               "sw_steps": state.sw_steps, "sw_group": state.sw_group,
               "sw_restart": state.sw_restart, "stabilized": state.stabilized,
-              "mixed_step": float(state.mixed_step).hex()}
+              "mixed_step": float(state.mixed_step).hex(),
+              "overrelax": float(state.overrelax).hex(), "overrelaxing": state.overrelaxing}
     run = state.sw_running
     if run is not None:
         arrays.update({"sw.A": run.stats.A, "sw.M1": run.stats.M1, "sw.M2": run.stats.M2,
@@ -228,6 +237,8 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
             memory_x=list(arrays.get("memory.x", [])), memory_g=list(arrays.get("memory.g", [])),
             memory_scale=arrays.get("memory.scale"),
             mixed_step=float.fromhex(header.get("mixed_step", "0x0p+0")),
+            overrelax=float.fromhex(header.get("overrelax", "0x1.0p+1")),
+            overrelaxing=bool(header.get("overrelaxing", False)),
             **{name: _theta_from(arrays, name) if f"{name}.amp" in arrays else None
                for name in ("proposal", "plain_from", "fallback_from")})
     except KeyError as e:
