@@ -18,11 +18,17 @@ import numpy as np
 
 from .model import Theta
 
-__all__ = ["SADDLE_MARGIN", "anderson", "distance", "feature_scale", "fixed_point_shift",
-           "leaving_saddle", "overrelaxed", "pack", "unpack"]
+__all__ = ["OVERRELAX_START", "SADDLE_MARGIN", "anderson", "distance", "feature_scale",
+           "fixed_point_shift", "leaving_saddle", "next_overrelax", "overrelaxed", "pack",
+           "unpack"]
 
 # An eigenvalue of the pairs' secant Jacobian above 1 + SADDLE_MARGIN: no mixing.
 SADDLE_MARGIN = 1e-3
+
+# The over-relaxed step's length in EM steps: it starts here, doubles while kept, up to
+# OVERRELAX_MAX, and starts again here after a rejection (:func:`next_overrelax`).
+OVERRELAX_START = 2.0
+OVERRELAX_MAX = 64.0
 
 
 def feature_scale(t: Theta) -> np.ndarray:
@@ -142,6 +148,11 @@ def overrelaxed(x: Theta, image: Theta, eta: float, scale: np.ndarray, frozen, b
     """
     px, pg = pack(x, scale), pack(image, scale)
     return unpack(px + eta * (pg - px), image, scale, frozen, background, w)
+
+
+def next_overrelax(eta: float, kept: bool) -> float:
+    """The next over-relaxed step's length after one of ``eta`` EM steps was (not) kept."""
+    return min(2.0 * eta, OVERRELAX_MAX) if kept else OVERRELAX_START
 
 
 def fixed_point_shift(dX: np.ndarray, dG: np.ndarray, d: np.ndarray,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .acceleration import OVERRELAX_START
 from .errors import CheckpointError
 from .files import write_bytes_atomic
 from .model import Theta
@@ -119,7 +120,7 @@ class EMState:
     memory_g: list = field(default_factory=list)
     memory_scale: np.ndarray | None = None
     mixed_step: float = 0.0
-    overrelax: float = 2.0
+    overrelax: float = OVERRELAX_START
     overrelaxing: bool = False
 
 
@@ -237,7 +238,8 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
             memory_x=list(arrays.get("memory.x", [])), memory_g=list(arrays.get("memory.g", [])),
             memory_scale=arrays.get("memory.scale"),
             mixed_step=float.fromhex(header.get("mixed_step", "0x0p+0")),
-            overrelax=float.fromhex(header.get("overrelax", "0x1.0p+1")),
+            overrelax=float.fromhex(header["overrelax"]) if "overrelax" in header
+            else OVERRELAX_START,
             overrelaxing=bool(header.get("overrelaxing", False)),
             **{name: _theta_from(arrays, name) if f"{name}.amp" in arrays else None
                for name in ("proposal", "plain_from", "fallback_from")})

@@ -48,8 +48,9 @@ from .init import init_kmeans, init_minmax, init_random
 from .model import GMM, Theta
 from .neighborhoods import ReachTest, block_box, chi2_cuts, estep_neighborhoods
 from .noise import SharedNoise, noise_block, noise_class
-from .acceleration import (anderson, distance, feature_scale, fixed_point_shift,
-                           leaving_saddle, overrelaxed, pack, unpack)
+from .acceleration import (OVERRELAX_START, anderson, distance, feature_scale,
+                           fixed_point_shift, leaving_saddle, next_overrelax, overrelaxed,
+                           pack, unpack)
 from .checkpoint import EMState, load_checkpoint, save_checkpoint
 from .cluster import cluster_memory
 from .mstep import mstep, parse_frozen
@@ -1399,27 +1400,14 @@ def _converged(state: EMState, logL: float, N_orig: float, theta_next: Theta,
     return True
 
 
-# Where EM leaves a saddle (the acceleration's pairs show an expanding direction) the
-# mixed point is the over-relaxed step x + eta (M(x) - x), eta doubling from 2 while
-# kept, up to 64 (Salakhutdinov & Roweis 2003). Measured (benchmarks/local_maxima.py,
-# 200,000 rows, K=8, D=4, default starts that reach the lower maximum): EM crept along
-# it at constant gains of ~7e-7 nats per row and step, Anderson offering nothing; 905,
-# 1000 (not converged) and 1000 (not converged) iterations for rng 0, 2, 3, and 249,
-# 245 and 237 with these steps, to the same maximum. Not with imputation: there the
-# path decides where the sample is redrawn, and pyGMMis's demo (seed 2) then ended at
-# another sample's fixed point, KL(truth || fit) 0.034 above the reference (0.010).
-_OVERRELAX_START = 2.0
-_OVERRELAX_MAX = 64.0
-
-
 def _run_em(state: EMState, run: _Run):
-    """Iterate EM (optionally with Anderson acceleration) from ``state`` until converged.
+    """Iterate EM (optionally accelerated) from ``state`` until converged.
 
-    Every loop is one E-step (one compute). A mixed (accelerated) point is accepted
-    only if it gains at least what the last step gained (after one stabilizing EM
-    step if it does not at once); otherwise the plain iterate is kept: the
-    EM map is deterministic (with imputation: a fixed sample), so this comparison
-    is exact. Convergence is judged by the estimated distance to the fixed point
+    Every loop is one E-step (one compute). A mixed point (Anderson's, or an
+    over-relaxed step where EM leaves a saddle) is accepted only if it gains at
+    least what the last step gained (after one stabilizing EM step if it does not
+    at once); otherwise the plain iterate is kept: the EM map is deterministic
+    (with imputation: a fixed sample), so this comparison is exact. Convergence is judged by the estimated distance to the fixed point
     (:func:`_converged`).
 
     Returns
@@ -1455,9 +1443,7 @@ def _run_em(state: EMState, run: _Run):
                         save_checkpoint(checkpoint, state, fingerprint)
                     continue
             if state.overrelaxing:
-                # the step doubles while it is kept, and starts again at 2 EM steps
-                state.overrelax = (_OVERRELAX_START if rejected
-                                   else min(2.0 * state.overrelax, _OVERRELAX_MAX))
+                state.overrelax = next_overrelax(state.overrelax, not rejected)
                 state.overrelaxing = False
             if rejected:
                 log.debug("extrapolated step rejected (logL %.10g < %.10g)", ev.logL,
@@ -1506,12 +1492,21 @@ def _run_em(state: EMState, run: _Run):
                 # steps between keep the convergence test's contraction rates
                 xs, gs = np.array(state.memory_x), np.array(state.memory_g)
                 state.mix_next = False
+                # where EM leaves a saddle mixing would lead back onto it: the step is
+                # over-relaxed instead (acceleration.next_overrelax). Measured
+                # (benchmarks/local_maxima.py, 200,000 rows, K=8, D=4): default starts
+                # crept at constant gains of ~7e-7 nats per row and step for 905, 1000+
+                # and 1000+ iterations (rng 0, 2, 3), and converge in 249, 245 and 237
+                # to the same maximum. Not with imputation: there the path decides
+                # where the sample is redrawn, and pyGMMis's demo (seed 2) ended at
+                # another sample's fixed point, KL(truth || fit) 0.034 above the
+                # reference (0.010 without)
                 state.overrelaxing = not imputing and leaving_saddle(xs, gs)
                 if state.overrelaxing:
                     extrapolated = overrelaxed(state.theta, theta_next, state.overrelax,
                                                state.memory_scale, frozen, background, w)
                     if extrapolated is None:        # out of the parameter space
-                        state.overrelax = _OVERRELAX_START
+                        state.overrelax = OVERRELAX_START
                     state.overrelaxing = extrapolated is not None
                     log.debug("over-relaxed step of %g EM steps", state.overrelax)
                 else:

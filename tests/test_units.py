@@ -10,7 +10,7 @@ from scipy.integrate import quad
 
 import daskgmmis as dg
 from daskgmmis.acceleration import (anderson, fixed_point_shift, leaving_saddle,
-                                    overrelaxed, pack)
+                                    next_overrelax, overrelaxed, pack)
 from daskgmmis.checkpoint import Theta
 from daskgmmis.errors import DeadComponentWarning, InputError, InputTypeError
 from daskgmmis.imputation import (PROPOSAL_WIDTH, candidate_count, draw_candidates,
@@ -203,6 +203,9 @@ def test_leaving_a_saddle_the_mixed_point_is_the_over_relaxed_step():
     image2 = Theta(np.array([0.3, 0.7]), m, covar, None)
     assert overrelaxed(x2, image2, 4.0, np.ones(1), parse_frozen(None, 2), None) is None
     assert overrelaxed(x2, image2, 2.0, np.ones(1), parse_frozen(None, 2), None) is not None
+    # the step doubles while kept, up to 64 EM steps, and starts again at 2
+    assert [next_overrelax(e, True) for e in (2.0, 32.0, 64.0)] == [4.0, 64.0, 64.0]
+    assert next_overrelax(16.0, False) == 2.0
 
 
 def eight_overlapping() -> dg.GMM:
