@@ -1407,8 +1407,8 @@ def _run_em(state: EMState, run: _Run):
     over-relaxed step where EM leaves a saddle) is accepted only if it gains at
     least what the last step gained (after one stabilizing EM step if it does not
     at once); otherwise the plain iterate is kept: the EM map is deterministic
-    (with imputation: a fixed sample), so this comparison is exact. Convergence is judged by the estimated distance to the fixed point
-    (:func:`_converged`).
+    (with imputation: a fixed sample), so this comparison is exact. Convergence is
+    judged by the estimated distance to the fixed point (:func:`_converged`).
 
     Returns
     -------

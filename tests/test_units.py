@@ -2,6 +2,7 @@
 imputation; and Anderson acceleration against plain EM."""
 
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -232,7 +233,8 @@ def test_em_leaves_a_saddle_with_over_relaxed_steps():
 
 
 @pytest.mark.parametrize("stop, pending", [(80, True), (120, False)])
-def test_a_fit_killed_while_over_relaxing_resumes_bit_identical(tmp_path, stop, pending):
+def test_a_fit_stopped_while_over_relaxing_resumes_bit_identical(tmp_path, caplog, stop,
+                                                                 pending):
     # in the fit above, after 80 iterations an over-relaxed point (8 EM steps) is
     # pending; after 120 the next one, at 121, will be 16 steps long: the checkpoint
     # must carry both (either, dropped, changes the step at 121)
@@ -244,8 +246,13 @@ def test_a_fit_killed_while_over_relaxing_resumes_bit_identical(tmp_path, stop, 
         with np.load(tmp_path / "c.ckpt") as f:
             header = json.loads(f["header"].tobytes().decode())
         assert header["overrelaxing"] is pending and float.fromhex(header["overrelax"]) > 2.0
-        resumed = dg.fit(dg.GMM(8, 4), X, rng=4, maxiter=140, checkpoint=tmp_path / "c.ckpt")
+        with caplog.at_level(logging.INFO, logger="daskgmmis"):
+            resumed = dg.fit(dg.GMM(8, 4), X, rng=4, maxiter=140,
+                             checkpoint=tmp_path / "c.ckpt")
     assert resumed.history == full.history and resumed.n_iter == full.n_iter
+    # resumed, not restarted: only the iterations after the checkpoint were evaluated
+    steps = [r for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert 0 < len(steps) <= 140 - stop + 1
 
 
 def test_anderson_restores_frozen_values_and_refuses_to_leave_the_parameter_space():
