@@ -185,16 +185,21 @@ def test_fit_is_scale_equivariant(kind, init):
     and ``maxiter=100``: the diagonal-noise fit converges slowly (67 iterations),
     and the random-start fit with missing values crawls (a component dying; not
     converged after 300): past ~120 iterations the rounding of the scaled data,
-    amplified by the acceleration's least squares, separates those paths
+    amplified by the acceleration's least squares, separated those paths
     (measured: means equal to 2e-15 at 100 iterations, 0.014 apart at 150), and at
     ``tol=1e-8`` the stopping rule (a ratio of small steps) may decide at
-    different iterations (159 vs 173).
+    different iterations (159 vs 173). That crawl leaves a saddle, where over-relaxed
+    steps of up to 64 EM steps amplify the rounding further (measured: mean logL
+    equal to 1e-14 at 60 iterations, 1e-10 apart from 63, 1e-6 at 100): ``maxiter=60``
+    for it.
     """
     results = {}
+    maxiter = 60 if (kind, init) == ("missing", "random") else 100
     for s in [1.0] + SCALES:
         X, noise = _scaled_problem(kind, s)
         g = dg.GMM(3, 2)
-        res, _ = fit_recording(g, X, noise, init_method=init, rng=3, tol=1e-6, maxiter=100)
+        res, _ = fit_recording(g, X, noise, init_method=init, rng=3, tol=1e-6,
+                               maxiter=maxiter)
         results[s] = (g, res)
     g1, r1 = results[1.0]
     X, _ = _scaled_problem(kind, 1.0)
