@@ -1507,8 +1507,9 @@ def _run_em(state: EMState, run: _Run):
                                                state.memory_scale, frozen, background, w)
                     if extrapolated is None:        # out of the parameter space
                         state.overrelax = OVERRELAX_START
+                    else:
+                        log.debug("over-relaxed step of %g EM steps", state.overrelax)
                     state.overrelaxing = extrapolated is not None
-                    log.debug("over-relaxed step of %g EM steps", state.overrelax)
                 else:
                     extrapolated = anderson(xs, gs, theta_next, state.memory_scale, frozen,
                                             background, w)
