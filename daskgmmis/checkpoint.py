@@ -94,6 +94,12 @@ class EMState:
     overrelaxing : bool
         The pending mixed point is an over-relaxed step (its outcome sets
         ``overrelax``).
+    newton_at : int
+        Iteration of the last Newton point (where EM crawls along a ridge;
+        ``daskgmmis.em``), -1 before the first: the next waits its turn.
+    newton_probes : int
+        E-steps spent probing EM's Jacobian for Newton points (counted in
+        ``FitResult.passes``).
     """
 
     theta: Theta
@@ -122,6 +128,8 @@ class EMState:
     mixed_step: float = 0.0
     overrelax: float = OVERRELAX_START
     overrelaxing: bool = False
+    newton_at: int = -1
+    newton_probes: int = 0
 
 
 def _theta_arrays(prefix: str, t: Theta) -> dict:
@@ -169,7 +177,8 @@ def save_checkpoint(path, state: EMState, fingerprint: dict) -> None:
               "sw_steps": state.sw_steps, "sw_group": state.sw_group,
               "sw_restart": state.sw_restart, "stabilized": state.stabilized,
               "mixed_step": float(state.mixed_step).hex(),
-              "overrelax": float(state.overrelax).hex(), "overrelaxing": state.overrelaxing}
+              "overrelax": float(state.overrelax).hex(), "overrelaxing": state.overrelaxing,
+              "newton_at": state.newton_at, "newton_probes": state.newton_probes}
     run = state.sw_running
     if run is not None:
         arrays.update({"sw.A": run.stats.A, "sw.M1": run.stats.M1, "sw.M2": run.stats.M2,
@@ -241,6 +250,8 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
             overrelax=float.fromhex(header["overrelax"]) if "overrelax" in header
             else OVERRELAX_START,
             overrelaxing=bool(header.get("overrelaxing", False)),
+            newton_at=int(header.get("newton_at", -1)),
+            newton_probes=int(header.get("newton_probes", 0)),
             **{name: _theta_from(arrays, name) if f"{name}.amp" in arrays else None
                for name in ("proposal", "plain_from", "fallback_from")})
     except KeyError as e:

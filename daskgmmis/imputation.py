@@ -43,6 +43,7 @@ from scipy.linalg import solve_triangular
 from scipy.special import ndtr, ndtri
 from scipy.stats import qmc
 
+from .noise import psd_root
 from .selection import (evaluate_covar_callback, evaluate_projection_callback,
                         evaluate_selection)
 from .stats import SuffStats
@@ -308,8 +309,7 @@ def _add_noise(y, e, covar_callback):
         return y + np.einsum("nij,nj->ni", np.linalg.cholesky(noise), e)
     except np.linalg.LinAlgError:
         # PSD noise may be singular: eigen-factor instead of Cholesky
-        w, Q = np.linalg.eigh(noise)
-        return y + np.einsum("nij,nj->ni", Q, np.sqrt(np.clip(w, 0, None)) * e)
+        return y + np.einsum("nij,nj->ni", psd_root(noise), e)
 
 
 def _log_gauss(t: np.ndarray, mean: np.ndarray, L: np.ndarray) -> np.ndarray:

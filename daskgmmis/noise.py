@@ -52,6 +52,7 @@ __all__ = [
     "STORED_KINDS",
     "Noise",
     "NoNoise",
+    "psd_root",
     "SharedNoise",
     "DiagNoise",
     "FullNoise",
@@ -430,7 +431,7 @@ class SharedNoise(Noise):
                              f"covariance.")
 
     def sample(self, normals):
-        return normals @ _psd_root(self.array).T
+        return normals @ psd_root(self.array).T
 
     def background_kwargs(self):
         return {"noise_cov": self.array}
@@ -621,7 +622,7 @@ class FullNoise(_PerRowNoise):
                              f"valid covariance.")
 
     def sample(self, normals):
-        return np.einsum("nij,nj->ni", _psd_root(self.array), normals)
+        return np.einsum("nij,nj->ni", psd_root(self.array), normals)
 
     def background_kwargs(self):
         return {"noise_cov": self.array}
@@ -737,10 +738,26 @@ def kind_of(covar, n_rows: int | None, D: int, *, warn_ambiguous: bool = False,
     )
 
 
-def _psd_root(S: np.ndarray) -> np.ndarray:
-    """``R`` with ``R R^T = S`` for PSD (possibly singular) ``S`` (..., D, D), by eigh."""
+def psd_root(S: np.ndarray) -> np.ndarray:
+    """``R`` with ``R R^T = S`` for PSD (possibly singular) ``S``, by eigen-decomposition.
+
+    Eigenvalues within rounding of zero (below ``D * eps`` times the largest of their
+    matrix, either sign) are taken as zero: their square roots (~1e-8 of the scale)
+    would put noise along directions where ``S`` has none, by an amount that depends
+    on the LAPACK build.
+
+    Parameters
+    ----------
+    S : ndarray, shape (..., D, D)
+        Symmetric positive semi-definite matrices.
+
+    Returns
+    -------
+    ndarray, shape (..., D, D)
+    """
     w, Q = np.linalg.eigh(S)
-    return Q * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
+    floor = S.shape[-1] * np.finfo(float).eps * np.abs(w).max(axis=-1, keepdims=True)
+    return Q * np.sqrt(np.where(w > floor, w, 0.0))[..., None, :]
 
 
 @numba.njit(nogil=True, cache=True)

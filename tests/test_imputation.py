@@ -228,16 +228,17 @@ def test_mc_error_is_skipped_on_request_and_the_fit_is_the_same(monkeypatch):
 
 
 def test_mc_error_covers_the_ridge_a_fit_stopped_short_on():
-    # truncation_accuracy.py's cut4d, seed 1, every option at its default, rng 301: the
-    # fit stops ~100 rows (0.5 %) short of its own fixed point, where the same fit at
-    # tol=1e-8 goes on to. The stopping rule's distance still to come, from the plain
-    # steps' contraction, said 4.6 rows (mc_error 7.8: the test fails with it alone);
-    # the Newton point on EM's probed Jacobian says 82 (mc_error 83)
+    # truncation_accuracy.py's cut4d, seed 1, rng 301, stopped by a loose tol=3e-5 on
+    # the N_orig ridge: 63 rows (0.34 %) short of its own fixed point, where the same
+    # fit at tol=1e-8 goes on to. mc_error adds that distance still to come (97.8 rows
+    # reported; 7.5 without it, and the test fails). At the default tol the fit no
+    # longer stops short here: the Newton points on the ridge (em._NEWTON_GAIN) carry
+    # it to within 1.2 rows (it stopped ~100 rows short before them)
     truth = three_in_4d()
     cut = cut_threshold(truth)
     sel = Box(upper=[cut, np.inf, np.inf, np.inf])
     X, _, _ = dg.draw(truth, orig_size=20_000, sel_callback=sel, rng=1)
-    res = dg.fit(dg.GMM(3, 4), X, sel_callback=sel, rng=301)
+    res = dg.fit(dg.GMM(3, 4), X, sel_callback=sel, rng=301, tol=3e-5)
     tight = dg.fit(dg.GMM(3, 4), X, sel_callback=sel, rng=301, tol=1e-8)
     assert res.converged and tight.converged
     distance = abs(tight.N_orig - res.N_orig)
