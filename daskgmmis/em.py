@@ -728,9 +728,9 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
     # unstable (measured, cut4d of truncation_accuracy.py, 10 fits: 0.00001-0.016 of
     # N_orig, against 0.0003-0.0004 with this Jacobian and a spread of 0.0005 over
     # streams)
-    dX, dG = _probe_map(state, run, x, scale, base,
-                        np.column_stack([d, _JACOBIAN_STEP * np.eye(at_x.size)]) if probed
-                        else d)
+    dX, dG, _ = _probe_map(state, run, x, scale, base,
+                           np.column_stack([d, _JACOBIAN_STEP * np.eye(at_x.size)]) if probed
+                           else d)
     if not probed and len(state.memory_x) >= 2:
         # too large a model for the Jacobian: the secants of the fit's last steps
         dX += list(np.diff(np.array(state.memory_x), axis=0))
@@ -761,7 +761,7 @@ def _probe_map(state: EMState, run: "_Run", x: Theta, scale: np.ndarray, image: 
     whole catalog at ``x + v`` with the fit's imputation sample, and its M-step:
     the pairs ``dX = v``, ``dG = M(x + v) - M(x)`` (``image`` is ``M(x)`` packed).
     Columns that leave the parameter space, or whose step kills a component, give
-    no pair. Returns ``(dX, dG)``, lists of (P,) arrays.
+    no pair. Returns ``(dX, dG, n)``: lists of (P,) arrays, and the E-steps made.
     """
     opts = run.opts
     at_x = pack(x, scale)
@@ -777,7 +777,7 @@ def _probe_map(state: EMState, run: "_Run", x: Theta, scale: np.ndarray, image: 
         if not dead.size:
             dX.append(pack(probe, scale) - at_x)
             dG.append(pack(moved, scale) - image)
-    return dX, dG
+    return dX, dG, len(probes)
 
 
 def _newton_point(state: EMState, run: "_Run", image: Theta) -> Theta | None:
@@ -785,7 +785,7 @@ def _newton_point(state: EMState, run: "_Run", image: Theta) -> Theta | None:
 
     ``x + (I - J)^-1 (M(x) - x)`` at ``x = state.theta`` (``image = M(x)``), with
     ``J`` probed column by column (:func:`_probe_map`: one E-step per packed
-    parameter, ``state.newton_probes`` counts them). On a ridge where EM contracts
+    parameter inside the parameter space, ``state.newton_probes`` counts them). On a ridge where EM contracts
     at rates of 0.9999 and above, one such step does the work of thousands of EM
     steps; it is judged like any mixed point (:func:`_run_em`). None for a model of
     more than :data:`_JACOBIAN_PARAMS` packed parameters, or outside the
@@ -796,8 +796,8 @@ def _newton_point(state: EMState, run: "_Run", image: Theta) -> Theta | None:
     base, at_x = pack(image, scale), pack(x, scale)
     if at_x.size > _JACOBIAN_PARAMS:
         return None
-    dX, dG = _probe_map(state, run, x, scale, base, _JACOBIAN_STEP * np.eye(at_x.size))
-    state.newton_probes += at_x.size
+    dX, dG, n = _probe_map(state, run, x, scale, base, _JACOBIAN_STEP * np.eye(at_x.size))
+    state.newton_probes += n
     if not dX:
         return None
     shift = fixed_point_shift(np.array(dX).T, np.array(dG).T, base - at_x)
