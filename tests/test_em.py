@@ -11,6 +11,7 @@ import pytest
 
 import daskgmmis as dg
 from daskgmmis import em
+from daskgmmis.checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
 from daskgmmis.memory import packed_size
 from daskgmmis.selection import Box
 from conftest import make_truth
@@ -341,3 +342,20 @@ def test_a_fit_stopped_between_newton_points_resumes_bit_identical(tmp_path, cap
     # resumed, not restarted: only the iterations after the checkpoint were evaluated
     steps = [r for r in caplog.records if r.getMessage().startswith("iteration ")]
     assert 0 < len(steps) <= full.n_iter - stop + 1
+
+
+def test_newton_points_wait_their_turn_and_the_turn_is_checkpointed(tmp_path):
+    # a rejected Newton point leaves the ridge and its slow rates as they were: without
+    # the gap every following iteration would probe EM's Jacobian again (P E-steps)
+    theta = Theta(np.full(2, 0.5), np.zeros((2, 2)), np.array([np.eye(2)] * 2))
+    state = EMState(theta=theta, seed=["1"], rates=[0.9995] * 5, n_iter=em._NEWTON_GAP + 4,
+                    newton_at=5)
+    assert not em._crawling(state)
+    state.n_iter = 5 + em._NEWTON_GAP
+    assert em._crawling(state)
+    state.rates[-1] = 0.99                  # one plain step contracted fast: no crawl
+    assert not em._crawling(state)
+    state.newton_probes = 88
+    save_checkpoint(tmp_path / "c.ckpt", state, {"K": 2})
+    loaded = load_checkpoint(tmp_path / "c.ckpt", {"K": 2})
+    assert (loaded.newton_at, loaded.newton_probes) == (5, 88)
