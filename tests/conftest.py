@@ -1,9 +1,12 @@
 """Shared fixtures: reference models, simulated catalogs and a real LocalCluster."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
 import daskgmmis as dg
+from daskgmmis import em
 
 
 def make_truth(K=3, D=2, seed=0, spread=6.0):
@@ -15,6 +18,25 @@ def make_truth(K=3, D=2, seed=0, spread=6.0):
     A = rng.normal(size=(K, D, D)) * 0.5
     g.covar = A @ A.transpose(0, 2, 1) + 0.3 * np.eye(D)
     return g
+
+
+@contextlib.contextmanager
+def checkpoint_states(monkeypatch, *names):
+    """Record the EM state's attributes ``names`` at every checkpoint save of the fits
+    inside the block (given a ``checkpoint`` path): ``{n_iter: values}``, the last save
+    of each iteration. Where a resume test stops depends on rounding; it is read here."""
+    saved = {}
+    real_save = em.save_checkpoint
+
+    def record(path, state, fingerprint):
+        saved[state.n_iter] = tuple(getattr(state, name) for name in names)
+        real_save(path, state, fingerprint)
+
+    monkeypatch.setattr(em, "save_checkpoint", record)
+    try:
+        yield saved
+    finally:
+        monkeypatch.setattr(em, "save_checkpoint", real_save)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from daskgmmis import em
 from daskgmmis.checkpoint import EMState, Theta, load_checkpoint, save_checkpoint
 from daskgmmis.memory import packed_size
 from daskgmmis.selection import Box
-from conftest import make_truth
+from conftest import checkpoint_states, make_truth
 from reference import cut_threshold, halfspace_mle, three_in_4d
 
 
@@ -316,18 +316,10 @@ def test_a_fit_stopped_between_newton_points_resumes_bit_identical(tmp_path, cap
     # checkpoint must carry when the last one was (dropped, the next comes at once)
     # and the probes spent (dropped, passes differ)
     X, sel, _ = ridge_catalog()
-    newton_at = {}
-    real_save = em.save_checkpoint
-
-    def record(path, state, fingerprint):
-        newton_at[state.n_iter] = state.newton_at
-        real_save(path, state, fingerprint)
-
-    monkeypatch.setattr(em, "save_checkpoint", record)
-    full = dg.fit(dg.GMM(3, 4), X, sel_callback=sel, rng=2, tol=1e-6,
-                  checkpoint=tmp_path / "full.ckpt")
-    monkeypatch.undo()
-    points = sorted({n for n in newton_at.values() if n >= 0})
+    with checkpoint_states(monkeypatch, "newton_at") as saved:
+        full = dg.fit(dg.GMM(3, 4), X, sel_callback=sel, rng=2, tol=1e-6,
+                      checkpoint=tmp_path / "full.ckpt")
+    points = sorted({n for (n,) in saved.values() if n >= 0})
     assert len(points) >= 2, points
     stop = points[-2] + 3
     with warnings.catch_warnings():

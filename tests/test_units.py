@@ -3,8 +3,6 @@ imputation; and Anderson acceleration against plain EM."""
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 
 import numpy as np
@@ -12,7 +10,6 @@ import pytest
 from scipy.integrate import quad
 
 import daskgmmis as dg
-from daskgmmis import em
 from daskgmmis.acceleration import (OVERRELAX_MAX, anderson, fixed_point_shift, leaving_saddle,
                                     next_overrelax, overrelaxed, pack)
 from daskgmmis.checkpoint import Theta
@@ -24,7 +21,7 @@ from daskgmmis.selection import Box
 from daskgmmis.stats import SuffStats, sum_stats
 from daskgmmis.validation import (as_index_array, check_data_block, check_model_params,
                                   check_numeric)
-from conftest import make_truth
+from conftest import checkpoint_states, make_truth
 
 
 def hard_stats(x, labels, mean, K):
@@ -235,24 +232,6 @@ def test_em_leaves_a_saddle_with_over_relaxed_steps():
     assert res.converged and res.logL > -8.4423, (res.n_iter, res.logL)
 
 
-def _overrelaxation_states(X, maxiter, monkeypatch):
-    """Per iteration, the EM state's ``(overrelaxing, overrelax)`` at its last checkpoint
-    save, from an uninterrupted fit (its history is returned too)."""
-    saved = {}
-    real_save = em.save_checkpoint
-
-    def record(path, state, fingerprint):
-        saved[state.n_iter] = (state.overrelaxing, state.overrelax)
-        real_save(path, state, fingerprint)
-
-    monkeypatch.setattr(em, "save_checkpoint", record)
-    with tempfile.TemporaryDirectory() as tmp:
-        full = dg.fit(dg.GMM(8, 4), X, rng=4, maxiter=maxiter,
-                      checkpoint=os.path.join(tmp, "full.ckpt"))
-    monkeypatch.undo()
-    return full, saved
-
-
 @pytest.mark.parametrize("pending", [True, False])
 def test_a_fit_stopped_while_over_relaxing_resumes_bit_identical(tmp_path, caplog, monkeypatch,
                                                                  pending):
@@ -265,7 +244,9 @@ def test_a_fit_stopped_while_over_relaxing_resumes_bit_identical(tmp_path, caplo
     end = 140
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.ConvergenceWarning)
-        full, saved = _overrelaxation_states(X, end, monkeypatch)
+        with checkpoint_states(monkeypatch, "overrelaxing", "overrelax") as saved:
+            full = dg.fit(dg.GMM(8, 4), X, rng=4, maxiter=end,
+                          checkpoint=tmp_path / "full.ckpt")
         later = [n for n, (on, _) in saved.items() if on]
         # a pending point whose eta is doubled when kept (below the cap), or eta > 2
         # between points; either way another over-relaxed point follows before the end
