@@ -247,8 +247,7 @@ def load_checkpoint(path, fingerprint: dict) -> EMState | None:
             memory_x=list(arrays.get("memory.x", [])), memory_g=list(arrays.get("memory.g", [])),
             memory_scale=arrays.get("memory.scale"),
             mixed_step=float.fromhex(header.get("mixed_step", "0x0p+0")),
-            overrelax=float.fromhex(header["overrelax"]) if "overrelax" in header
-            else OVERRELAX_START,
+            overrelax=float.fromhex(header.get("overrelax", OVERRELAX_START.hex())),
             overrelaxing=bool(header.get("overrelaxing", False)),
             newton_at=int(header.get("newton_at", -1)),
             newton_probes=int(header.get("newton_probes", 0)),

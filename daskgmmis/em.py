@@ -718,8 +718,7 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
     x = state.theta
     image, _ = mstep(ev.total, x, w=opts.w, frozen=run.frozen, background=opts.background,
                      N_total=ev.N_orig)
-    scale = state.memory_scale if state.memory_scale is not None else feature_scale(x)
-    base, at_x = pack(image, scale), pack(x, scale)
+    scale, at_x, base = _packed(state, x, image)
     d = np.stack([pack(t, scale) - base for t in steps], axis=1)
     probed = at_x.size <= _JACOBIAN_PARAMS
     # with EM's Jacobian column by column where the model is small enough: the slow
@@ -751,6 +750,14 @@ def _replicate_fixed_points(state: EMState, run: "_Run", ev: "_Evaluation",
     if any(p is None for p in points):
         return steps_at, False, newton
     return [_replicate_point(t, run) for t in points], True, newton
+
+
+def _packed(state: EMState, x: Theta, image: Theta) -> tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray]:
+    """``(scale, x, image)`` packed in the acceleration memory's unit (the features'
+    spread at ``x`` when the memory is empty) for the Jacobian probes."""
+    scale = state.memory_scale if state.memory_scale is not None else feature_scale(x)
+    return scale, pack(x, scale), pack(image, scale)
 
 
 def _probe_map(state: EMState, run: "_Run", x: Theta, scale: np.ndarray, image: np.ndarray,
@@ -785,15 +792,14 @@ def _newton_point(state: EMState, run: "_Run", image: Theta) -> Theta | None:
 
     ``x + (I - J)^-1 (M(x) - x)`` at ``x = state.theta`` (``image = M(x)``), with
     ``J`` probed column by column (:func:`_probe_map`: one E-step per packed
-    parameter inside the parameter space, ``state.newton_probes`` counts them). On a ridge where EM contracts
-    at rates of 0.9999 and above, one such step does the work of thousands of EM
-    steps; it is judged like any mixed point (:func:`_run_em`). None for a model of
-    more than :data:`_JACOBIAN_PARAMS` packed parameters, or outside the
-    parameter space.
+    parameter inside the parameter space; ``state.newton_probes`` counts them). On
+    a ridge where EM contracts at rates of 0.9999 and above, one such step does the
+    work of thousands of EM steps; it is judged like any mixed point
+    (:func:`_run_em`). None for a model of more than :data:`_JACOBIAN_PARAMS`
+    packed parameters, or outside the parameter space.
     """
     x, opts = state.theta, run.opts
-    scale = state.memory_scale if state.memory_scale is not None else feature_scale(x)
-    base, at_x = pack(image, scale), pack(x, scale)
+    scale, at_x, base = _packed(state, x, image)
     if at_x.size > _JACOBIAN_PARAMS:
         return None
     dX, dG, n = _probe_map(state, run, x, scale, base, _JACOBIAN_STEP * np.eye(at_x.size))
@@ -1481,12 +1487,14 @@ def _converged(state: EMState, logL: float, N_orig: float, theta_next: Theta,
 def _run_em(state: EMState, run: _Run):
     """Iterate EM (optionally accelerated) from ``state`` until converged.
 
-    Every loop is one E-step (one compute). A mixed point (Anderson's, or an
-    over-relaxed step where EM leaves a saddle) is accepted only if it gains at
-    least what the last step gained (after one stabilizing EM step if it does not
-    at once); otherwise the plain iterate is kept: the EM map is deterministic
-    (with imputation: a fixed sample), so this comparison is exact. Convergence is
-    judged by the estimated distance to the fixed point (:func:`_converged`).
+    Every loop is one E-step (one compute); a Newton point's Jacobian probes add
+    one more compute (P E-steps). A mixed point (Anderson's; an over-relaxed step where EM
+    leaves a saddle; the Newton point on an N_orig ridge, :func:`_newton_point`) is
+    accepted only if it gains at least what the last step gained (after one
+    stabilizing EM step if it does not at once); otherwise the plain iterate is
+    kept: the EM map is deterministic (with imputation: a fixed sample), so this
+    comparison is exact. Convergence is judged by the estimated distance to the
+    fixed point (:func:`_converged`).
 
     Returns
     -------
@@ -1659,7 +1667,8 @@ def _remember(state: EMState, x: Theta, image: Theta) -> bool:
 
 
 def _forget(state: EMState) -> None:
-    """Empty the acceleration's memory: the EM map changed (a redraw, a dead component)."""
+    """Empty the acceleration's memory: the EM map changed (a redraw, a dead component),
+    or the fit jumped far from its pairs (a Newton point)."""
     state.memory_x, state.memory_g, state.memory_scale = [], [], None
 
 
